@@ -1,0 +1,1 @@
+"""hal's built-in backend plugins, one package per backend (imported as ``hal_backends``)."""

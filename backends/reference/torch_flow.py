@@ -1,0 +1,146 @@
+"""The torch side of the reference backend (imports torch; loaded on demand)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hal import CompileError, CompileOptions, Device, Executable, ExecutableInfo
+from hal.formats import Model
+
+from .. import torch_common as tc
+
+
+class TorchExecutable(Executable):
+    """Runs a module in eager mode on the CPU under ``inference_mode``."""
+
+    def __init__(self, info: ExecutableInfo, device: Device, module: torch.nn.Module,
+                 program=None, recipe: dict | None = None):
+        super().__init__(info, device)
+        self.module = module
+        self.program = program  # ExportedProgram written by write_artifact
+        self.recipe = recipe or {}
+        self.cast = tc.DTYPES["fp64"] if info.precision == "fp64" else None
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        args = [torch.from_numpy(a) for a in inputs]
+        if self.cast is not None:
+            args = [a.to(self.cast) if a.is_floating_point() else a for a in args]
+        with torch.inference_mode():
+            out = self.module(*args)
+        if isinstance(out, torch.Tensor):
+            return [out.numpy()]
+        return [t.numpy() for t in tc.flatten(out)]
+
+    def write_artifact(self, directory: Path) -> None:
+        if self.program is None:
+            raise CompileError("this model could not be exported, so it cannot be saved",
+                               "make it torch.export-able to save or cache it")
+        tc.save_program(self.program, directory)
+        (directory / "recipe.json").write_text(json.dumps(self.recipe))
+
+    def profile_extras(self, inputs):
+        return {"unavailable": {
+            "layers": "PyTorch eager has no per-layer timer here; use torch.profiler directly",
+            "peak_memory_bytes": "host allocations are not tracked per model on the CPU",
+            "energy_j_per_inference": "no CPU energy telemetry is exposed to hal",
+        }}
+
+
+def dynamic_int8(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, int, int]:
+    """``quantize_dynamic``'s recipe (qint8 per-tensor symmetric weights, activations
+    quantized per call) applied to every ``aten.linear`` of an exported graph, so the
+    saved fp32 program reloads to the very same int8 model. Returns the module and
+    the fp32 / int8 weight sizes in bytes."""
+    from torch.ao.quantization.observer import default_weight_observer
+
+    fp32 = sum(p.numel() * p.element_size() for p in gm.state_dict().values())
+    saved = 0
+    for i, node in enumerate(list(gm.graph.nodes)):
+        if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+            continue
+        x, w = node.args[0], node.args[1]
+        b = node.args[2] if len(node.args) > 2 else None
+        if w.op != "get_attr" or (b is not None and b.op != "get_attr"):
+            continue
+        weight = gm.get_parameter(w.target) if w.target in dict(gm.named_parameters()) \
+            else gm.get_buffer(w.target)
+        bias = None if b is None else dict(gm.state_dict())[b.target]
+        obs = default_weight_observer()
+        obs(weight.detach())
+        scale, zp = obs.calculate_qparams()
+        qw = torch.quantize_per_tensor(weight.detach().float(), float(scale), int(zp), torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+        name = f"_hal_dynamic_linear_{i}"
+        setattr(gm, name, packed)
+        with gm.graph.inserting_before(node):
+            p = gm.graph.get_attr(name)
+            q = gm.graph.call_function(torch.ops.quantized.linear_dynamic.default, (x, p, True))
+        node.replace_all_uses_with(q)
+        gm.graph.erase_node(node)
+        saved += weight.numel() * (weight.element_size() - 1) - 8
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, fp32, fp32 - saved
+
+
+def _pt2e_int8(module: torch.nn.Module, args, calibration) -> torch.nn.Module:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    ep, _ = tc.export(module, args)
+    prepared = prepare_pt2e(ep.module(), quantizer)
+    with torch.no_grad():
+        for sample in calibration:
+            prepared(*[torch.from_numpy(np.ascontiguousarray(a)) for a in sample])
+    return convert_pt2e(prepared)
+
+
+def compile(backend, model: Model, device: Device, options: CompileOptions) -> Executable:
+    precision = options.precision
+    args = tc.example_tensors(model)
+    module = tc.eval_copy(model)
+    path: list[str] = []
+    extra: dict = {}
+    recipe: dict = {}
+    if precision == "fp64":
+        module = module.double()
+        path.append("module.double()")
+    elif precision == "int8":
+        module = _pt2e_int8(module, args, options.calibration)
+        path.append("torchao PT2E (X86InductorQuantizer, static int8)")
+    program, dynamic = None, False
+    try:
+        ex_args = tuple(a.double() if precision == "fp64" and a.is_floating_point() else a
+                        for a in args)
+        program, dynamic = tc.export(module, ex_args)
+        if precision == "int8-dynamic":
+            module, fp32, q = dynamic_int8(program.module())
+            recipe = {"dynamic_int8_linear": True}
+            extra.update(model_size_bytes=q, fp32_size_bytes=fp32, compression_ratio=fp32 / q)
+            path.append("torch.export → dynamic int8 Linear (quantize_dynamic's qint8 recipe)")
+    except CompileError as e:
+        extra["not_saveable"] = str(e)
+    with torch.inference_mode():
+        outs = tc.flatten(module(*[a.double() if precision == "fp64" and a.is_floating_point()
+                                   else a for a in args]))
+    ins, outs_spec = tc.specs(args, outs, dynamic)
+    info = ExecutableInfo(backend.name, backend.version(), device.target, device.kind, precision,
+                          ins, outs_spec, conversion_path=path, extra=extra)
+    return TorchExecutable(info, device, module, program, recipe)
+
+
+def load(artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+    program = tc.load_program(artifact)
+    recipe = json.loads((artifact / "recipe.json").read_text())
+    module = program.module()
+    if recipe.get("dynamic_int8_linear"):
+        module = dynamic_int8(module)[0]
+    return TorchExecutable(info, device, module, program, recipe)

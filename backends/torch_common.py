@@ -1,0 +1,99 @@
+"""PyTorch helpers shared by the torch-based backends (reference CPU, CUDA).
+
+Imported only from inside a backend's ``compile``/``load``, never at plugin
+registration, so listing plugins does not import torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hal import CompileError, TensorSpec, UsageError
+from hal.formats import Model
+from hal.formats.builtin import safe_export_load
+
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def example_tensors(model: Model, device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    ex = model.example_inputs
+    if not ex and model.format == "torch.export":
+        args = model.value.example_inputs[0] if model.value.example_inputs else ()
+        return tuple(a.to(device) for a in args)
+    if not ex:
+        raise UsageError("compiling a torch model needs example inputs",
+                         "pass example_inputs=(x,) to hal.compile / --input to the CLI")
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ex)
+
+
+def eval_copy(model: Model) -> torch.nn.Module:
+    """A private eval-mode module: the caller's object is never mutated."""
+    if model.format == "torch.export":
+        return model.value.module()
+    m = copy.deepcopy(model.value)
+    return m.eval()
+
+
+def flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flatten(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in flatten(o)]
+    raise CompileError(f"the model returned a {type(out).__name__}", "return tensors")
+
+
+def export(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
+    """``torch.export`` with a dynamic batch dimension where the model allows
+    it, else with static shapes. Returns (program, dynamic_batch)."""
+    if all(a.ndim >= 1 and a.shape[0] >= 1 for a in args):
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        # export specialises a size-1 dimension, so trace with a batch of 2
+        trace = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.export.export(module, trace, dynamic_shapes=tuple({0: batch} for _ in args)), True
+        except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
+            pass
+    try:
+        return torch.export.export(module, args), False
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"torch.export failed: {str(e).splitlines()[0][:200]}",
+                           "make the model export-friendly (no data-dependent control flow)") from None
+
+
+def specs(args: tuple[torch.Tensor, ...], outs: list[torch.Tensor], dynamic: bool,
+          names: list[str] | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    def np_dtype(t: torch.Tensor) -> str:
+        return str(t.dtype).removeprefix("torch.")
+
+    ins = [TensorSpec((names or [])[i] if names and i < len(names) else f"input_{i}",
+                      ((None,) + tuple(a.shape[1:])) if dynamic else tuple(a.shape), np_dtype(a))
+           for i, a in enumerate(args)]
+    outs_ = [TensorSpec(f"output_{i}", ((None,) + tuple(o.shape[1:])) if dynamic else tuple(o.shape),
+                        np_dtype(o)) for i, o in enumerate(outs)]
+    return ins, outs_
+
+
+def save_program(ep, directory: Path, name: str = "model.pt2") -> None:
+    torch.export.save(ep, str(directory / name))
+
+
+def load_program(directory: Path, name: str = "model.pt2"):
+    return safe_export_load(directory / name)
+
+
+def state_size(module: torch.nn.Module) -> int:
+    """Serialized size of the weights (what a quantized model saves on disk)."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return len(buf.getvalue())

@@ -1,0 +1,340 @@
+"""The application surface: devices(), compile(), load()."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version as dist_version
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import cache as _cache
+from . import formats as _formats
+from .backend import Backend
+from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
+                     UsageError)
+from .executable import Executable, ExecutableInfo, as_numpy, read_artifact
+from .plugins import registry
+from .types import CompileOptions, Device, Requirements, check_precision
+
+try:
+    HAL_VERSION = dist_version("hal-accel")
+except PackageNotFoundError:  # running from a source tree
+    HAL_VERSION = "0+unknown"
+
+
+@dataclass
+class BackendStatus:
+    name: str
+    description: str
+    version: str | None
+    runtime: str | None  # None when usable, else why not
+    formats: list[str]
+    precisions: list[str]
+    devices: list[Device] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["devices"] = [dev.to_dict() for dev in self.devices]
+        return d
+
+
+_probed: dict[str, BackendStatus] = {}
+
+
+def backend_status(b: Backend, refresh: bool = False) -> BackendStatus:
+    """Probe one backend once per process (``refresh`` re-probes)."""
+    if not refresh and b.name in _probed:
+        return _probed[b.name]
+    missing = b.missing_runtime()
+    st = BackendStatus(b.name, b.description, None, missing, list(b.formats), list(b.precisions))
+    try:
+        st.version = None if missing else b.version()
+        st.devices = b.probe()
+    except Exception as e:  # noqa: BLE001 - a failing probe must not hide the others
+        st.error = f"probe failed: {type(e).__name__}: {e}".splitlines()[0][:300]
+    _probed[b.name] = st
+    return st
+
+
+def backends(refresh: bool = False) -> list[BackendStatus]:
+    """Every registered backend with its runtime status and devices."""
+    return [backend_status(b, refresh) for b in registry().backends.values()]
+
+
+def devices(refresh: bool = False) -> list[Device]:
+    """Every device of every backend: hardware or emulated, available or why not."""
+    return [d for st in backends(refresh) for d in st.devices]
+
+
+# --- target resolution ---------------------------------------------------------------
+def _match(dev: Device, name: str) -> bool:
+    n = name.lower()
+    return dev.id.lower() == n or n in (a.lower() for a in dev.aliases)
+
+
+def _explain(devs: list[Device]) -> str:
+    return "; ".join(f"{d.target}: {d.reason or 'unavailable'}" for d in devs)
+
+
+def resolve(target: str) -> tuple[Backend, Device]:
+    """Map a target string to one available device.
+
+    ``backend:id`` names a device exactly; a bare backend name takes that
+    backend's first available *hardware* device (never an emulator); any other
+    name is looked up among device aliases ("cpu", "cuda:1", "movidius").
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise UsageError(f"target {target!r} is not a name", "pass e.g. target='cpu' or 'auto'")
+    reg = registry()
+    head, _, rest = target.partition(":")
+    if head in reg.backends:
+        b = reg.backends[head]
+        st = backend_status(b)
+        if st.error or (st.runtime and not st.devices):
+            raise DeviceUnavailableError(f"backend {head} is unusable: {st.error or st.runtime}",
+                                         "install its runtime, or choose another target")
+        if rest:
+            devs = [d for d in st.devices if _match(d, rest)]
+        else:
+            devs = [d for d in st.devices if d.kind == "hardware"]
+            if not any(d.available for d in devs):
+                emu = [d.target for d in st.devices if d.kind == "emulated" and d.available]
+                raise DeviceUnavailableError(
+                    f"backend {head} has no available hardware device"
+                    + (f" ({_explain(devs)})" if devs else ""),
+                    f"target the emulator explicitly ({', '.join(emu)})" if emu
+                    else "attach the device, or choose another target")
+    else:
+        cands = [b for b in reg.backends.values() if head.lower() in b.aliases or
+                 target.lower() in b.aliases]
+        devs = [d for b in cands for d in backend_status(b).devices if _match(d, target)]
+        if not devs:
+            known = sorted({d.target for d in devices()} | {a for d in devices() for a in d.aliases})
+            raise UsageError(f"unknown target {target!r}",
+                             f"use 'auto' or one of: {', '.join(known)} (see `hal devices`)")
+    avail = [d for d in devs if d.available]
+    if not avail:
+        if not devs:
+            raise UsageError(f"backend {head} has no device {rest!r}",
+                             f"see `hal devices` for {head}'s devices")
+        raise DeviceUnavailableError(f"target {target!r} is not available: {_explain(devs)}",
+                                     "attach the device or install its driver, or pick another target")
+    if len(avail) > 1 and len({d.backend for d in avail}) > 1:
+        raise UsageError(f"target {target!r} is ambiguous: {', '.join(d.target for d in avail)}",
+                         "name one of them exactly")
+    dev = sorted(avail, key=lambda d: (d.kind != "hardware", -d.rank))[0]
+    return reg.backends[dev.backend], dev
+
+
+def select(model: _formats.Model, req: Requirements,
+           measure: Callable[[Backend, Device], float] | None = None
+           ) -> tuple[Backend, Device, str]:
+    """``target='auto'``: pick among available *hardware* devices by capability
+    and requirements, and say why. Emulated devices are never candidates."""
+    reg = registry()
+    precision = req.precision or "fp32"
+    cands, why_not = [], []
+    for b in reg.backends.values():
+        for d in backend_status(b).devices:
+            if d.kind != "hardware" or not d.available:
+                continue
+            if precision not in b.precisions_for(d):
+                why_not.append(f"{d.target}: no {precision}")
+                continue
+            try:
+                _formats.plan(model.format, b.formats_for(d, precision), reg.converters)
+            except HalError:
+                why_not.append(f"{d.target}: cannot take a {model.format} model")
+                continue
+            if req.max_power_w is not None and (d.power_w is None or d.power_w > req.max_power_w):
+                why_not.append(f"{d.target}: power {d.power_w or 'unknown'} W > {req.max_power_w} W")
+                continue
+            cands.append((b, d))
+    if not cands:
+        raise DeviceUnavailableError(
+            f"no available hardware device satisfies {precision}"
+            + (f", ≤{req.max_power_w} W" if req.max_power_w else "")
+            + (f" ({'; '.join(why_not)})" if why_not else ""),
+            "relax the requirements, install a backend, or name an emulated target explicitly")
+    if req.max_latency_ms is not None:
+        if measure is None:
+            raise UsageError("a latency requirement needs example inputs to measure with",
+                             "pass example_inputs to hal.compile")
+        timed = []
+        for b, d in cands:
+            try:
+                timed.append((measure(b, d), b, d))
+            except HalError as e:
+                why_not.append(f"{d.target}: {e}")
+        ok = sorted((t, b, d) for t, b, d in timed if t <= req.max_latency_ms)
+        if not ok:
+            seen = ", ".join(f"{d.target} {t:.3f} ms" for t, _, d in timed)
+            raise DeviceUnavailableError(f"no device meets {req.max_latency_ms} ms p50 ({seen})",
+                                         "relax max_latency_ms or lower the precision")
+        if req.prefer == "power":
+            ok.sort(key=lambda x: (x[2].power_w is None, x[2].power_w or 0, x[0]))
+        t, b, d = ok[0]
+        return b, d, (f"auto: {d.target} measured {t:.3f} ms p50 ≤ {req.max_latency_ms} ms "
+                      f"among {len(cands)} candidate(s)")
+    if req.prefer == "power":
+        cands.sort(key=lambda bd: (bd[1].power_w is None, bd[1].power_w or 0, -bd[1].rank))
+    else:
+        cands.sort(key=lambda bd: -bd[1].rank)
+    b, d = cands[0]
+    return b, d, (f"auto: {d.target} ({d.name}) is the {'lowest-power' if req.prefer == 'power' else 'highest-ranked'} "
+                  f"available hardware device that runs {precision} "
+                  f"({len(cands)} candidate(s){'; skipped ' + '; '.join(why_not) if why_not else ''})")
+
+
+# --- compile / load -------------------------------------------------------------------
+def _samples(data: Any, what: str) -> list[tuple[np.ndarray, ...]]:
+    if data is None:
+        return []
+    if isinstance(data, np.ndarray) or hasattr(data, "detach"):
+        data = [data]
+    out = []
+    for i, s in enumerate(data):
+        if not isinstance(s, (tuple, list)):
+            s = (s,)
+        out.append(tuple(as_numpy(a, f"{what} sample {i}") for a in s))
+    return out
+
+
+def compile(
+    model: Any,
+    target: str = "auto",
+    precision: str = "fp32",
+    example_inputs: Iterable | None = None,
+    calibration: Iterable | None = None,
+    options: dict[str, Any] | None = None,
+    *,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    requirements: Requirements | None = None,
+    check_finite: bool = True,
+) -> Executable:
+    """Compile ``model`` (object or path) for ``target`` at ``precision``.
+
+    ``calibration`` is a list of input samples (each an array or a tuple of
+    arrays) and is required for ``int8``. The result comes from the on-disk
+    cache when the same model, target, precision, options and calibration were
+    compiled before (``cache=False`` or ``HAL_NO_CACHE=1`` bypasses it).
+    """
+    check_precision(precision)
+    reg = registry()
+    ex = [] if example_inputs is None else _samples([example_inputs], "example_inputs")
+    calib = _samples(calibration, "calibration")
+    if precision == "int8" and not calib:
+        raise UsageError("int8 (static) needs calibration data",
+                         "pass calibration=[x1, x2, ...] (representative inputs) or use int8-dynamic")
+    for sample in ex + calib:
+        for a in sample:
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise InvalidInputError("example or calibration data contains NaN or Inf",
+                                        "pass finite, representative inputs")
+    src = _formats.identify(model, reg.formats)
+    src.example_inputs = ex[0] if ex else None
+    req = requirements or Requirements()
+    if target == "auto":
+        req.precision = req.precision or precision
+        if req.precision != precision:
+            raise UsageError(f"requirements ask for {req.precision} but precision={precision}",
+                             "state the precision once")
+        measure = None
+        if req.max_latency_ms is not None and src.example_inputs:
+            def measure(b, d):  # compile (cached) and time a short run on each candidate
+                exe = _compile_on(b, d, src, precision, calib, options, cache, cache_dir, check_finite)
+                return exe.profile(*src.example_inputs, iterations=20, warmup=3, extras=False).latency_ms["p50"]
+        b, dev, why = select(src, req, measure)
+    else:
+        b, dev = resolve(target)
+        why = None
+    exe = _compile_on(b, dev, src, precision, calib, options, cache, cache_dir, check_finite)
+    if why:
+        exe.info.notes.append(why)
+    return exe
+
+
+def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, calib, options,
+                cache: bool, cache_dir, check_finite: bool) -> Executable:
+    reg = registry()
+    if precision not in b.precisions_for(dev):
+        raise b.refuse_precision(precision, dev)
+    chain = _formats.plan(src.format, b.formats_for(dev, precision), reg.converters)
+    opts = CompileOptions(precision=precision, example_inputs=src.example_inputs,
+                          calibration=calib or None, options=dict(options or {}),
+                          check_finite=check_finite)
+    if not _cache.enabled(cache):
+        return _build(b, dev, src, chain, opts, None)
+    parts = {"model": src.digest(reg.formats), "backend": b.name, "backend_version": b.version(),
+             "device": dev.target, "device_name": dev.name, "precision": precision,
+             "options": opts.options, "check_finite": check_finite, "hal": HAL_VERSION,
+             "example": [(a.shape, str(a.dtype)) for a in src.example_inputs or ()]}
+    k = _cache.key(parts, calib)
+    with _cache.locked(_cache.cache_dir(cache_dir), k) as path:
+        if path.exists():
+            try:
+                exe = load(path)
+                exe.info.cache_hit = True
+                return exe
+            except HalError:
+                path.unlink(missing_ok=True)  # a stale entry: rebuild it
+        return _build(b, dev, src, chain, opts, path)
+
+
+def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOptions,
+           save_to: Path | None) -> Executable:
+    t0 = time.perf_counter()
+    model = _formats.convert(src, chain, opts)
+    exe = b.compile(model, dev, opts)
+    exe.info.compile_time_s = time.perf_counter() - t0
+    exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
+        exe.info.conversion_path
+    exe.info.check_finite = opts.check_finite
+    if save_to is not None:
+        try:
+            exe.save(save_to)
+        except HalError as e:
+            exe.info.notes.append(f"not cached: {e}")
+    return exe
+
+
+def load(path: str | os.PathLike, target: str | None = None) -> Executable:
+    """Restore an executable from a ``.hal`` file on the device it was built
+    for (or on ``target``, which must be of the same backend)."""
+    meta, art, cleanup = read_artifact(path)
+    info = ExecutableInfo.from_dict(meta["info"])
+    reg = registry()
+    b = reg.backends.get(info.backend)
+    if b is None:
+        cleanup()
+        raise ArtifactError(f"{path} was built by backend {info.backend!r}, which is not installed",
+                            f"install the plugin that provides {info.backend!r} (see `hal plugins`)")
+    try:
+        _, dev = resolve(target or info.device)
+        if dev.backend != b.name:
+            raise UsageError(f"{path} is a {b.name} artifact; target {target!r} is {dev.backend}",
+                             f"load it on a {b.name} device")
+        exe = b.load(art, info, dev)
+    except BaseException:
+        cleanup()
+        raise
+    exe._keepalive.append(_Cleanup(cleanup))
+    return exe
+
+
+class _Cleanup:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __del__(self):
+        try:
+            self.fn()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+

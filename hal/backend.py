@@ -1,0 +1,81 @@
+"""The contract a backend plugin implements.
+
+A backend is a small object: what it accepts (formats, precisions), what it
+finds (``probe`` → devices), and how it builds (``compile``) and restores
+(``load``) an :class:`~hal.executable.Executable`. It imports its runtime
+lazily so that listing plugins never pays for, or breaks on, a framework.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .errors import DeviceUnavailableError, UnsupportedError
+from .executable import Executable, ExecutableInfo
+from .formats import Model
+from .types import CompileOptions, Device
+
+
+class Backend:
+    #: unique short name; the first part of every device target ("name:id").
+    name: str = ""
+    description: str = ""
+    #: model formats accepted, most preferred first (see ``hal.formats``).
+    formats: tuple[str, ...] = ()
+    #: precisions the backend can honour on some device.
+    precisions: tuple[str, ...] = ()
+    #: bare target names this backend answers besides its own name
+    #: (e.g. "cpu", "cuda", "movidius"); devices list them in ``Device.aliases``.
+    aliases: tuple[str, ...] = ()
+    #: Python modules the runtime needs, and the pip extra that installs them.
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+
+    def missing_runtime(self) -> str | None:
+        """Why the runtime cannot be used, or ``None`` when it can."""
+        absent = [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
+        if absent:
+            hint = f"pip install 'hal-accel[{self.extra}]'" if self.extra else f"install {', '.join(absent)}"
+            return f"{', '.join(absent)} not installed ({hint})"
+        return None
+
+    def version(self) -> str:
+        """The runtime's version (part of every cache key)."""
+        return "unknown"
+
+    def probe(self) -> list[Device]:
+        """Every device this backend knows of, available or not, with reasons."""
+        raise NotImplementedError
+
+    def formats_for(self, device: Device, precision: str) -> tuple[str, ...]:
+        """Formats accepted for this device and precision (default: all)."""
+        return self.formats
+
+    def precisions_for(self, device: Device) -> tuple[str, ...]:
+        return device.precisions or self.precisions
+
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+        """Build an executable from ``model`` (already in one of ``formats_for``)."""
+        raise NotImplementedError
+
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+        """Restore an executable from the files its ``write_artifact`` wrote."""
+        raise NotImplementedError
+
+    # helpers for implementations -------------------------------------------------
+    def require_runtime(self) -> None:
+        why = self.missing_runtime()
+        if why:
+            raise DeviceUnavailableError(f"the {self.name} backend cannot run: {why}",
+                                         f"pip install 'hal-accel[{self.extra or self.name}]'")
+
+    def refuse_precision(self, precision: str, device: Device, why: str = "") -> UnsupportedError:
+        ok = ", ".join(self.precisions_for(device)) or "none"
+        return UnsupportedError(
+            f"{device.target} cannot run precision {precision}" + (f": {why}" if why else ""),
+            f"use one of: {ok}, or another target",
+        )
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name}>"

@@ -1,0 +1,236 @@
+"""Executable: a compiled model bound to one device.
+
+Backends subclass :class:`Executable` and implement ``infer`` and
+``write_artifact``; the core owns input checking, profiling and the ``.hal``
+file so that every backend behaves the same at the edges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ArtifactError, InvalidInputError
+from .types import Device, TensorSpec
+
+ARTIFACT_DIR = "artifact"
+META_NAME = "hal.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ExecutableInfo:
+    """What was built, how, and how big: the metadata every Executable carries."""
+
+    backend: str
+    backend_version: str
+    device: str
+    device_kind: str
+    precision: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    conversion_path: list[str] = field(default_factory=list)
+    compile_time_s: float = 0.0
+    artifact_size_bytes: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    check_finite: bool = True
+    cache_hit: bool = False
+    notes: list[str] = field(default_factory=list)
+    #: backend facts worth reporting (model size, compression ratio, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"] = [s.to_dict() for s in self.inputs]
+        d["outputs"] = [s.to_dict() for s in self.outputs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExecutableInfo:
+        d = dict(d)
+        d["inputs"] = [TensorSpec.from_dict(s) for s in d["inputs"]]
+        d["outputs"] = [TensorSpec.from_dict(s) for s in d["outputs"]]
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def as_numpy(x: Any, what: str) -> np.ndarray:
+    """numpy stays numpy; torch (or anything with ``.numpy()``) is converted
+    without importing its framework."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    mod = type(x).__module__ or ""
+    if mod.startswith("torch") and hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "numpy") and callable(x.numpy):  # tf.Tensor, jax.Array
+        return np.asarray(x.numpy())
+    raise InvalidInputError(
+        f"{what} is a {type(x).__name__}, not an array",
+        "pass numpy arrays (or torch tensors)",
+    )
+
+
+class Executable:
+    """A compiled model. Call it with arrays; get arrays back."""
+
+    def __init__(self, info: ExecutableInfo, device: Device):
+        self.info = info
+        self.device = device
+        self._keepalive: list[Any] = []  # e.g. the temp dir an artifact was unpacked to
+
+    # --- implemented by backends -------------------------------------------------
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run once on already-checked inputs; return every output as numpy."""
+        raise NotImplementedError
+
+    def write_artifact(self, directory: Path) -> None:
+        """Write the compiled artifact's files into ``directory``."""
+        raise NotImplementedError
+
+    def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
+        """Backend additions to a profile: ``layers``, ``peak_memory_bytes``,
+        ``energy_j_per_inference`` and anything else; ``unavailable`` maps a
+        metric to why it cannot be read. Never estimate."""
+        return {}
+
+    def measure(self, inputs: list[np.ndarray], iterations: int) -> list[float] | None:
+        """Optional device-side timer (seconds per iteration). ``None`` lets the
+        core time ``infer`` with a host clock."""
+        return None
+
+    # --- the user-facing surface -------------------------------------------------
+    def __call__(self, *inputs: Any):
+        outs = self.infer(self.check_inputs(inputs))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def run(self, inputs: Any) -> list[np.ndarray]:
+        """Like ``__call__`` but takes a sequence or a name→array dict and
+        always returns a list."""
+        if isinstance(inputs, dict):
+            names = [s.name for s in self.info.inputs]
+            unknown = sorted(set(inputs) - set(names))
+            missing = [n for n in names if n not in inputs]
+            if unknown or missing:
+                raise InvalidInputError(
+                    f"input names do not match: missing {missing}, unknown {unknown}",
+                    f"pass exactly {names}",
+                )
+            inputs = [inputs[n] for n in names]
+        elif isinstance(inputs, np.ndarray):
+            inputs = [inputs]
+        return self.infer(self.check_inputs(tuple(inputs)))
+
+    def check_inputs(self, inputs: tuple) -> list[np.ndarray]:
+        specs = self.info.inputs
+        if len(inputs) != len(specs):
+            raise InvalidInputError(
+                f"expected {len(specs)} input(s) {[s.name for s in specs]}, got {len(inputs)}",
+                "pass one array per model input, in order",
+            )
+        arrays = []
+        for x, spec in zip(inputs, specs):
+            a = as_numpy(x, f"input {spec.name!r}")
+            if a.dtype.name != spec.dtype:
+                raise InvalidInputError(
+                    f"input {spec.name!r} has dtype {a.dtype.name}, the model takes {spec.dtype}",
+                    f"convert it with .astype(np.{spec.dtype})",
+                )
+            if a.ndim != len(spec.shape) or any(
+                d is not None and d != n for d, n in zip(spec.shape, a.shape)
+            ):
+                raise InvalidInputError(
+                    f"input {spec.name!r} has shape {tuple(a.shape)}, the model takes "
+                    f"{_fmt_shape(spec.shape)}",
+                    "reshape the input, or recompile with example inputs of this shape",
+                )
+            if self.info.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise InvalidInputError(
+                    f"input {spec.name!r} contains NaN or Inf",
+                    "clean the input, or compile with check_finite=False to pass it through",
+                )
+            arrays.append(a)
+        return arrays
+
+    def profile(self, *inputs: Any, **kwargs: Any):
+        """Latency percentiles and throughput; see :func:`hal.profile.profile`."""
+        from .profile import profile
+
+        return profile(self, inputs, **kwargs)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a self-contained ``.hal`` file atomically (no half-written file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="hal-save-") as tmp:
+            art = Path(tmp) / ARTIFACT_DIR
+            art.mkdir()
+            self.write_artifact(art)
+            size = sum(f.stat().st_size for f in art.rglob("*") if f.is_file())
+            self.info.artifact_size_bytes = size
+            meta = {"format_version": FORMAT_VERSION, "info": self.info.to_dict(),
+                    "device": self.device.to_dict()}
+            fd, tmp_zip = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.close(fd)
+            try:
+                with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
+                    z.writestr(META_NAME, json.dumps(meta, indent=1))
+                    for f in sorted(art.rglob("*")):
+                        if f.is_file():
+                            z.write(f, f.relative_to(tmp).as_posix())
+                os.replace(tmp_zip, path)
+            except BaseException:
+                Path(tmp_zip).unlink(missing_ok=True)
+                raise
+        return path
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"<Executable {i.backend} on {i.device} ({i.device_kind}) {i.precision} "
+                f"inputs={[_fmt_shape(s.shape) for s in i.inputs]}>")
+
+
+def _fmt_shape(shape: tuple) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], Path, Callable[[], None]]:
+    """Unpack a ``.hal`` file; return (meta, artifact dir, cleanup)."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist", "check the path")
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path} is empty", "re-create it with `hal compile ... -o`")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            if bad:
+                raise ArtifactError(f"{path} is corrupt ({bad} fails its CRC)", "re-create it")
+            meta = json.loads(z.read(META_NAME))
+            tmp = tempfile.TemporaryDirectory(prefix="hal-load-")
+            for name in z.namelist():
+                dest = (Path(tmp.name) / name).resolve()
+                if not str(dest).startswith(str(Path(tmp.name).resolve())):
+                    raise ArtifactError(f"{path} has an unsafe member {name!r}", "do not load it")
+            z.extractall(tmp.name)
+    except zipfile.BadZipFile:
+        raise ArtifactError(
+            f"{path} is not a .hal artifact (not a zip, or truncated)",
+            "pass a file written by Executable.save or `hal compile -o`",
+        ) from None
+    except KeyError:
+        raise ArtifactError(f"{path} has no {META_NAME}", "re-create it with hal") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has artifact format {meta.get('format_version')}, this hal reads {FORMAT_VERSION}",
+            "recompile the model with this version of hal",
+        )
+    return meta, Path(tmp.name) / ARTIFACT_DIR, tmp.cleanup

@@ -1,0 +1,196 @@
+"""Model formats, converters, and the planner that chains converters.
+
+Formats and converters are contributed by plugins (``register_formats``,
+``register_converters``); the built-in ones live in :mod:`hal.formats.builtin`
+and import their frameworks only when used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ModelFormatError, NoConversionPath
+from ..types import CompileOptions
+
+#: file suffixes that are Python pickles: never loaded.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin.pt")
+
+
+@dataclass(frozen=True)
+class Format:
+    """A model representation: how to recognise it and how to load/hash it."""
+
+    name: str
+    description: str
+    suffixes: tuple[str, ...] = ()
+    #: in-memory object test; must not import a framework (compare type names).
+    detect: Callable[[Any], bool] | None = None
+    #: path test beyond the suffix (e.g. a SavedModel directory).
+    sniff: Callable[[Path], bool] | None = None
+    #: path → in-memory value; raise ModelFormatError on a bad file.
+    load: Callable[[Path], Any] | None = None
+    #: value → bytes that change whenever the model changes (cache key).
+    fingerprint: Callable[[Any], bytes] | None = None
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+
+
+@dataclass(frozen=True)
+class Converter:
+    """One well-kept conversion step, e.g. ``torch.nn → onnx`` via torch.onnx."""
+
+    name: str
+    source: str
+    target: str
+    convert: Callable[["Model", CompileOptions], Any]
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    cost: int = 1
+
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
+
+
+@dataclass
+class Model:
+    """A model in one format, with where it came from and how it got here."""
+
+    format: str
+    value: Any
+    path: Path | None = None
+    example_inputs: tuple | None = None
+    path_taken: list[str] = field(default_factory=list)
+    _fingerprint: str | None = None
+
+    def digest(self, formats: dict[str, Format]) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.format.encode())
+            fmt = formats.get(self.format)
+            if self.path is not None and (fmt is None or fmt.fingerprint is None):
+                h.update(hash_path(self.path))
+            elif fmt is not None and fmt.fingerprint is not None:
+                h.update(fmt.fingerprint(self.value))
+            else:
+                raise ModelFormatError(f"cannot fingerprint a {self.format} model", "pass cache=False")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+def hash_path(path: Path) -> bytes:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path if path.is_dir() else path.parent)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.digest()
+
+
+def identify(model: Any, formats: dict[str, Format]) -> Model:
+    """Wrap an in-memory model or a path in a :class:`Model` of a known format."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return _identify_path(Path(model), formats)
+    if isinstance(model, (bytes, bytearray)):
+        for fmt in formats.values():
+            if fmt.detect and fmt.detect(bytes(model)):
+                return Model(fmt.name, bytes(model))
+        raise ModelFormatError("these bytes are not a model hal recognises",
+                               "pass a path, or bytes of a TFLite flatbuffer")
+    for fmt in formats.values():
+        if fmt.detect and fmt.detect(model):
+            return Model(fmt.name, model)
+    raise ModelFormatError(
+        f"hal does not know models of type {type(model).__module__}.{type(model).__name__}",
+        f"pass one of: {', '.join(sorted(formats))} (or a file of one)",
+    )
+
+
+def _identify_path(path: Path, formats: dict[str, Format]) -> Model:
+    if not path.exists():
+        raise ModelFormatError(f"{path} does not exist", "check the path")
+    name = path.name.lower()
+    if name.endswith(PICKLE_SUFFIXES):
+        raise ModelFormatError(
+            f"{path} is a Python pickle; hal never unpickles model files",
+            "export it with torch.export.save (.pt2), to ONNX, or save weights as safetensors",
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelFormatError(f"{path} is empty", "re-export the model")
+    for fmt in formats.values():
+        hit = (fmt.sniff(path) if fmt.sniff else False) or (
+            path.is_file() and fmt.suffixes and name.endswith(fmt.suffixes))
+        if hit:
+            if fmt.requires and (missing := [m for m in fmt.requires
+                                             if importlib.util.find_spec(m) is None]):
+                raise NoConversionPath(
+                    f"reading {fmt.name} models needs {', '.join(missing)}",
+                    f"pip install 'hal-accel[{fmt.extra}]'" if fmt.extra else f"install {missing}",
+                )
+            value = fmt.load(path) if fmt.load else path
+            return Model(fmt.name, value, path=path)
+    known = sorted({s for f in formats.values() for s in f.suffixes})
+    raise ModelFormatError(
+        f"{path} is not a model format hal recognises",
+        f"pass a file ending in one of {', '.join(known)}, or a SavedModel directory",
+    )
+
+
+def plan(source: str, targets: tuple[str, ...], converters: list[Converter]) -> list[Converter]:
+    """Shortest chain of converters from ``source`` to the first reachable format
+    of ``targets`` (earlier targets win ties). Raises NoConversionPath naming
+    what to install when the only chains need missing packages."""
+    if source in targets:
+        return []
+    best = _bfs(source, targets, [c for c in converters if not c.missing()])
+    if best is not None:
+        return best
+    hypothetical = _bfs(source, targets, converters)
+    if hypothetical is not None:
+        needs = sorted({m for c in hypothetical for m in c.missing()})
+        extras = sorted({c.extra for c in hypothetical if c.missing() and c.extra})
+        fix = (f"pip install 'hal-accel[{','.join(extras)}]'" if extras
+               else f"install {', '.join(needs)}")
+        raise NoConversionPath(
+            f"converting {source} to {' or '.join(targets)} needs {', '.join(needs)} "
+            f"({' → '.join(c.name for c in hypothetical)})",
+            fix,
+        )
+    raise NoConversionPath(
+        f"no converter chain turns a {source} model into {' or '.join(targets)}",
+        "export the model to a format this target accepts, or choose another target",
+    )
+
+
+def _bfs(source: str, targets: tuple[str, ...], convs: list[Converter]) -> list[Converter] | None:
+    order = {t: i for i, t in enumerate(targets)}
+    seen = {source: []}
+    queue = deque([source])
+    found: list[list[Converter]] = []
+    while queue:
+        fmt = queue.popleft()
+        for c in sorted(convs, key=lambda c: c.cost):
+            if c.source == fmt and c.target not in seen:
+                seen[c.target] = seen[fmt] + [c]
+                queue.append(c.target)
+                if c.target in order:
+                    found.append(seen[c.target])
+    if not found:
+        return None
+    return min(found, key=lambda p: (sum(c.cost for c in p), order[p[-1].target]))
+
+
+def convert(model: Model, chain: list[Converter], options: CompileOptions) -> Model:
+    for conv in chain:
+        value = conv.convert(model, options)
+        model = Model(conv.target, value, example_inputs=model.example_inputs,
+                      path_taken=model.path_taken + [conv.name])
+    return model

@@ -1,0 +1,286 @@
+"""Built-in formats and framework-level converters (a default plugin).
+
+Every framework import happens inside a function, so importing this module
+costs nothing. Backend-specific converters (``ov.convert_model``, litert-torch
+quantization, ...) live with their backends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CompileError, ModelFormatError, UsageError
+from ..hookspecs import hookimpl
+from . import Converter, Format, Model, hash_path
+
+
+def _type_names(obj: Any) -> set[str]:
+    return {f"{c.__module__}.{c.__qualname__}" for c in type(obj).__mro__}
+
+
+def _is_torch_module(obj: Any) -> bool:
+    return "torch.nn.modules.module.Module" in _type_names(obj)
+
+
+def _is_exported(obj: Any) -> bool:
+    return "torch.export.exported_program.ExportedProgram" in _type_names(obj)
+
+
+def _is_onnx(obj: Any) -> bool:
+    return any(n.startswith("onnx.") and n.endswith("ModelProto") for n in _type_names(obj))
+
+
+def _is_keras(obj: Any) -> bool:
+    return any(n.startswith("keras.") and n.endswith(".Model") for n in _type_names(obj))
+
+
+def _is_tflite(obj: Any) -> bool:
+    return isinstance(obj, bytes) and len(obj) >= 8 and obj[4:8] == b"TFL3"
+
+
+# --- fingerprints ------------------------------------------------------------------
+def _tensor_bytes(h, named) -> None:
+    for name, t in named:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def _fp_torch_module(m) -> bytes:
+    import inspect
+
+    h = hashlib.sha256()
+    for cls in type(m).__mro__:
+        if cls.__module__.startswith("torch."):
+            break
+        try:
+            h.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):
+            h.update(cls.__qualname__.encode())
+    h.update(repr(m).encode())
+    h.update(str(m.training).encode())
+    _tensor_bytes(h, m.state_dict(keep_vars=False).items())
+    return h.digest()
+
+
+def _fp_exported(ep) -> bytes:
+    h = hashlib.sha256(str(ep.graph_module.code).encode())
+    _tensor_bytes(h, ep.state_dict.items())
+    _tensor_bytes(h, ((k, v) for k, v in ep.constants.items() if hasattr(v, "detach")))
+    return h.digest()
+
+
+def _fp_keras(m) -> bytes:
+    h = hashlib.sha256(m.to_json().encode())
+    for w in m.weights:
+        h.update(np.asarray(w.numpy()).tobytes())
+    return h.digest()
+
+
+# --- safe loaders -------------------------------------------------------------------
+def safe_export_load(path: Path):
+    """``torch.export.load`` after refusing any archive that would unpickle:
+    pickled weights/constants, custom or opaque objects, or the legacy format."""
+    try:
+        z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ModelFormatError(f"{path} is not a .pt2 archive (not a zip, or truncated)",
+                               "re-export it with torch.export.save") from None
+    import io
+
+    import torch
+
+    with z:
+        names = z.namelist()
+        if z.testzip() is not None:
+            raise ModelFormatError(f"{path} is corrupt", "re-export it with torch.export.save")
+        unsafe = [n for n in names if "/custom_obj" in n or "/opaque_obj" in n]
+        for n in names:
+            if n.endswith("_config.json") and ("/weights/" in n or "/constants/" in n):
+                cfg = json.loads(z.read(n))
+                unsafe += [f"{n}:{k}" for k, m in cfg.get("config", {}).items() if m.get("use_pickle")]
+            elif n.endswith(".pt"):
+                # torch falls back to a full unpickle when weights_only fails: refuse first.
+                try:
+                    torch.load(io.BytesIO(z.read(n)), weights_only=True)
+                except Exception:  # noqa: BLE001
+                    unsafe.append(n)
+    if unsafe:
+        raise ModelFormatError(
+            f"{path} holds pickled objects ({unsafe[0]}); hal never unpickles model files",
+            "re-export with plain tensor weights (torch.export.save of a module without "
+            "custom objects)",
+        )
+
+    try:
+        return torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad file
+        raise ModelFormatError(f"{path} could not be read as an ExportedProgram ({e})",
+                               "re-export it with torch.export.save") from None
+
+
+def _load_onnx(path: Path):
+    import onnx
+
+    try:
+        m = onnx.load(str(path))
+        onnx.checker.check_model(m)
+    except Exception as e:  # noqa: BLE001
+        raise ModelFormatError(f"{path} is not a valid ONNX model (empty, truncated or "
+                               f"corrupt: {str(e).splitlines()[0][:160]})",
+                               "re-export it, e.g. with torch.onnx.export") from None
+    if not m.graph.node:
+        raise ModelFormatError(f"{path} is an ONNX model with an empty graph", "re-export it")
+    return m
+
+
+def check_tflite(data: bytes, where: str) -> bytes:
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelFormatError(f"{where} is not a TFLite flatbuffer (no TFL3 identifier)",
+                               "convert the model to .tflite first")
+    root = int.from_bytes(data[:4], "little")
+    if root >= len(data) or len(data) < 64:
+        raise ModelFormatError(f"{where} is a truncated TFLite flatbuffer", "re-convert it")
+    return data
+
+
+def _load_tflite(path: Path) -> bytes:
+    return check_tflite(path.read_bytes(), str(path))
+
+
+def _load_ir(path: Path) -> Path:
+    bin_ = path.with_suffix(".bin")
+    head = path.read_bytes()[:512].lstrip()
+    if not head.startswith(b"<?xml") and b"<net" not in head:
+        raise ModelFormatError(f"{path} is not an OpenVINO IR .xml", "pass the IR's .xml file")
+    if not bin_.exists():
+        raise ModelFormatError(f"{path}'s weights file {bin_.name} is missing",
+                               "keep the .xml and .bin side by side")
+    return path
+
+
+def _load_keras(path: Path):
+    import keras
+
+    try:
+        return keras.models.load_model(str(path), safe_mode=True, compile=False)
+    except Exception as e:  # noqa: BLE001
+        raise ModelFormatError(f"{path} is not a loadable .keras model ({e})",
+                               "re-save it with model.save('x.keras')") from None
+
+
+def _is_saved_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "saved_model.pb").is_file()
+
+
+# --- converters ---------------------------------------------------------------------
+_scratch: list[str] = []
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temp dir that lives until the process exits (converted files)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    if not _scratch:
+        atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _scratch])
+    _scratch.append(d)
+    return Path(d)
+
+
+def torch_example_args(model: Model) -> tuple:
+    import torch
+
+    if not model.example_inputs:
+        raise UsageError("converting a torch module needs example inputs",
+                         "pass example_inputs=(x,) to hal.compile")
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+
+
+def _torch_to_export(model: Model, options) -> Any:
+    import torch
+
+    m = model.value.eval()
+    try:
+        return torch.export.export(m, torch_example_args(model))
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"torch.export failed: {str(e).splitlines()[0][:200]}",
+                           "make the model export-friendly (no data-dependent control flow)") from None
+
+
+def _to_onnx(model: Model, options) -> Any:
+    import torch
+
+    src = model.value
+    args = torch_example_args(model) if model.example_inputs else ()
+    if model.format == "torch.nn":
+        src = src.eval()
+    try:
+        prog = torch.onnx.export(src, args, dynamo=True, verbose=False)
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"torch.onnx.export failed: {str(e).splitlines()[0][:200]}",
+                           "check the model exports with torch.export first") from None
+    return prog.model_proto
+
+
+def _keras_to_tflite(model: Model, options) -> bytes:
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model.value).convert()
+
+
+def _saved_model_to_tflite(model: Model, options) -> bytes:
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_saved_model(str(model.value)).convert()
+
+
+def _keras_to_saved_model(model: Model, options) -> Path:
+    out = scratch_dir("hal-savedmodel-") / "model"
+    model.value.export(str(out), format="tf_saved_model", verbose=False)
+    return out
+
+
+@hookimpl
+def register_formats(register):
+    register(Format("torch.nn", "PyTorch nn.Module (+ example inputs)",
+                    detect=_is_torch_module, fingerprint=_fp_torch_module, requires=("torch",)))
+    register(Format("torch.export", "torch.export ExportedProgram (.pt2)", suffixes=(".pt2",),
+                    detect=_is_exported, load=safe_export_load, fingerprint=_fp_exported,
+                    requires=("torch",), extra="cpu"))
+    register(Format("onnx", "ONNX ModelProto (.onnx)", suffixes=(".onnx",), detect=_is_onnx,
+                    load=_load_onnx, fingerprint=lambda m: m.SerializeToString(),
+                    requires=("onnx",), extra="cpu"))
+    register(Format("tflite", "TFLite flatbuffer (.tflite)", suffixes=(".tflite",),
+                    detect=_is_tflite, load=_load_tflite, fingerprint=bytes))
+    register(Format("keras", "Keras model (.keras)", suffixes=(".keras",), detect=_is_keras,
+                    load=_load_keras, fingerprint=_fp_keras, requires=("keras",), extra="tpu"))
+    register(Format("savedmodel", "TensorFlow SavedModel directory", sniff=_is_saved_model_dir,
+                    fingerprint=lambda p: hash_path(Path(p))))
+    register(Format("openvino.ir", "OpenVINO IR (.xml + .bin)", suffixes=(".xml",), load=_load_ir,
+                    fingerprint=lambda p: hash_path(Path(p)) + hash_path(Path(p).with_suffix(".bin"))))
+
+
+@hookimpl
+def register_converters(register):
+    register(Converter("torch.export.export", "torch.nn", "torch.export", _torch_to_export,
+                       requires=("torch",), extra="cpu"))
+    register(Converter("torch.onnx.export", "torch.nn", "onnx", _to_onnx,
+                       requires=("torch", "onnx", "onnxscript"), extra="cpu", cost=2))
+    register(Converter("torch.onnx.export", "torch.export", "onnx", _to_onnx,
+                       requires=("torch", "onnx", "onnxscript"), extra="cpu"))
+    register(Converter("keras.export", "keras", "savedmodel", _keras_to_saved_model,
+                       requires=("tensorflow",), extra="tpu"))
+    register(Converter("TFLiteConverter.from_keras_model", "keras", "tflite", _keras_to_tflite,
+                       requires=("tensorflow",), extra="tpu"))
+    register(Converter("TFLiteConverter.from_saved_model", "savedmodel", "tflite",
+                       _saved_model_to_tflite, requires=("tensorflow",), extra="tpu"))

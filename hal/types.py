@@ -1,0 +1,110 @@
+"""Plain typed records shared by the core and every backend."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import UsageError
+
+#: Precisions hal knows. ``fp64`` exists for the conformance oracle.
+PRECISIONS: dict[str, str] = {
+    "fp64": "IEEE double everywhere (reference oracle)",
+    "fp32": "IEEE single everywhere; no TF32, no bf16 down-conversion",
+    "fp16": "half-precision weights and compute",
+    "bf16": "bfloat16 weights and compute",
+    "int8": "static int8: weights and activations, calibrated on caller data",
+    "int8-dynamic": "int8 weights, activations quantized per call",
+}
+
+DeviceKind = Literal["hardware", "emulated"]
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(
+            f"unknown precision {precision!r}",
+            f"use one of {', '.join(PRECISIONS)}",
+        )
+    return precision
+
+
+@dataclass
+class Device:
+    """One place a model can run. ``kind='emulated'`` means the host runs the
+    artifact that would be sent to the device; it is never picked by ``auto``."""
+
+    backend: str
+    id: str
+    name: str
+    kind: DeviceKind = "hardware"
+    available: bool = True
+    reason: str = ""
+    memory_bytes: int | None = None
+    aliases: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
+    #: rough rank for ``target="auto"`` among hardware: accelerators > CPUs.
+    rank: int = 0
+    #: typical board power in watts, where the vendor states one.
+    power_w: float | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"{self.backend}:{self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target"] = self.target
+        d["aliases"] = list(self.aliases)
+        d["precisions"] = list(self.precisions)
+        return d
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (``None`` for a dynamic dimension) and numpy dtype name."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+    @classmethod
+    def of(cls, name: str, array: np.ndarray, dynamic_batch: bool = False) -> TensorSpec:
+        shape = tuple(array.shape)
+        if dynamic_batch and shape:
+            shape = (None,) + shape[1:]
+        return cls(name, shape, str(array.dtype))
+
+
+@dataclass
+class CompileOptions:
+    """Everything that shapes a compiled artifact (and so the cache key)."""
+
+    precision: str = "fp32"
+    example_inputs: tuple[np.ndarray, ...] | None = None
+    calibration: list[tuple[np.ndarray, ...]] | None = None
+    #: backend-specific knobs, e.g. {"torch_compile": "max-autotune"}.
+    options: dict[str, Any] = field(default_factory=dict)
+    #: reject NaN/Inf inputs at run time (documented default).
+    check_finite: bool = True
+
+
+@dataclass
+class Requirements:
+    """What ``target='auto'`` must satisfy. ``None`` means no constraint."""
+
+    precision: str | None = None
+    max_latency_ms: float | None = None
+    max_power_w: float | None = None
+    #: "speed" ranks by device rank / measured latency, "power" by stated watts.
+    prefer: Literal["speed", "power"] = "speed"
