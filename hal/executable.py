@@ -107,6 +107,13 @@ class Executable:
         core time ``infer`` with a host clock."""
         return None
 
+    def throughput(self, inputs: list[np.ndarray], iterations: int | None,
+                   duration_s: float | None) -> dict[str, Any] | None:
+        """Optional offline mode (async queues, streams): return
+        ``{"throughput_per_s": ..., "latency_ms": {...}, "iterations": n, "notes": [...]}``,
+        or ``None`` when the backend has none."""
+        return None
+
     # --- the user-facing surface -------------------------------------------------
     def __call__(self, *inputs: Any):
         outs = self.infer(self.check_inputs(inputs))

@@ -76,6 +76,7 @@ def profile(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     extras: bool = True,
+    mode: str = "latency",
 ) -> Profile:
     """Profile ``exe`` on ``inputs`` (random inputs from the input specs when
     empty). Runs ``warmup`` untimed calls, then ``iterations`` timed calls, or as
@@ -89,6 +90,10 @@ def profile(
         raise UsageError(f"iterations={iterations} is not positive", "use 1 or more")
     if warmup < 0:
         raise UsageError(f"warmup={warmup} is negative", "use 0 or more")
+    if mode not in ("latency", "throughput"):
+        raise UsageError(f"unknown profile mode {mode!r}", "use 'latency' or 'throughput'")
+    if mode == "throughput":
+        return _throughput(exe, arrays, bs, iterations, warmup, duration_s)
     infer = exe.infer
     for _ in range(warmup):
         infer(arrays)
@@ -155,6 +160,22 @@ def profile(
             prof.unavailable[metric] = f"the {exe.info.backend} backend does not report it"
     prof.extra.update(add)
     return prof
+
+
+def _throughput(exe, arrays, bs, iterations, warmup, duration_s) -> Profile:
+    got = exe.throughput(arrays, iterations, duration_s)
+    if got is None:
+        from .errors import UnsupportedError
+
+        raise UnsupportedError(f"the {exe.info.backend} backend has no throughput mode",
+                               "profile in latency mode, or raise the batch size")
+    return Profile(backend=exe.info.backend, device=exe.info.device,
+                   device_kind=exe.info.device_kind, precision=exe.info.precision, batch_size=bs,
+                   iterations=int(got.get("iterations", 0)), warmup=warmup,
+                   latency_ms=got.get("latency_ms", {}), throughput_per_s=got["throughput_per_s"],
+                   timer="backend throughput mode", notes=list(got.get("notes", [])),
+                   extra={k: v for k, v in got.items()
+                          if k not in ("latency_ms", "throughput_per_s", "iterations", "notes")})
 
 
 def random_inputs(specs, batch_size: int = 1, seed: int = 0) -> list[np.ndarray]:

@@ -1,0 +1,1 @@
+"""hal backend plugin (under construction)."""

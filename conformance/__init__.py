@@ -1,0 +1,1 @@
+"""hal conformance suite (imported as hal_conformance)."""
