@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hal import CompileError, TensorSpec, UsageError
+from hal import CompileError, InvalidInputError, TensorSpec, UsageError
 from hal.formats import Model
 from hal.formats.builtin import safe_export_load
 
@@ -39,6 +39,18 @@ def eval_copy(model: Model) -> torch.nn.Module:
         return model.value.module()
     m = copy.deepcopy(model.value)
     return m.eval()
+
+
+def run_example(module: torch.nn.Module, args) -> list[torch.Tensor]:
+    """One forward pass on the example inputs; a failure is the caller's input."""
+    try:
+        with torch.inference_mode():
+            return flatten(module(*args))
+    except Exception as e:  # noqa: BLE001
+        shapes = [tuple(a.shape) for a in args]
+        raise InvalidInputError(
+            f"the model fails on example inputs of shape {shapes}: {str(e).splitlines()[0][:200]}",
+            "pass example inputs of the shape and dtype the model takes") from None
 
 
 def flatten(out: Any) -> list[torch.Tensor]:

@@ -56,9 +56,20 @@ def dynamic_int8(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, int, i
     quantized per call) applied to every ``aten.linear`` of an exported graph, so the
     saved fp32 program reloads to the very same int8 model. Returns the module and
     the fp32 / int8 weight sizes in bytes."""
-    from torch.ao.quantization.observer import default_weight_observer
 
     fp32 = sum(p.numel() * p.element_size() for p in gm.state_dict().values())
+    with warnings.catch_warnings():  # quantized-tensor deprecation; ScriptObject get_attr
+        warnings.simplefilter("ignore")
+        saved = _swap_linears(gm)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, fp32, fp32 - saved
+
+
+def _swap_linears(gm: torch.fx.GraphModule) -> int:
+    from torch.ao.quantization.observer import default_weight_observer
+
     saved = 0
     for i, node in enumerate(list(gm.graph.nodes)):
         if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
@@ -67,9 +78,8 @@ def dynamic_int8(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, int, i
         b = node.args[2] if len(node.args) > 2 else None
         if w.op != "get_attr" or (b is not None and b.op != "get_attr"):
             continue
-        weight = gm.get_parameter(w.target) if w.target in dict(gm.named_parameters()) \
-            else gm.get_buffer(w.target)
-        bias = None if b is None else dict(gm.state_dict())[b.target]
+        state = gm.state_dict()
+        weight, bias = state[w.target], None if b is None else state[b.target]
         obs = default_weight_observer()
         obs(weight.detach())
         scale, zp = obs.calculate_qparams()
@@ -83,10 +93,7 @@ def dynamic_int8(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, int, i
         node.replace_all_uses_with(q)
         gm.graph.erase_node(node)
         saved += weight.numel() * (weight.element_size() - 1) - 8
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm, fp32, fp32 - saved
+    return saved
 
 
 def _pt2e_int8(module: torch.nn.Module, args, calibration) -> torch.nn.Module:
@@ -121,6 +128,8 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
         ex_args = tuple(a.double() if precision == "fp64" and a.is_floating_point() else a
                         for a in args)
         program, dynamic = tc.export(module, ex_args)
+        if model.format == "torch.export" and precision != "int8":
+            module = program.module()  # the caller's program may carry static-shape guards
         if precision == "int8-dynamic":
             module, fp32, q = dynamic_int8(program.module())
             recipe = {"dynamic_int8_linear": True}
@@ -128,9 +137,8 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
             path.append("torch.export → dynamic int8 Linear (quantize_dynamic's qint8 recipe)")
     except CompileError as e:
         extra["not_saveable"] = str(e)
-    with torch.inference_mode():
-        outs = tc.flatten(module(*[a.double() if precision == "fp64" and a.is_floating_point()
-                                   else a for a in args]))
+    outs = tc.run_example(module, [a.double() if precision == "fp64" and a.is_floating_point()
+                                   else a for a in args])
     ins, outs_spec = tc.specs(args, outs, dynamic)
     info = ExecutableInfo(backend.name, backend.version(), device.target, device.kind, precision,
                           ins, outs_spec, conversion_path=path, extra=extra)

@@ -1,0 +1,345 @@
+"""The ``hal`` command line (typer + rich).
+
+Every command takes ``--json`` for machine-readable output only. Errors are one
+line on stderr: exit 2 for usage errors, 1 for failures; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import api
+from .errors import HalError, InvalidInputError, UsageError
+from .plugins import load as load_plugins
+from .plugins import registry
+from .types import PRECISIONS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile, run and profile models on whatever accelerator is here.")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    plugins: Optional[str] = typer.Option(None, "--plugins", help="Comma-separated entry points to load (default: all; env HAL_PLUGINS)."),
+) -> None:
+    _state["debug"] = debug
+    if not debug:  # framework chatter is not the user's business at the CLI
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        for name in ("torchao", "torch", "tensorflow", "absl", "nncf", "openvino", "jax"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    if plugins is not None:
+        load_plugins(only=[p.strip() for p in plugins.split(",") if p.strip()])
+
+
+def guarded(fn: Callable) -> Callable:
+    """One line per error, the right exit code, no traceback unless --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **k: Any) -> Any:
+        try:
+            return fn(*a, **k)
+        except typer.Exit:
+            raise
+        except HalError as e:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 - the CLI never shows a raw traceback
+            if _state["debug"]:
+                raise
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:400]
+            err.print(f"[bold red]error:[/] {escape(msg)} (run with --debug for the traceback)",
+                      highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _dump(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+# --- helpers -------------------------------------------------------------------------
+def _read_arrays(path: Path, what: str) -> list[np.ndarray]:
+    """.npy → one array; .npz → its arrays in stored order. Pickles refused."""
+    if not path.exists():
+        raise UsageError(f"{what} file {path} does not exist", "check the path")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return [z[k] for k in z.files]
+        if path.suffix == ".npy":
+            return [np.load(path, allow_pickle=False)]
+    except ValueError as e:
+        raise InvalidInputError(f"{what} file {path} is not plain numpy data ({e})",
+                                "save arrays with np.save / np.savez (no object arrays)") from None
+    except Exception as e:  # noqa: BLE001 - truncated or not numpy at all
+        raise InvalidInputError(f"{what} file {path} could not be read ({type(e).__name__}: {e})",
+                                "save arrays with np.save / np.savez") from None
+    raise UsageError(f"{what} file {path} must be .npy or .npz", "save arrays with np.save / np.savez")
+
+
+def _inputs(paths: Optional[List[Path]]) -> tuple[np.ndarray, ...] | None:
+    if not paths:
+        return None
+    arrays: list[np.ndarray] = []
+    for p in paths:
+        arrays.extend(_read_arrays(p, "input"))
+    return tuple(arrays)
+
+
+def _calibration(path: Optional[Path]) -> list[tuple[np.ndarray, ...]] | None:
+    """Each array's first axis indexes samples; sample i of a multi-input model
+    takes row i of every array (each row keeps a batch axis of 1)."""
+    if path is None:
+        return None
+    arrays = _read_arrays(path, "calibration")
+    n = {a.shape[0] for a in arrays if a.ndim}
+    if len(n) != 1:
+        raise InvalidInputError(f"calibration arrays in {path} disagree on the sample count {sorted(n)}",
+                                "give every input the same number of samples (first axis)")
+    return [tuple(a[i:i + 1] for a in arrays) for i in range(n.pop())]
+
+
+def _options(pairs: Optional[List[str]]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise UsageError(f"option {p!r} is not KEY=VALUE", "e.g. --option torch_compile=max-autotune")
+        k, v = p.split("=", 1)
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    return opts
+
+
+def _precision(p: str) -> str:
+    if p not in PRECISIONS:
+        raise UsageError(f"unknown precision {p!r}", f"use one of {', '.join(PRECISIONS)}")
+    return p
+
+
+def _executable(model: Path, target: str, precision: str, inputs, calibration: Optional[Path],
+                option: Optional[List[str]], no_cache: bool, quiet: bool):
+    if model.suffix == ".hal":
+        return api.load(model, None if target == "auto" else target)
+    calib = _calibration(calibration)
+    if quiet:
+        return api.compile(model, target, _precision(precision), example_inputs=inputs,
+                           calibration=calib, options=_options(option), cache=not no_cache)
+    with err.status(f"compiling {model.name} for {target} at {precision}"
+                    + (f" (calibrating on {len(calib)} samples)" if calib else "") + " …"):
+        return api.compile(model, target, _precision(precision), example_inputs=inputs,
+                           calibration=calib, options=_options(option), cache=not no_cache)
+
+
+ModelArg = typer.Argument(..., help="Model file: .onnx, .pt2, .tflite, .xml (OpenVINO IR), .keras, a SavedModel dir, or a compiled .hal.")
+TargetOpt = typer.Option("auto", "--target", "-t", help="Device target (see `hal devices`), or auto.")
+PrecisionOpt = typer.Option("fp32", "--precision", "-p", help=f"One of {', '.join(PRECISIONS)}.")
+InputOpt = typer.Option(None, "--input", "-i", help=".npy/.npz input(s), in model input order.")
+CalibOpt = typer.Option(None, "--calibration", "-c", help=".npy/.npz, first axis = samples (int8).")
+OptionOpt = typer.Option(None, "--option", help="Backend option KEY=VALUE (repeatable).")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output only.")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Bypass the compile cache.")
+
+
+# --- commands --------------------------------------------------------------------------
+@app.command()
+@guarded
+def devices(as_json: bool = JsonOpt,
+            refresh: bool = typer.Option(False, "--refresh", help="Re-probe.")) -> None:
+    """Every backend found and each of its devices, hardware or emulated, and why unavailable."""
+    statuses = api.backends(refresh)
+    if as_json:
+        devs = [d.to_dict() for st in statuses for d in st.devices]
+        _dump({"backends": [st.to_dict() for st in statuses], "devices": devs})
+        return
+    t = Table(title="hal devices")
+    for c in ("target", "kind", "available", "name", "precisions", "note"):
+        t.add_column(c)
+    for st in statuses:
+        if not st.devices:
+            t.add_row(st.name, "-", "[red]no[/]", st.description, "", st.error or st.runtime or "")
+        for d in st.devices:
+            t.add_row(d.target, d.kind, "[green]yes[/]" if d.available else "[red]no[/]", d.name,
+                      " ".join(d.precisions), d.reason)
+    out.print(t)
+
+
+@app.command()
+@guarded
+def plugins(as_json: bool = JsonOpt) -> None:
+    """Every plugin found through the `hal` entry points, loaded or not, with its error."""
+    infos = registry().plugins
+    if as_json:
+        _dump([i.to_dict() for i in infos])
+        return
+    t = Table(title="hal plugins")
+    for c in ("plugin", "source", "loaded", "backends", "error"):
+        t.add_column(c)
+    for i in infos:
+        t.add_row(i.name, i.source, "[green]yes[/]" if i.loaded else "[red]no[/]",
+                  ", ".join(i.backends), i.error or "")
+    out.print(t)
+
+
+@app.command("compile")
+@guarded
+def compile_(model: Path = ModelArg, target: str = TargetOpt, precision: str = PrecisionOpt,
+             output: Path = typer.Option(..., "--output", "-o", help="Where to write the .hal file."),
+             input: Optional[List[Path]] = InputOpt, calibration: Optional[Path] = CalibOpt,
+             option: Optional[List[str]] = OptionOpt, no_cache: bool = NoCacheOpt,
+             as_json: bool = JsonOpt) -> None:
+    """Compile MODEL for a target and write a .hal artifact."""
+    exe = _executable(model, target, precision, _inputs(input), calibration, option, no_cache, as_json)
+    exe.save(output)
+    if as_json:
+        _dump({"output": str(output), **exe.info.to_dict()})
+        return
+    i = exe.info
+    out.print(f"[bold]{output}[/]: {i.backend} on {i.device} ({i.device_kind}), {i.precision}, "
+              f"{(i.artifact_size_bytes or 0) / 1e3:.1f} kB, compiled in {i.compile_time_s:.2f}s"
+              + (" (cache hit)" if i.cache_hit else ""))
+    out.print("path: " + " → ".join(i.conversion_path))
+    for n in i.notes:
+        out.print(f"note: {n}")
+
+
+@app.command()
+@guarded
+def run(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, target: str = TargetOpt,
+        precision: str = PrecisionOpt, calibration: Optional[Path] = CalibOpt,
+        option: Optional[List[str]] = OptionOpt,
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write outputs to this .npz."),
+        no_cache: bool = NoCacheOpt, as_json: bool = JsonOpt) -> None:
+    """Run MODEL once on --input arrays (random inputs from the model's specs if none)."""
+    inputs = _inputs(input)
+    exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json)
+    if inputs is None:
+        from .profile import random_inputs
+
+        inputs = tuple(random_inputs(exe.info.inputs))
+    outs = exe.run(list(inputs))
+    if output is not None:
+        tmp = output.with_name(output.name + ".tmp.npz")
+        np.savez(tmp, **{s.name: o for s, o in zip(exe.info.outputs, outs)})
+        tmp.replace(output)
+    if as_json:
+        _dump({"device": exe.info.device, "device_kind": exe.info.device_kind,
+               "precision": exe.info.precision,
+               "outputs": [{"name": s.name, "shape": list(o.shape), "dtype": str(o.dtype),
+                            "values": o.tolist()} for s, o in zip(exe.info.outputs, outs)]})
+        return
+    for s, o in zip(exe.info.outputs, outs):
+        out.print(f"{s.name} {tuple(o.shape)} {o.dtype}: {np.array2string(o.ravel()[:10], precision=5)}"
+                  + (" …" if o.size > 10 else ""))
+
+
+@app.command()
+@guarded
+def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, target: str = TargetOpt,
+            precision: str = PrecisionOpt, calibration: Optional[Path] = CalibOpt,
+            option: Optional[List[str]] = OptionOpt,
+            iterations: int = typer.Option(100, "--iterations", "-n"),
+            warmup: int = typer.Option(10, "--warmup"),
+            duration: Optional[float] = typer.Option(None, "--duration", help="Seconds (instead of --iterations)."),
+            batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+            mode: str = typer.Option("latency", "--mode", help="latency | throughput (backend offline mode)."),
+            probe: Optional[str] = typer.Option(None, "--probe", help="Also run a peak probe: gemm."),
+            no_cache: bool = NoCacheOpt, as_json: bool = JsonOpt) -> None:
+    """Latency percentiles, throughput and whatever the backend adds (per-layer times, memory, energy)."""
+    inputs = _inputs(input)
+    exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json)
+    probe_result = _probe(exe, probe, precision) if probe else None
+    kw = dict(iterations=None if duration else iterations, warmup=warmup, duration_s=duration,
+              batch_size=batch_size, mode=mode)
+    if as_json:
+        p = exe.profile(*(inputs or ()), **kw)
+        _dump({**p.to_dict(), **({"probe": probe_result} if probe_result else {})})
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=err) as bar:
+        task = bar.add_task("profiling", total=iterations)
+        p = exe.profile(*(inputs or ()), progress=lambda d, n: bar.update(task, completed=d), **kw)
+    _print_profile(p)
+    if probe_result:
+        out.print(f"probe {probe}: {probe_result}")
+
+
+def _probe(exe, probe: str, precision: str) -> dict:
+    if probe != "gemm":
+        raise UsageError(f"unknown probe {probe!r}", "use --probe gemm")
+    b = registry().backends[exe.info.backend]
+    fn = getattr(b, "probe_gemm", None)
+    if fn is None:
+        raise UsageError(f"the {b.name} backend has no gemm probe", "drop --probe, or pick a backend with one")
+    return fn(exe.device, precision)
+
+
+def _print_profile(p) -> None:
+    t = Table(title=f"{p.backend} on {p.device} ({p.device_kind}), {p.precision}, batch {p.batch_size}")
+    for c in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "throughput/s", "iterations", "timer"):
+        t.add_column(c, justify="right")
+    lat = p.latency_ms
+    t.add_row(*(f"{lat.get(k, float('nan')):.4f}" for k in ("p50", "p90", "p99", "mean")),
+              f"{p.throughput_per_s:.1f}", str(p.iterations), p.timer)
+    out.print(t)
+    if p.layers:
+        lt = Table(title="slowest layers")
+        for c in ("layer", "type", "ms"):
+            lt.add_column(c)
+        for layer in sorted(p.layers, key=lambda l: -l.time_ms)[:15]:
+            lt.add_row(layer.name, layer.type, f"{layer.time_ms:.4f}")
+        out.print(lt)
+    if p.peak_memory_bytes is not None:
+        out.print(f"peak memory: {p.peak_memory_bytes / 2**20:.1f} MiB")
+    if p.energy_j_per_inference is not None:
+        out.print(f"energy: {p.energy_j_per_inference * 1e3:.3f} mJ/inference")
+    for k, why in p.unavailable.items():
+        out.print(f"[dim]{k}: unavailable ({why})[/]")
+    for k, v in p.extra.items():
+        out.print(f"{k}: {v}")
+    for n in p.notes:
+        out.print(f"note: {n}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
