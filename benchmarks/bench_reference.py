@@ -1,0 +1,69 @@
+"""hal run() vs a direct torch call, batch 1, small CNN, same process, same run.
+
+Prints the ratio of medians (target ≤ 1.03). Rounds alternate between the two
+so that drift on a shared machine hits both alike.
+
+    python benchmarks/bench_reference.py [--rounds 30] [--iters 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import hal
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    ).eval()
+
+
+def per_call(fn, iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=200)
+    a = ap.parse_args()
+    model = small_cnn()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    exe = hal.compile(model, target="cpu", precision="fp32", example_inputs=(x,), cache=False)
+    xt = torch.from_numpy(x)
+
+    def direct():
+        with torch.inference_mode():
+            return model(xt).numpy()
+
+    def via_hal():
+        return exe(x)
+
+    assert np.allclose(direct(), via_hal(), rtol=1e-5, atol=1e-6)
+    for fn in (direct, via_hal):
+        per_call(fn, 50)
+    d, h = [], []
+    for _ in range(a.rounds):
+        d.append(per_call(direct, a.iters))
+        h.append(per_call(via_hal, a.iters))
+    md, mh = statistics.median(d), statistics.median(h)
+    print(f"direct torch call : {md * 1e6:9.1f} us/inference (median of {a.rounds} rounds × {a.iters})")
+    print(f"hal exe(x)        : {mh * 1e6:9.1f} us/inference")
+    print(f"ratio hal/direct  : {mh / md:.3f}  (target <= 1.03)")
+
+
+if __name__ == "__main__":
+    main()
