@@ -1,1 +1,11 @@
-"""hal backend plugin (under construction)."""
+"""The CUDA GPU backend (PyTorch on NVIDIA GPUs), registered through the ``hal``
+entry-point group. Importing it imports no framework."""
+
+from hal import hookimpl
+
+
+@hookimpl
+def register_backends(register):
+    from .backend import CudaBackend
+
+    register(CudaBackend())
