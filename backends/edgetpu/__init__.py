@@ -1,1 +1,14 @@
-"""hal backend plugin (under construction)."""
+"""hal backend plugin: Google Coral Edge TPU (full-int8 TFLite via LiteRT + libedgetpu).
+
+Registering imports nothing but the backend class; LiteRT, litert-torch and
+TensorFlow are imported only when a model is compiled or loaded.
+"""
+
+from hal import hookimpl
+
+
+@hookimpl
+def register_backends(register):
+    from .backend import EdgeTpuBackend
+
+    register(EdgeTpuBackend())

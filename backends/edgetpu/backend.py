@@ -1,0 +1,182 @@
+"""The Coral Edge TPU backend: full-int8 TFLite, ``edgetpu_compiler``, libedgetpu.
+
+Devices are the Edge TPUs libedgetpu can see (hardware) and ``edgetpu:emulated``,
+the same int8 TFLite on the LiteRT CPU interpreter. A bare ``edgetpu`` target
+never means the emulator (the core refuses that); it must be named.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version as dist_version
+from pathlib import Path
+
+from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device, Executable,
+                 ExecutableInfo, UnsupportedError)
+from hal.formats import Model
+
+from . import compiler, devices
+
+PRECISIONS = ("int8",)
+#: Coral's datasheet figure: 4 TOPS at 2 W.
+POWER_W = 2.0
+
+
+def _dist(*names: str) -> str | None:
+    for n in names:
+        try:
+            return dist_version(n)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+class EdgeTpuBackend(Backend):
+    name = "edgetpu"
+    description = ("Google Coral Edge TPU: full-int8 TFLite compiled by edgetpu_compiler, run by "
+                   "LiteRT with the libedgetpu delegate; emulated on the LiteRT CPU interpreter")
+    formats = ("tflite", "torch.nn", "torch.export", "keras", "savedmodel")
+    precisions = PRECISIONS
+    aliases = ("coral",)
+    requires = ("ai_edge_litert",)
+    extra = "edgetpu"
+
+    def version(self) -> str:
+        """Everything that shapes an artifact (libedgetpu only runs it: not here)."""
+        parts = [f"ai-edge-litert {_dist('ai-edge-litert')}"]
+        for label, dists in (("litert-torch", ("litert-torch",)),
+                             ("tensorflow", ("tensorflow", "tensorflow-cpu"))):
+            v = _dist(*dists)
+            if v:
+                parts.append(f"{label} {v}")
+        parts.append(f"edgetpu_compiler {compiler.version() or 'absent'}")
+        return "; ".join(parts)
+
+    def refuse_precision(self, precision: str, device: Device, why: str = "") -> UnsupportedError:
+        return UnsupportedError(
+            f"{device.target} cannot run precision {precision}: the Edge TPU runs only fully "
+            "int8-quantized TFLite models",
+            "use precision='int8' with calibration=[...] (representative inputs)")
+
+    # --- devices ---------------------------------------------------------------------
+    def probe(self) -> list[Device]:
+        missing = self.missing_runtime()
+        found = devices.discover()
+        common = dict(precisions=PRECISIONS, aliases=("coral",), rank=50, power_w=POWER_W)
+        props = {"runtime_version": found.runtime_version, "discovered_by": found.method,
+                 "library": devices.library(), "edgetpu_compiler": compiler.path()}
+        out = []
+        for f in found.found:
+            label = "USB Accelerator" if f.kind == "usb" else "M.2/PCIe module"
+            out.append(Device(self.name, f.id, f"Coral Edge TPU {label}" + (f" ({f.path})" if f.path else ""),
+                              available=missing is None, reason=missing or "",
+                              properties={**props, "path": f.path}, **common))
+        if not found.found:
+            for kind, label in (("usb", "USB Accelerator"), ("pci", "M.2/PCIe module")):
+                why = found.why_not.get(kind) or found.why_not.get("*", "not found")
+                if "*" in found.why_not and kind in found.why_not:
+                    why = f"{found.why_not['*']}; {why}"
+                out.append(Device(self.name, f"{kind}:0", f"Coral Edge TPU {label}", available=False,
+                                  reason=why, properties=props, **common))
+        out.append(Device(
+            self.name, "emulated", "Edge TPU emulation: the int8 TFLite on the LiteRT CPU interpreter",
+            kind="emulated", available=missing is None, reason=missing or "", precisions=PRECISIONS,
+            rank=0, properties={"threads": os.cpu_count(), "edgetpu_compiler": compiler.path()}))
+        return out
+
+    # --- compile / load --------------------------------------------------------------
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+        from . import convert, graph
+        from .executable import Artifacts, EdgeTpuExecutable, EdgeTpuOptions
+
+        self.require_runtime()
+        opts = EdgeTpuOptions.parse(options.options)
+        conv = convert.to_int8(model, options)
+        g = graph.read_graph(conv.tflite)
+        notes = list(conv.notes)
+        files = Artifacts(conv.tflite, None)
+        if g.edgetpu_ops:
+            self._check_precompiled(g, device)
+            files = Artifacts(None, conv.tflite)
+        report = graph.mapping_report(g)
+        if report.float_tensors and not opts.allow_float_ops:
+            what = "given TFLite" if model.format == "tflite" else "quantized model"
+            cpu = sorted({o.op for o in report.cpu_ops() if any("float" in r for r in o.reasons)})
+            raise UnsupportedError(
+                f"the Edge TPU runs only full-int8 models; the {what} has "
+                f"{len(report.float_tensors)} float tensor(s) ({', '.join(report.float_tensors[:4])}"
+                f"{', ...' if len(report.float_tensors) > 4 else ''}) in op(s) {', '.join(cpu)}",
+                "quantize it fully (TFLiteConverter with TFLITE_BUILTINS_INT8 and int8 "
+                "inference_input/output_type, or pass the source model to hal.compile), or pass "
+                "options={'allow_float_ops': True} to run those ops in float on the host CPU")
+        if report.float_tensors:
+            notes.append(f"not fully int8 (allow_float_ops): {len(report.cpu_ops())} op(s) would run "
+                         "on the host CPU in float")
+        creport = None
+        if files.compiled is None:
+            if compiler.path():
+                compiled, creport = compiler.compile_model(conv.tflite, opts.min_runtime_version)
+                files = Artifacts(conv.tflite, compiled, creport.log)
+                notes.append(f"edgetpu_compiler {creport.version}: {creport.ops_on_edgetpu} op(s) on "
+                             f"the Edge TPU, {creport.ops_on_cpu} on the CPU")
+            elif device.kind == "hardware":
+                raise CompileError(
+                    "edgetpu_compiler is not on PATH: without it nothing would run on the Edge TPU",
+                    "install edgetpu-compiler (Coral's apt repository), or compile elsewhere and "
+                    "pass the *_edgetpu.tflite")
+            else:
+                notes.append("the Edge TPU compile step was not done (edgetpu_compiler is not on "
+                             "PATH): the artifact is the int8 TFLite that edgetpu_compiler takes")
+        notes.append(f"mapping (predicted): {report.summary()}")
+        info = ExecutableInfo(
+            self.name, self.version(), device.target, device.kind, "int8", [], [],
+            conversion_path=conv.path + (["edgetpu_compiler"] if creport else []),
+            options=dict(options.options), notes=notes,
+            extra={"edgetpu_mapping": report.to_dict(),
+                   "edgetpu_compiler": creport.to_dict() if creport else None,
+                   "int8_tflite_bytes": len(files.int8) if files.int8 else None,
+                   "compiled_tflite_bytes": len(files.compiled) if files.compiled else None,
+                   "model_size_bytes": len(files.compiled or files.int8 or b"")})
+        return EdgeTpuExecutable(info, device, files, opts)
+
+    def _check_precompiled(self, g, device: Device) -> None:
+        """A model edgetpu_compiler already compiled: only the Edge TPU runtime runs
+        its custom op, and only if the runtime is at least the version it needs."""
+        from . import graph
+
+        pkgs = graph.compiled_packages(g)
+        need = max((p.min_runtime_version or 0 for p in pkgs), default=0)
+        comp = next((p.compiler_version for p in pkgs if p.compiler_version), None)
+        if device.kind == "emulated":
+            raise UnsupportedError(
+                f"the model is already compiled for the Edge TPU ({graph.EDGETPU_CUSTOM_OP}, "
+                f"runtime ≥ {need or '?'}); only the Edge TPU runtime can execute that op",
+                "emulate the int8 TFLite from before edgetpu_compiler, or target a real Edge TPU")
+        check_runtime(need, comp, devices.runtime_number(device.properties.get("runtime_version")))
+
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+        from .executable import EdgeTpuExecutable, read_artifacts
+
+        self.require_runtime()
+        try:
+            files, opts = read_artifacts(artifact)
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"the edgetpu artifact is incomplete ({devices.short(e)})",
+                                "recompile the model") from None
+        if device.kind == "hardware" and files.compiled is not None:
+            from . import graph
+
+            self._check_precompiled(graph.read_graph(files.compiled), device)
+        info.device, info.device_kind = device.target, device.kind
+        return EdgeTpuExecutable(info, device, files, opts)
+
+
+def check_runtime(need: int, compiler_version: str | None, runtime: int | None) -> None:
+    """Refuse a model whose Edge TPU package needs a newer runtime than libedgetpu's."""
+    if need and runtime is not None and need > runtime:
+        raise UnsupportedError(
+            f"the model was compiled for Edge TPU runtime {need}"
+            + (f" (edgetpu_compiler {compiler_version})" if compiler_version else "")
+            + f", but this libedgetpu is runtime {runtime}",
+            f"recompile with `edgetpu_compiler -m {runtime}` (hal: options={{'min_runtime_version': "
+            f"{runtime}}}), or upgrade libedgetpu")

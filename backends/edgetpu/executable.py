@@ -1,0 +1,204 @@
+"""An int8 TFLite bound to an Edge TPU (libedgetpu delegate) or to its emulator
+(the same int8 model on the LiteRT CPU interpreter)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hal import (DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec, UnsupportedError,
+                 UsageError)
+from hal.types import Device
+
+from . import devices
+
+INT8_FILE = "model_int8.tflite"
+COMPILED_FILE = "model_edgetpu.tflite"
+LOG_FILE = "edgetpu_compiler.log"
+META_FILE = "edgetpu.json"
+
+
+@dataclass
+class EdgeTpuOptions:
+    """``options=`` keys the backend understands (all shape the artifact or its I/O)."""
+
+    raw_io: bool = False  # int8 in / int8 out, no (de)quantization by hal
+    num_threads: int | None = None  # LiteRT CPU threads (emulator, and CPU ops on hardware)
+    allow_float_ops: bool = False  # accept float ops that would run on the host CPU
+    min_runtime_version: int | None = None  # edgetpu_compiler -m
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> EdgeTpuOptions:
+        known = cls.__dataclass_fields__
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise UsageError(f"unknown edgetpu option(s) {unknown}", f"use any of {sorted(known)}")
+        o = cls(**options)
+        if o.num_threads is not None and (not isinstance(o.num_threads, int) or o.num_threads < 1):
+            raise UsageError(f"num_threads={o.num_threads!r} is not a positive integer",
+                             "pass e.g. options={'num_threads': 2}")
+        return o
+
+
+@dataclass
+class Artifacts:
+    int8: bytes | None  # what edgetpu_compiler takes (and the emulator runs)
+    compiled: bytes | None  # edgetpu_compiler's output (what the Edge TPU runs)
+    compiler_log: str | None = None
+
+
+def _quantizer(scale: float, zp: int, dtype: np.dtype):
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+
+    def q(a: np.ndarray) -> np.ndarray:
+        x = np.rint(np.divide(a, scale, dtype=np.float32))
+        x += zp
+        np.clip(x, lo, hi, out=x)
+        return x.astype(dtype)
+    return q
+
+
+def _dequantizer(scale: float, zp: int):
+    s, z = np.float32(scale), np.float32(zp)
+
+    def dq(a: np.ndarray) -> np.ndarray:
+        x = a.astype(np.float32)
+        x -= z
+        x *= s
+        return x
+    return dq
+
+
+def _affine(detail: dict) -> tuple[float, int] | None:
+    """Per-tensor scale / zero point of an 8-bit I/O tensor, else ``None``."""
+    if np.dtype(detail["dtype"]).kind not in "iu" or np.dtype(detail["dtype"]).itemsize != 1:
+        return None
+    qp = detail.get("quantization_parameters") or {}
+    scales = np.asarray(qp.get("scales", []))
+    if scales.size == 0:
+        scale, zp = detail.get("quantization", (0.0, 0))
+        return (float(scale), int(zp)) if scale else None
+    if scales.size != 1:
+        raise UnsupportedError(f"model I/O tensor {detail['name']!r} is quantized per channel",
+                               "compile with options={'raw_io': True} and quantize it yourself")
+    return float(scales[0]), int(np.asarray(qp.get("zero_points", [0]))[0])
+
+
+class EdgeTpuExecutable(Executable):
+    def __init__(self, info: ExecutableInfo, device: Device, files: Artifacts, opts: EdgeTpuOptions):
+        super().__init__(info, device)
+        self.files, self.opts = files, opts
+        from ai_edge_litert.interpreter import Interpreter
+
+        hardware = device.kind == "hardware"
+        model = files.compiled if hardware else files.int8
+        if model is None:
+            raise UnsupportedError(
+                f"this executable has no {'edgetpu_compiler output' if hardware else 'int8 TFLite'} "
+                f"to run on {device.target}",
+                "recompile on a machine with edgetpu_compiler" if hardware
+                else "emulate the int8 TFLite from before edgetpu_compiler")
+        self._model = model  # the interpreter reads this buffer in place
+        self._delegate = self._open_delegate() if hardware else None
+        try:
+            self._it = Interpreter(model_content=model, num_threads=opts.num_threads,
+                                   experimental_delegates=[self._delegate] if self._delegate else None)
+            self._it.allocate_tensors()
+        except Exception as e:  # noqa: BLE001 - libedgetpu reports version/device errors here
+            raise self._failure(e, "prepare the model") from None
+        self._in, self._out = [], []
+        ins, outs = [], []
+        for d in self._it.get_input_details():
+            qp = None if opts.raw_io else _affine(d)
+            self._in.append((d["index"], _quantizer(*qp, np.dtype(d["dtype"])) if qp else None))
+            ins.append(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]),
+                                  "float32" if qp else np.dtype(d["dtype"]).name))
+        for d in self._it.get_output_details():
+            qp = None if opts.raw_io else _affine(d)
+            self._out.append((d["index"], _dequantizer(*qp) if qp else None))
+            outs.append(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]),
+                                   "float32" if qp else np.dtype(d["dtype"]).name))
+        info.inputs, info.outputs = ins, outs
+
+    def _open_delegate(self):
+        try:
+            return devices.open_delegate(self.device.id)
+        except Exception as e:  # noqa: BLE001 - ValueError/OSError/AttributeError from ctypes
+            raise DeviceUnavailableError(
+                f"the Edge TPU delegate ({devices.library()}, device {self.device.id}) failed to "
+                f"load: {devices.short(e)}",
+                "check the Edge TPU is attached and libedgetpu is installed (libedgetpu1-std); "
+                f"set ${devices.LIB_ENV} if it lives elsewhere") from None
+
+    def _failure(self, e: BaseException, doing: str):
+        msg = devices.short(e)
+        if "runtime version" in msg.lower():
+            return UnsupportedError(f"the Edge TPU runtime refused the model: {msg}",
+                                    "recompile with edgetpu_compiler -m <this runtime's version> "
+                                    "(options={'min_runtime_version': N}) or upgrade libedgetpu")
+        if self.device.kind == "hardware":
+            gone = devices.device_present(self.device.id) is False
+            return DeviceUnavailableError(
+                f"{self.device.target} failed to {doing}" + (" (its device node is gone)" if gone
+                                                              else "") + f": {msg}",
+                "reconnect the Edge TPU, then hal.load / hal.compile the model again")
+        return UnsupportedError(f"LiteRT could not {doing} on the CPU: {msg}",
+                                "check the model runs with ai_edge_litert.interpreter")
+
+    # --- running ---------------------------------------------------------------------
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        it = self._it
+        for (index, q), a in zip(self._in, inputs):
+            it.set_tensor(index, q(a) if q is not None else a)
+        try:
+            it.invoke()
+        except Exception as e:  # noqa: BLE001 - e.g. a USB stick unplugged between runs
+            raise self._failure(e, "run") from None
+        return [dq(it.get_tensor(i)) if dq is not None else it.get_tensor(i) for i, dq in self._out]
+
+    def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
+        un = {
+            "layers": "LiteRT's Python interpreter exposes no per-op profiler (only the C++ "
+                      "benchmark_model --enable_op_profiling does)"
+                      + ("; on the Edge TPU the compiled part is one edgetpu-custom-op"
+                         if self.device.kind == "hardware" else ""),
+            "peak_memory_bytes": "LiteRT exposes no per-model memory counter",
+            "energy_j_per_inference": "Coral Edge TPUs expose no power telemetry",
+        }
+        out: dict[str, Any] = {"unavailable": un, "tflite_ops": len(self._it._get_ops_details())}
+        temp = devices.temperature_c(self.device.id) if self.device.kind == "hardware" else None
+        if temp is not None:
+            out["edgetpu_temperature_c"] = temp
+        else:
+            un["edgetpu_temperature_c"] = (
+                "emulated device: no Edge TPU" if self.device.kind == "emulated" else
+                f"no /sys/class/apex/apex_N/temp for {self.device.id} (the USB Accelerator has none)")
+        mapping = self.info.extra.get("edgetpu_mapping") or {}
+        if mapping:
+            out["ops_predicted_on_edgetpu"] = mapping.get("ops_on_edgetpu")
+        return out
+
+    # --- saving ----------------------------------------------------------------------
+    def write_artifact(self, directory: Path) -> None:
+        if self.files.int8 is not None:
+            (directory / INT8_FILE).write_bytes(self.files.int8)
+        if self.files.compiled is not None:
+            (directory / COMPILED_FILE).write_bytes(self.files.compiled)
+        if self.files.compiler_log:
+            (directory / LOG_FILE).write_text(self.files.compiler_log)
+        (directory / META_FILE).write_text(json.dumps({"options": asdict(self.opts)}))
+
+
+def read_artifacts(directory: Path) -> tuple[Artifacts, EdgeTpuOptions]:
+    def read(name: str) -> bytes | None:
+        p = directory / name
+        return p.read_bytes() if p.exists() else None
+
+    meta = json.loads((directory / META_FILE).read_text())
+    log = directory / LOG_FILE
+    return (Artifacts(read(INT8_FILE), read(COMPILED_FILE), log.read_text() if log.exists() else None),
+            EdgeTpuOptions(**meta["options"]))
