@@ -1,1 +1,40 @@
-"""hal backend plugin (under construction)."""
+"""The OpenVINO backend plugin: registration only.
+
+Importing this module imports no framework and not OpenVINO; the runtime is
+imported when devices are probed or a model is compiled.
+"""
+
+from hal import hookimpl
+from hal.formats import Converter, Format
+
+
+@hookimpl
+def register_formats(register):
+    from . import convert
+
+    register(Format("openvino.model", "in-memory openvino.Model", detect=convert.is_ov_model,
+                    fingerprint=convert.fingerprint, requires=("openvino",), extra="openvino"))
+
+
+@hookimpl
+def register_converters(register):
+    from . import convert
+
+    def ov(source, fn, *requires):
+        register(Converter("ov.convert_model", source, "openvino.model", fn,
+                           requires=("openvino", *requires), extra="openvino"))
+
+    ov("torch.nn", convert.from_torch, "torch")
+    ov("torch.export", convert.from_exported, "torch")
+    ov("onnx", convert.from_onnx, "onnx")
+    ov("tflite", convert.from_tflite)
+    ov("savedmodel", convert.from_saved_model)
+    register(Converter("Core.read_model", "openvino.ir", "openvino.model", convert.from_ir,
+                       requires=("openvino",), extra="openvino"))
+
+
+@hookimpl
+def register_backends(register):
+    from .backend import OpenVINOBackend
+
+    register(OpenVINOBackend())

@@ -1,0 +1,172 @@
+"""The OpenVINO backend: Intel CPU, GPU, NPU (and MYRIAD on legacy OpenVINO)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device,
+                 DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec, UnsupportedError,
+                 UsageError)
+from hal.formats import Model
+
+from . import build, compat, devices
+from .convert import read_ir, short
+
+
+class OpenVINOBackend(Backend):
+    name = devices.NAME
+    description = "Intel OpenVINO runtime: CPU, GPU, NPU (Movidius' successor), AUTO; MYRIAD on OpenVINO ≤ 2022.3"
+    formats = ("openvino.model",)
+    precisions = devices.ALL
+    aliases = ("movidius", "npu")
+    requires = ("openvino",)
+    extra = "openvino"
+
+    def version(self) -> str:
+        o = compat.api()
+        return f"openvino {o.version}" + (" (legacy openvino.runtime API)" if o.legacy else "")
+
+    def probe(self) -> list[Device]:
+        why = self.missing_runtime()
+        return devices.unavailable(why) if why else devices.probe()
+
+    def refuse_precision(self, precision: str, device: Device, why: str = "") -> UnsupportedError:
+        return super().refuse_precision(precision, device, why or devices.why_not(precision, device))
+
+    # --- compile ----------------------------------------------------------------------
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+        self.require_runtime()
+        build.check_options(options.options)
+        o = compat.api()
+        core = o.core()
+        precision = options.precision
+        ov_model = _static_shapes(model.value, options.example_inputs, copy=not model.path_taken)
+        path = []
+        if precision == "int8":
+            ov_model, step = build.quantize_int8(ov_model, options.calibration or [], options.options)
+            path.append(step)
+        elif precision == "int8-dynamic":
+            ov_model, step = build.compress_int8(ov_model, options.options)
+            path.append(step)
+        config = build.config_for(precision, device, options.options)
+        compiled = _compile(core, ov_model, device, config)
+        facts = build.verify(compiled, precision, device, config)
+        path.append(f"Core.compile_model({device.id}, "
+                    + ", ".join(f"{k}={v}" for k, v in config.items()) + ")")
+        ins, outs = _specs(compiled)
+        info = ExecutableInfo(self.name, self.version(), device.target, device.kind, precision,
+                              ins, outs, conversion_path=path, options=dict(options.options),
+                              extra={"config": config, **facts,
+                                     "execution_devices": _exec_devices(compiled)})
+        if precision == "int8-dynamic":
+            info.notes.append("int8-dynamic: weights are stored int8; FullyConnected activations are "
+                              "quantized per call by the CPU plugin; convolutions compute in fp32 "
+                              "from the int8 weights")
+        from .executable import OpenVINOExecutable
+
+        return OpenVINOExecutable(info, device, core, ov_model, compiled, config)
+
+    # --- load -------------------------------------------------------------------------
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+        self.require_runtime()
+        o = compat.api()
+        try:
+            meta = json.loads((artifact / "openvino.json").read_text())
+        except (OSError, ValueError):
+            raise ArtifactError("the artifact has no readable openvino.json",
+                                "re-create it with hal compile") from None
+        ov_model = read_ir(artifact / "model.xml", error=ArtifactError)
+        core = o.core()
+        config = dict(meta.get("config") or {})
+        if device.id != meta.get("device_id"):  # e.g. built for CPU, loaded on AUTO
+            config = build.config_for(info.precision, device, info.options)
+        compiled, source = None, "ir"
+        blob = artifact / "compiled.blob"
+        same = (meta.get("blob") and blob.exists() and device.id == meta.get("device_id")
+                and device.name == meta.get("device_name") and o.version == meta.get("openvino"))
+        if same:
+            try:
+                compiled = o.import_blob(core, blob.read_bytes(), device.id, config)
+                source = "compiled blob"
+            except RuntimeError as e:
+                info.notes.append(f"compiled blob not importable ({short(e)}); recompiled from IR")
+        if compiled is None:
+            compiled = _compile(core, ov_model, device, config)
+        facts = build.verify(compiled, info.precision, device, config)
+        info.extra.update(facts, loaded_from=source, config=config,
+                          execution_devices=_exec_devices(compiled))
+        from .executable import OpenVINOExecutable
+
+        return OpenVINOExecutable(info, device, core, ov_model, compiled, config)
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _compile(core, ov_model, device: Device, config: dict[str, str]):
+    from .executable import runtime_error, vanished
+
+    if vanished(core, device.id):
+        raise DeviceUnavailableError(f"{device.target} ({device.name}) is no longer available",
+                                     "reconnect the device, or choose another target")
+    try:
+        return core.compile_model(ov_model, device.id, build.with_cache(config))
+    except RuntimeError as e:
+        err = runtime_error(core, device, e, "compile")
+        if isinstance(err, DeviceUnavailableError):
+            raise err from None
+        raise CompileError(f"OpenVINO could not compile the model for {device.target}: {short(e)}",
+                           "check the model's ops are supported by this device's plugin, "
+                           "or target openvino:CPU") from None
+
+
+def _static_shapes(ov_model, example_inputs, copy: bool):
+    """Fix dynamic input dimensions to the example inputs' shapes: static shapes
+    compile to faster kernels, and benchmark_app sees the same model."""
+    if not example_inputs:
+        return ov_model
+    if len(example_inputs) != len(ov_model.inputs):
+        raise UsageError(f"{len(example_inputs)} example input(s) for a model with "
+                         f"{len(ov_model.inputs)} input(s)", "pass one example array per input")
+    new, changed = {}, False
+    for i, (port, a) in enumerate(zip(ov_model.inputs, example_inputs)):
+        ps = port.get_partial_shape()
+        if ps.rank.is_static and (ps.rank.get_length() != a.ndim or any(
+                d.is_static and d.get_length() != n for d, n in zip(ps, a.shape))):
+            raise UsageError(f"example input {i} has shape {tuple(a.shape)}, the model takes {ps}",
+                             "pass example inputs of the model's input shape")
+        new[i] = list(a.shape)
+        changed |= ps.is_dynamic
+    if not changed:
+        return ov_model
+    m = ov_model.clone() if copy else ov_model
+    o = compat.api()
+    m.reshape({m.inputs[i]: o.ov.PartialShape(s) for i, s in new.items()})
+    return m
+
+
+def _names(ports, prefix: str) -> list[str]:
+    out = []
+    for i, p in enumerate(ports):
+        try:
+            n = p.get_any_name()
+        except RuntimeError:
+            n = ""
+        out.append(n if n and n not in out else f"{prefix}_{i}")
+    return out
+
+
+def _specs(compiled) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    def spec(name, port) -> TensorSpec:
+        ps = port.get_partial_shape()
+        shape = tuple(None if d.is_dynamic else d.get_length() for d in ps)
+        return TensorSpec(name, shape, compat.to_numpy_dtype(port.get_element_type()))
+
+    return ([spec(n, p) for n, p in zip(_names(compiled.inputs, "input"), compiled.inputs)],
+            [spec(n, p) for n, p in zip(_names(compiled.outputs, "output"), compiled.outputs)])
+
+
+def _exec_devices(compiled) -> list[str]:
+    try:
+        return [str(d) for d in compiled.get_property("EXECUTION_DEVICES")]
+    except Exception:  # noqa: BLE001 - legacy plugins lack the property
+        return []

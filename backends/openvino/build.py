@@ -1,0 +1,216 @@
+"""Precision → OpenVINO properties, NNCF quantization, and the post-compile check.
+
+The CPU plugin on AMX / avx512_bf16 machines compiles at bf16 unless told
+otherwise, so every precision sets ``INFERENCE_PRECISION_HINT`` explicitly and
+:func:`verify` then reads the *runtime* graph of the compiled model: a request
+for fp32 that the plugin ran partly at bf16 is a CompileError, not a surprise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import io
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from hal import CompileError, Device, InvalidInputError, UnsupportedError, UsageError
+from hal import cache as hal_cache
+
+from .convert import short
+from .devices import kind_of
+
+HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int8-dynamic": "f32"}
+OPTION_KEYS = ("config", "dynamic_quantization_group_size", "nncf")
+#: runtime-graph layer types that do the arithmetic int8 is meant for
+COMPUTE = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution",
+           "ConvolutionBackpropData"}
+
+
+def check_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise UsageError(f"unknown openvino option(s) {unknown}", f"use only {list(OPTION_KEYS)}")
+    extra = options.get("config", {}) or {}
+    if not isinstance(extra, dict):
+        raise UsageError("options['config'] must be a dict of OpenVINO properties",
+                         "pass e.g. {'config': {'NUM_STREAMS': '2'}}")
+    clash = {"INFERENCE_PRECISION_HINT", "PERF_COUNT", "CACHE_DIR"} & set(extra)
+    if clash:
+        raise UsageError(f"options['config'] sets {sorted(clash)}, which hal controls",
+                         "choose the precision with precision=...; profiling and caching are automatic")
+
+
+def config_for(precision: str, device: Device, options: dict[str, Any]) -> dict[str, str]:
+    """The compile properties for ``precision`` on ``device`` (without CACHE_DIR)."""
+    kind = kind_of(device.id)
+    cfg: dict[str, str] = {"PERFORMANCE_HINT": "LATENCY"}
+    if kind == "MYRIAD":
+        cfg = {}  # fp16-only plugin: it has no precision hint to set
+    elif precision in ("int8", "int8-dynamic") and "fp32" not in device.precisions:
+        pass  # e.g. NPU: layers NNCF left in float run at the device's native fp16
+    else:
+        cfg["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+    if precision == "int8-dynamic":
+        cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(int(options.get("dynamic_quantization_group_size", 32)))
+    cfg.update({k: str(v) for k, v in (options.get("config") or {}).items()})
+    return cfg
+
+
+def with_cache(config: dict[str, str]) -> dict[str, str]:
+    """Point OpenVINO's own model cache into hal's cache directory, one
+    sub-directory per set of properties: OpenVINO 2026.4's CPU cache key leaves
+    out INFERENCE_PRECISION_HINT, so an fp32 compile of a model cached at f16
+    came back running f16 layers while reporting f32."""
+    if not hal_cache.enabled(True):
+        return dict(config)
+    tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return {**config, "CACHE_DIR": str(hal_cache.cache_dir() / "openvino" / tag)}
+
+
+# --- quantization -----------------------------------------------------------------------
+def _nncf():
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
+def _quiet(fn, *args, **kwargs):
+    """NNCF draws rich progress bars on stdout; a library call should not."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def _check_calibration(ov_model, calibration) -> None:
+    specs = [(p.get_partial_shape(), i) for i, p in enumerate(ov_model.inputs)]
+    for n, sample in enumerate(calibration):
+        if len(sample) != len(specs):
+            raise InvalidInputError(f"calibration sample {n} has {len(sample)} array(s), "
+                                    f"the model takes {len(specs)}", "pass one array per input")
+        for a, (ps, i) in zip(sample, specs):
+            if ps.rank.is_static and (a.ndim != ps.rank.get_length() or any(
+                    d.is_static and d.get_length() != s for d, s in zip(ps, a.shape))):
+                raise InvalidInputError(
+                    f"calibration sample {n} input {i} has shape {tuple(a.shape)}, the model "
+                    f"takes {ps}", "pass calibration arrays shaped like the example inputs")
+
+
+def quantize_int8(ov_model, calibration: list[tuple[np.ndarray, ...]], options) -> tuple[Any, str]:
+    """Static int8 by NNCF post-training quantization on the caller's data."""
+    nncf = _nncf()
+    _check_calibration(ov_model, calibration)
+    kw: dict[str, Any] = {}
+    for k, v in (options.get("nncf") or {}).items():
+        if k == "preset":
+            kw[k] = getattr(nncf.QuantizationPreset, str(v).upper())
+        elif k == "model_type":
+            kw[k] = getattr(nncf.ModelType, str(v).upper())
+        elif k == "fast_bias_correction":
+            kw[k] = bool(v)
+        else:
+            raise UsageError(f"unknown nncf option {k!r}",
+                             "use preset, model_type or fast_bias_correction")
+    try:
+        q = _quiet(nncf.quantize, ov_model.clone(), nncf.Dataset(calibration, list),
+                          subset_size=len(calibration), **kw)
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"nncf.quantize failed: {short(e)}",
+                           "check the calibration data matches the model inputs") from None
+    return q, f"nncf.quantize (static int8, {len(calibration)} calibration sample(s))"
+
+
+def compress_int8(ov_model, options) -> tuple[Any, str]:
+    """int8-dynamic: int8 weights by ``nncf.compress_weights``; the CPU plugin
+    then quantizes FullyConnected activations per call
+    (``DYNAMIC_QUANTIZATION_GROUP_SIZE``)."""
+    nncf = _nncf()
+    try:
+        q = _quiet(nncf.compress_weights, ov_model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"nncf.compress_weights failed: {short(e)}", "use precision='int8'") from None
+    g = int(options.get("dynamic_quantization_group_size", 32))
+    return q, f"nncf.compress_weights (int8 weights) + CPU dynamic activation quantization (group {g})"
+
+
+# --- the post-compile check -------------------------------------------------------------
+def _tokens(v: str) -> list[str]:
+    return [t for t in v.replace(",", " ").split() if t]
+
+
+def runtime_precisions(compiled) -> Counter | None:
+    """(layer type, precision) counts of the compiled runtime graph, or None
+    where the plugin does not annotate it."""
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except Exception:  # noqa: BLE001 - some plugins (e.g. MYRIAD) expose no runtime graph
+        return None
+    seen: Counter = Counter()
+    for op in ops:
+        rt = op.get_rt_info()
+        if "runtimePrecision" not in rt:
+            continue
+        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        precs = set(_tokens(rt["runtimePrecision"].astype(str)))
+        if layer not in ("Const", "Input", "Output", "Parameter", "Result"):
+            if "outputPrecisions" in rt:
+                precs |= set(_tokens(rt["outputPrecisions"].astype(str)))
+        for p in precs:
+            seen[(layer, p)] += 1
+    return seen or None
+
+
+def _hint(compiled) -> str | None:
+    try:
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        return hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    except Exception:  # noqa: BLE001 - AUTO and MYRIAD do not report it
+        return None
+
+
+def verify(compiled, precision: str, device: Device, config: dict[str, str]) -> dict[str, Any]:
+    """Raise CompileError unless the compiled model really runs at ``precision``;
+    return what was checked (for ``ExecutableInfo.extra``)."""
+    seen = runtime_precisions(compiled)
+    hint = _hint(compiled)
+    facts: dict[str, Any] = {"inference_precision_hint": hint}
+    if seen is None:
+        facts["runtime_precisions"] = "not reported by this plugin"
+        return facts
+    facts["runtime_precisions"] = sorted({p for _, p in seen})
+    low = {p for (_, p) in seen if p in ("bf16", "f16")}
+    where = lambda ps: sorted({l for (l, p) in seen if p in ps})[:6]  # noqa: E731
+    fix = f"report it; or compile with precision='{'bf16' if 'bf16' in low else 'fp16'}' if that is acceptable"
+    if precision in ("fp32", "int8", "int8-dynamic") and "INFERENCE_PRECISION_HINT" in config and low:
+        raise CompileError(
+            f"{device.target} compiled layers {where(low)} at {'/'.join(sorted(low))} although "
+            f"INFERENCE_PRECISION_HINT=f32 was set (plugin reports {hint})", fix)
+    want = {"fp16": "f16", "bf16": "bf16"}.get(precision)
+    if want and want not in facts["runtime_precisions"]:
+        raise CompileError(f"{device.target} ran no layer at {want} for precision {precision} "
+                           f"(runtime precisions: {facts['runtime_precisions']})",
+                           "use precision='fp32' on this device")
+    if precision in ("int8", "int8-dynamic"):
+        q = sorted({l for (l, p) in seen if p in ("i8", "u8") and l in COMPUTE})
+        if precision == "int8-dynamic":
+            q = [l for l in q if l == "FullyConnected"]
+            group = compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")
+            facts["dynamic_quantization_group_size"] = int(group)
+            if int(group) <= 0:
+                raise UsageError("int8-dynamic needs dynamic_quantization_group_size > 0",
+                                 "leave it at the default (32)")
+            if not q:
+                raise UnsupportedError(
+                    "int8-dynamic found no MatMul/Linear layer to quantize dynamically (the CPU "
+                    "plugin applies dynamic activation quantization to FullyConnected layers only)",
+                    "use precision='int8' with calibration data for convolution models")
+        elif not q:
+            raise CompileError(f"{device.target} ran no compute layer at int8 after NNCF "
+                               f"quantization (runtime precisions: {facts['runtime_precisions']})",
+                               "check the model has Convolution/MatMul layers NNCF can quantize")
+        facts["int8_layer_types"] = q
+    return facts

@@ -1,0 +1,179 @@
+"""The OpenVINO executable: a lean run path, per-layer profiling, throughput mode.
+
+``infer`` runs on one infer request bound at construction, feeding inputs as
+zero-copy tensors and copying only the outputs out. Profiling and throughput
+each compile their own variant lazily (``PERF_COUNT``, ``THROUGHPUT`` hint) so
+that ordinary runs never pay for counters or extra streams.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hal import DeviceUnavailableError, Device, Executable, ExecutableInfo, HalError, LayerTime
+
+from . import build, compat
+from .convert import short
+
+META = "openvino.json"
+
+
+def vanished(core, device_id: str) -> bool:
+    """Whether the device this model was compiled for is gone from the host."""
+    if device_id == "AUTO":
+        return False
+    try:
+        return device_id not in core.available_devices
+    except Exception:  # noqa: BLE001 - the plugin itself failing counts as gone
+        return True
+
+
+def runtime_error(core, device: Device, e: BaseException, doing: str) -> HalError:
+    """Map an OpenVINO runtime failure: a missing device is DeviceUnavailableError."""
+    if vanished(core, device.id):
+        return DeviceUnavailableError(
+            f"{device.target} ({device.name}) is no longer available: it vanished after the "
+            f"model was compiled ({doing} failed: {short(e)})",
+            "reconnect the device (or reload its driver), then hal.load / hal.compile again")
+    return HalError(f"OpenVINO {doing} failed on {device.target}: {short(e)}",
+                    "check the inputs, or recompile the model")
+
+
+class OpenVINOExecutable(Executable):
+    def __init__(self, info: ExecutableInfo, device: Device, core, ov_model, compiled,
+                 config: dict[str, str]):
+        super().__init__(info, device)
+        self._o = compat.api()
+        self.core = core
+        self.ov_model = ov_model        # the (quantized) model: saved as IR
+        self.compiled = compiled
+        self.config = config            # compile properties, without CACHE_DIR
+        self._req = compiled.create_infer_request()
+        self._n_out = len(compiled.outputs)
+        self._tensor = self._o.ov.Tensor
+        self._variants: dict[str, Any] = {}
+
+    # --- run ------------------------------------------------------------------------
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        req = self._req
+        try:
+            for i, a in enumerate(inputs):
+                if not (a.flags.c_contiguous and a.flags.writeable):
+                    a = np.array(a, order="C")
+                req.set_input_tensor(i, self._tensor(a, shared_memory=True))
+            req.infer(share_outputs=True)
+            return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        except RuntimeError as e:
+            raise runtime_error(self.core, self.device, e, "inference") from None
+
+    # --- variants compiled on demand -------------------------------------------------
+    def _variant(self, name: str, extra: dict[str, str]):
+        if name not in self._variants:
+            cfg = {**self.config, **extra}
+            try:
+                cm = self.core.compile_model(self.ov_model, self.device.id, build.with_cache(cfg))
+            except RuntimeError as e:
+                raise runtime_error(self.core, self.device, e, f"compiling the {name} variant") from None
+            build.verify(cm, self.info.precision, self.device, cfg)
+            self._variants[name] = cm
+        return self._variants[name]
+
+    def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
+        cm = self._variant("profiling", {"PERF_COUNT": "YES"})
+        req = cm.create_infer_request()
+        try:
+            for _ in range(3):  # the first runs include one-time reorders
+                req.infer([np.ascontiguousarray(a) for a in inputs])
+            counters = req.get_profiling_info()
+        except RuntimeError as e:
+            raise runtime_error(self.core, self.device, e, "profiling") from None
+        executed = [c for c in counters if str(c.status).endswith("EXECUTED")]
+        layers = [LayerTime(c.node_name, f"{c.node_type} ({c.exec_type})",
+                            c.real_time.total_seconds() * 1e3) for c in executed]
+        return {
+            "layers": layers,
+            "layers_total_ms": sum(l.time_ms for l in layers),
+            "layer_timer": "OpenVINO performance counters (PERF_COUNT, real time per executed node)",
+            "unavailable": {
+                "peak_memory_bytes": "OpenVINO does not report a compiled model's peak memory",
+                "energy_j_per_inference": "OpenVINO exposes no energy telemetry",
+            },
+        }
+
+    def throughput(self, inputs: list[np.ndarray], iterations: int | None,
+                   duration_s: float | None) -> dict[str, Any]:
+        """benchmark_app's inference-only loop: an AsyncInferQueue of the
+        optimal number of requests on a THROUGHPUT-hinted compile (streams)."""
+        cm = self._variant("throughput", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        o = self._o
+        try:
+            nireq = int(cm.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            queue = o.ov.AsyncInferQueue(cm, nireq)
+            for r in range(len(queue)):
+                for i, a in enumerate(inputs):
+                    queue[r].set_input_tensor(i, self._tensor(np.array(a, order="C")))
+            queue.start_async()  # a first inference: one-time initialisation
+            queue.wait_all()
+            if iterations is None and duration_s is None:
+                duration_s = 10.0
+            n, times, in_fly = 0, [], set()
+            clock = time.perf_counter
+            start = clock()
+            while ((iterations and n < iterations) or (duration_s and clock() - start < duration_s)
+                   or n % nireq):
+                idle = queue.get_idle_request_id()
+                if idle in in_fly:
+                    times.append(queue[idle].latency)
+                else:
+                    in_fly.add(idle)
+                queue.start_async()
+                n += 1
+            queue.wait_all()
+            total = clock() - start
+            times += [queue[i].latency for i in in_fly]
+        except RuntimeError as e:
+            raise runtime_error(self.core, self.device, e, "throughput inference") from None
+        streams = _prop(cm, "NUM_STREAMS")
+        bs = int(inputs[0].shape[0]) if inputs and inputs[0].ndim else 1
+        ms = np.asarray(times, dtype=float)
+        return {
+            "throughput_per_s": bs * n / total,
+            "latency_ms": {"p50": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
+                           "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
+                           "min": float(ms.min()), "max": float(ms.max())},
+            "iterations": n, "infer_requests": nireq, "streams": streams,
+            "duration_s": total,
+            "notes": [f"OpenVINO AsyncInferQueue: {nireq} request(s), {streams} stream(s), "
+                      "PERFORMANCE_HINT=THROUGHPUT; latency is per request, as benchmark_app reports it"],
+        }
+
+    # --- artifact ---------------------------------------------------------------------
+    def write_artifact(self, directory: Path) -> None:
+        """IR (model.xml/.bin) always; the compiled blob where the device can
+        export one (it is preferred on load when the device matches)."""
+        o = self._o
+        o.save_model(self.ov_model, directory / "model.xml")
+        blob = False
+        if self.device.properties.get("export_import"):
+            try:
+                (directory / "compiled.blob").write_bytes(o.export_blob(self.compiled))
+                blob = True
+            except RuntimeError:
+                blob = False  # the IR alone still restores the model
+        (directory / META).write_text(json.dumps({
+            "openvino": o.version, "api": "openvino.runtime" if o.legacy else "openvino",
+            "device_id": self.device.id, "device_name": self.device.name,
+            "config": self.config, "blob": blob}, indent=1))
+
+
+def _prop(cm, name: str):
+    try:
+        v = cm.get_property(name)
+        return int(v) if str(v).isdigit() else str(v)
+    except Exception:  # noqa: BLE001
+        return None
