@@ -65,37 +65,35 @@ class CudaExecutable(Executable):
         (no round trip through the host); tensors on another GPU are refused."""
         if not any(_on_cuda(x) for x in inputs) or len(inputs) != len(self.info.inputs):
             return super().check_inputs(inputs)
-        kept = {}
-        stand_in = list(inputs)
-        for i, (x, spec) in enumerate(zip(inputs, self.info.inputs)):
-            if _on_cuda(x):
-                kept[i] = self._check_tensor(x, spec)
-                # a zero-cost host stand-in so that the core checks the other inputs
-                stand_in[i] = np.broadcast_to(np.zeros((), np.dtype(spec.dtype)), tuple(x.shape))
-        checked = super().check_inputs(tuple(stand_in))
-        return [kept.get(i, a) for i, a in enumerate(checked)]
+        return [self._check_one(x if _on_cuda(x) else as_numpy(x, f"input {spec.name!r}"), spec)
+                for x, spec in zip(inputs, self.info.inputs)]
 
-    def _check_tensor(self, x: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
-        mine = [r.device.index for r in self.replicas]
-        if x.device.index not in mine:
-            here = f"cuda:{mine[0]}"
-            raise InvalidInputError(
-                f"input {spec.name!r} is on {x.device}, but this executable runs on {here}",
-                f"move it with .to('{here}'), or compile for target 'cuda:{x.device.index}'")
+    def _check_one(self, x, spec: TensorSpec):
+        """The core's dtype/shape/finiteness checks, for a CUDA tensor or a host array."""
+        if _on_cuda(x):
+            mine = [r.device.index for r in self.replicas]
+            if x.device.index not in mine:
+                here = f"cuda:{mine[0]}"
+                raise InvalidInputError(
+                    f"input {spec.name!r} is on {x.device}, but this executable runs on {here}",
+                    f"move it with .to('{here}'), or compile for target 'cuda:{x.device.index}'")
+            x = x.detach()
         dt = str(x.dtype).removeprefix("torch.")
         if dt != spec.dtype:
             raise InvalidInputError(f"input {spec.name!r} has dtype {dt}, the model takes {spec.dtype}",
-                                    f"convert it with .to(torch.{spec.dtype})")
+                                    f"convert it to {spec.dtype}")
         if x.ndim != len(spec.shape) or any(d is not None and d != n
                                             for d, n in zip(spec.shape, x.shape)):
             want = "(" + ", ".join("?" if d is None else str(d) for d in spec.shape) + ")"
             raise InvalidInputError(
                 f"input {spec.name!r} has shape {tuple(x.shape)}, the model takes {want}",
                 "reshape the input, or recompile with example inputs of this shape")
-        if self.info.check_finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise InvalidInputError(f"input {spec.name!r} contains NaN or Inf",
-                                    "clean the input, or compile with check_finite=False")
-        return x.detach()
+        if self.info.check_finite and str(dt).startswith(("float", "bfloat")):
+            finite = bool(torch.isfinite(x).all()) if _on_cuda(x) else bool(np.isfinite(x).all())
+            if not finite:
+                raise InvalidInputError(f"input {spec.name!r} contains NaN or Inf",
+                                        "clean the input, or compile with check_finite=False")
+        return x
 
     def profile(self, *inputs: Any, **kwargs: Any):
         # the core's profile loop batches with numpy: hand it host copies
@@ -113,7 +111,7 @@ class CudaExecutable(Executable):
             raise InvalidInputError(
                 f"cuda:* splits every input along dimension 0, but the inputs have batch sizes "
                 f"{[int(a.shape[0]) for a in inputs]}", "pass inputs with one common batch size")
-        n = min(len(self.replicas), b)
+        n = max(1, min(len(self.replicas), b))
         split = [np.array_split(a, n) if isinstance(a, np.ndarray) else a.tensor_split(n)
                  for a in inputs]
         return [r.forward([_stage(parts[i], r.device) for parts in split])

@@ -14,6 +14,7 @@ import torch
 
 from hal import (ArtifactError, CompileError, CompileOptions, Device, ExecutableInfo,
                  UnsupportedError, UsageError)
+from hal.errors import HalError
 from hal.formats import Model
 
 from .. import torch_common as tc
@@ -74,8 +75,18 @@ def _warm(replicas: list[Replica], args: tuple[torch.Tensor, ...]) -> list[torch
     here, not in the first timed call); return the first replica's outputs on the host."""
     first = None
     for r in replicas:
-        with oom_guard("the first run of the model", r.device.index):
-            outs = [o.cpu() for o in r.forward([a.to(r.device) for a in args])]
+        try:
+            with oom_guard("the first run of the model", r.device.index):
+                outs = [o.cpu() for o in r.forward([a.to(r.device) for a in args])]
+        except HalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch.compile, graph capture or a kernel failed
+            shapes = [tuple(a.shape) for a in args]
+            raise CompileError(
+                f"the model fails on cuda:{r.device.index} with example inputs of shape {shapes} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                "check that it runs on this GPU with torch directly; drop torch_compile/cuda_graphs "
+                "if the failure comes from them") from None
         first = outs if first is None else first
     return first
 

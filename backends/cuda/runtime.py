@@ -63,7 +63,10 @@ def oom_error(e: BaseException, what: str, fallback_index: int) -> HalError:
         have = f"{_gib(free)} free of {_gib(total)}"
     except Exception:  # noqa: BLE001 - the device may be wedged
         have = "free memory unreadable"
-    name = torch.cuda.get_device_name(idx)
+    try:
+        name = torch.cuda.get_device_name(idx)
+    except Exception:  # noqa: BLE001
+        name = "unreadable name"
     return CudaOutOfMemoryError(
         f"{what} ran out of GPU memory on cuda:{idx} ({name}): asked for "
         f"{asked.group(1) if asked else 'more than was free'}, {have}",
@@ -155,7 +158,9 @@ class _Graph:
                 call(*self.static_in)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # an explicit stream: torch.cuda.graph's default capture stream is created once,
+        # on whichever GPU was current then, and would be wrong for a second GPU
+        with torch.cuda.graph(self.graph, stream=side):
             self.static_out = call(*self.static_in)
 
     def run(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,0 +1,122 @@
+"""CUDA backend overhead, batch 1, small CNN, same process, same run.
+
+1. hal ``exe(x)`` vs a direct torch call that does the same work (numpy in,
+   copy to the GPU, forward, copy back): ratio of medians, rounds alternated.
+2. ``exe.profile`` (CUDA-event device timer) vs a raw CUDA-event loop around
+   ``model(x_gpu)``: ratio of p50s.
+3. The GEMM peak probe (10000×10000, fp32 IEEE and fp16).
+
+Skips with a message (exit 0) where there is no CUDA GPU.
+
+    python benchmarks/bench_cuda.py [--rounds 30] [--iters 200] [--cuda-graphs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import hal
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    ).eval()
+
+
+def per_call(fn, iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
+
+
+def raw_event_p50(model: nn.Module, xg: torch.Tensor, iters: int) -> float:
+    """p50 ms of model(xg) between two CUDA events, IEEE fp32 (as hal's fp32)."""
+    from hal_backends.cuda.runtime import fp32_mode
+
+    times = []
+    with fp32_mode(False), torch.inference_mode():
+        for _ in range(10):
+            model(xg)
+        torch.cuda.synchronize()
+        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(iters)]
+        for s, e in ev:
+            s.record()
+            model(xg)
+            e.record()
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) for s, e in ev]
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--cuda-graphs", action="store_true", help="compile hal's side with CUDA graphs")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        why = next((d.reason for d in hal.devices() if d.target == "cuda:0"), "no cuda backend")
+        print(f"bench_cuda: skipped, CUDA not available ({why})")
+        return 0
+    model = small_cnn()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    exe = hal.compile(model, target="cuda:0", precision="fp32", example_inputs=(x,), cache=False,
+                      options={"cuda_graphs": a.cuda_graphs})
+    gpu_model = small_cnn().cuda()
+    xg = torch.from_numpy(x).cuda()
+
+    from hal_backends.cuda.runtime import fp32_mode
+
+    def direct():
+        with fp32_mode(False), torch.inference_mode():
+            return gpu_model(torch.from_numpy(x).cuda()).cpu().numpy()
+
+    def via_hal():
+        return exe(x)
+
+    assert np.allclose(direct(), via_hal(), rtol=1e-5, atol=1e-6)
+    for fn in (direct, via_hal):
+        per_call(fn, 50)
+    d, h = [], []
+    for _ in range(a.rounds):
+        d.append(per_call(direct, a.iters))
+        h.append(per_call(via_hal, a.iters))
+    md, mh = statistics.median(d), statistics.median(h)
+    name = torch.cuda.get_device_name(0)
+    print(f"device            : {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    print(f"direct torch call : {md * 1e6:9.1f} us/inference (median of {a.rounds} rounds × {a.iters})")
+    print(f"hal exe(x)        : {mh * 1e6:9.1f} us/inference"
+          + (" (CUDA graphs)" if a.cuda_graphs else ""))
+    print(f"ratio hal/direct  : {mh / md:.3f}")
+
+    raw = raw_event_p50(gpu_model, xg, a.iters)
+    prof = exe.profile(x, iterations=a.iters, warmup=10)
+    print(f"raw CUDA events   : {raw:9.4f} ms p50")
+    print(f"hal profile       : {prof.latency_ms['p50']:9.4f} ms p50 (timer: {prof.timer})")
+    print(f"ratio hal/raw     : {prof.latency_ms['p50'] / raw:.3f}")
+    print(f"peak memory       : {prof.peak_memory_bytes / 2**20:.1f} MiB")
+    energy = prof.energy_j_per_inference
+    print("energy            : " + (f"{energy * 1e3:.3f} mJ/inference" if energy is not None else
+                                    f"unavailable ({prof.unavailable.get('energy_j_per_inference')})"))
+
+    b = hal.registry().backends["cuda"]
+    for dt in ("fp32", "fp16"):
+        print(f"GEMM probe {dt:4s}   : {b.probe_gemm('cuda:0', dtype=dt):9.1f} TFLOP/s (10000×10000)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
