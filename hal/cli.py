@@ -307,7 +307,8 @@ def _probe(exe, probe: str, precision: str) -> dict:
     fn = getattr(b, "probe_gemm", None)
     if fn is None:
         raise UsageError(f"the {b.name} backend has no gemm probe", "drop --probe, or pick a backend with one")
-    return fn(exe.device, precision)
+    return {"probe": "gemm", "device": exe.device.target, "precision": precision,
+            "tflops": fn(exe.device, precision)}
 
 
 def _print_profile(p) -> None:
