@@ -1,0 +1,121 @@
+"""A worker subprocess seen from the orchestrator: start, talk, time out, kill.
+
+Each worker runs in its own session (process group) so that a timeout kills
+it and anything it started; a death is described from its exit status
+(signal name) and the tail of its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+class WorkerDied(Exception):
+    """The worker exited (segfault, abort, OOM kill, …) while we waited."""
+
+
+class WorkerTimeout(Exception):
+    """The worker sent nothing in time."""
+
+
+class WorkerProcess:
+    def __init__(self, backend: str, log_path: Path, source: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.backend = backend
+        self.log_path = log_path
+        r, w = os.pipe()
+        cmd = [sys.executable, "-m", "hal_conformance.worker", "--backend", backend, "--fd", str(w)]
+        if source:
+            cmd += ["--source", source]
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log,
+                                         stderr=subprocess.STDOUT, pass_fds=(w,),
+                                         start_new_session=True, env=env)
+        os.close(w)
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, args=(os.fdopen(r, "r"),), daemon=True).start()
+
+    def _read(self, f) -> None:
+        with f:
+            for line in f:
+                try:
+                    self.events.put(json.loads(line))
+                except ValueError:
+                    self.events.put({"event": "garbage", "line": line[:200]})
+        self.events.put(None)
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise WorkerDied(self.death()) from None
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next ``event`` message; WorkerDied or WorkerTimeout otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerTimeout(f"nothing from the {self.backend} worker in {timeout:g}s")
+            try:
+                msg = self.events.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if self.proc.poll() is not None and self.events.empty():
+                    # died, but a grandchild may still hold the pipe open
+                    raise WorkerDied(self.death()) from None
+                continue
+            if msg is None:
+                raise WorkerDied(self.death())
+            if msg.get("event") == event:
+                return msg
+
+    def death(self) -> str:
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.returncode
+        if rc is not None and rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            why = f"killed by {name}" + (" (out of memory?)" if -rc == signal.SIGKILL else "")
+        else:
+            why = f"exited with status {rc}"
+        tail = self.log_tail()
+        return f"the {self.backend} worker {why}" + (f"; log: {tail}" if tail else "")
+
+    def log_tail(self, lines: int = 4, chars: int = 400) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        keep = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+        return " | ".join(keep)[-chars:]
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"op": "quit"})
+                self.proc.stdin.close()
+                self.proc.wait(timeout=15)
+            except (WorkerDied, OSError, subprocess.TimeoutExpired):
+                self.kill()

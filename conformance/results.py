@@ -1,0 +1,151 @@
+"""Records of a conformance run, and the JSON file written as cells finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: every value ``CellResult.result`` can take
+RESULTS = ("pass", "fail", "unsupported", "error", "crash", "timeout")
+SCHEMA = 1
+
+
+@dataclass
+class CellResult:
+    """One backend device × zoo model × precision, and what became of it."""
+
+    id: str
+    backend: str
+    device: str  # target, "backend:id"
+    device_name: str
+    device_kind: str  # hardware | emulated
+    model: str
+    precision: str
+    result: str = "error"
+    #: why it is not a pass (broken rules, the error, the crash, why unsupported)
+    message: str = ""
+    max_abs_err: float | None = None
+    mean_abs_err: float | None = None
+    max_abs_ref: float | None = None
+    rel_max_err: float | None = None
+    snr_db: float | None = None  # None with a numeric error of 0 means bit-exact
+    top1_agreement: float | None = None
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    compile_time_s: float | None = None
+    artifact_size_bytes: int | None = None
+    latency_p50_ms: float | None = None
+    latency_batch: int | None = None
+    conversion_path: list[str] = field(default_factory=list)
+    roundtrip_max_abs: float | None = None
+    backend_version: str | None = None
+    duration_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+    detail: str | None = None  # traceback or log tail
+
+    @property
+    def runnable(self) -> bool:
+        return self.result != "unsupported"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellResult:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any] = field(default_factory=dict)
+    oracle: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    plugins: list[dict[str, Any]] = field(default_factory=list)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cells: list[CellResult] = field(default_factory=list)
+    #: problems outside any cell: a backend whose worker would not start, an oracle failure
+    errors: list[str] = field(default_factory=list)
+    complete: bool = False
+
+    def counts(self) -> dict[str, int]:
+        c = {r: 0 for r in RESULTS}
+        for cell in self.cells:
+            c[cell.result] += 1
+        return c
+
+    @property
+    def passed(self) -> bool:
+        """Every runnable cell passed and nothing failed outside a cell."""
+        return not self.errors and all(c.result == "pass" for c in self.cells if c.runnable)
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts()
+        runnable = sum(1 for x in self.cells if x.runnable)
+        return {"cells": len(self.cells), "runnable": runnable, **c, "errors": len(self.errors),
+                "passed": self.passed, "exit_code": 0 if self.passed else 1}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "complete": self.complete, "meta": self.meta,
+                "summary": self.summary(), "oracle": self.oracle, "models": self.models,
+                "policy": self.policy, "plugins": self.plugins, "backends": self.backends,
+                "errors": self.errors,
+                "cells": [c.to_dict() for c in sorted(self.cells, key=_order)]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        r = cls(d.get("meta", {}), d.get("oracle", {}), d.get("models", {}), d.get("policy", {}),
+                d.get("plugins", []), d.get("backends", {}),
+                [CellResult.from_dict(c) for c in d.get("cells", [])], d.get("errors", []),
+                d.get("complete", False))
+        return r
+
+
+def _order(c: CellResult) -> tuple:
+    from .models import MODELS
+    from .policy import FLOWS
+
+    m = list(MODELS).index(c.model) if c.model in MODELS else 99
+    p = FLOWS.index(c.precision) if c.precision in FLOWS else 99
+    return (c.backend, c.device, m, p)
+
+
+class JsonSink:
+    """Rewrites the JSON report atomically after every cell, so an
+    interrupted run leaves a valid file with every finished cell."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path else None
+        self.lock = threading.Lock()
+
+    def write(self, report: Report) -> None:
+        if self.path is None:
+            return
+        with self.lock:
+            write_json_atomic(self.path, report.to_dict())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False, default=_jsonable)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)

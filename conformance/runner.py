@@ -1,0 +1,430 @@
+"""The orchestrator: backends × devices × zoo models × flows, each backend in
+its own worker process, judged against the fp64 oracle (or stored goldens).
+
+This process imports no framework: workers compile and run, and hand back
+outputs as ``.npy`` files that are judged here with numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .models import MODELS, select as select_models, weights_digest
+from .policy import (FLOWS, ORACLE_BACKEND, ORACLE_PRECISION, POLICY, ROUNDTRIP_MAX_REL,
+                     judge, measure)
+from .process import WorkerDied, WorkerProcess, WorkerTimeout
+from .results import CellResult, JsonSink, Report
+
+ENV_SOURCE = "HAL_CONFORMANCE_SOURCE"  # "onnx": feed workers the goldens' ONNX files
+
+
+@dataclass
+class Options:
+    #: backend names or device targets ("name:id"); None = every installed backend
+    backends: list[str] | None = None
+    models: list[str] | None = None
+    precisions: list[str] | None = None
+    timeout_s: float = 300.0
+    startup_timeout_s: float = 300.0
+    goldens: Path | None = None
+    jobs: int = 1
+    #: also time each cell and save + reload its artifact
+    measure: bool = True
+    json_path: Path | None = None
+    #: keep worker logs and outputs here (default: a temporary folder, removed)
+    workdir: Path | None = None
+
+
+@dataclass
+class CellSpec:
+    backend: str
+    device: dict[str, Any]
+    model: str
+    precision: str
+    unsupported: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.device['target']}/{self.model}/{self.precision}"
+
+
+@dataclass
+class Reference:
+    model: str
+    outputs: np.ndarray
+    labels: np.ndarray
+    accuracy: float
+    data_path: Path
+    onnx_path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+class Suite:
+    def __init__(self, opts: Options, on_cell: Callable[[CellResult], None] | None = None,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        import hal
+
+        self.hal = hal
+        self.opts = opts
+        self.on_cell = on_cell or (lambda c: None)
+        self.on_note = on_note or (lambda s: None)
+        self.reg = hal.registry()
+        self.models = select_models(opts.models)
+        self.precisions = self._precisions(opts.precisions)
+        self.targets = self._backend_filter(opts.backends)
+        self.report = Report(policy={p: POLICY[p].to_dict() for p in FLOWS})
+        self.sink = JsonSink(opts.json_path)
+        self.lock = threading.Lock()
+        self.refs: dict[str, Reference] = {}
+        self.runs: dict[str, BackendRun] = {}
+        self.source = os.environ.get(ENV_SOURCE) or None
+        self._own_workdir = opts.workdir is None
+        self.workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="hal-conformance-"))
+        (self.workdir / "out").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+
+    # --- selection --------------------------------------------------------------------
+    def _precisions(self, names: list[str] | None) -> list[str]:
+        if not names:
+            return list(FLOWS)
+        bad = [p for p in names if p not in FLOWS]
+        if bad:
+            raise self.hal.UsageError(f"unknown precision(s) {', '.join(bad)}",
+                                      f"use one of: {', '.join(FLOWS)}")
+        return [p for p in FLOWS if p in names]
+
+    def _backend_filter(self, names: list[str] | None) -> dict[str, set[str] | None]:
+        """backend → device targets to run (None: all of its devices)."""
+        known = self.reg.backends
+        if not names:
+            return {n: None for n in known}
+        out: dict[str, set[str] | None] = {}
+        for n in names:
+            b, _, dev = n.partition(":")
+            if b not in known:
+                broken = [f"{p.name} ({p.error})" for p in self.reg.plugins if p.error]
+                raise self.hal.UsageError(
+                    f"no installed backend is called {b!r}",
+                    f"use one of: {', '.join(known) or 'none installed'}"
+                    + (f"; plugins that failed to load: {', '.join(broken)}" if broken else ""))
+            if dev:
+                if out.get(b, set()) is not None:
+                    out.setdefault(b, set()).add(n)
+            else:
+                out[b] = None
+        return out
+
+    # --- the run ------------------------------------------------------------------------
+    def run(self) -> Report:
+        t0 = time.time()
+        r = self.report
+        r.meta = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "hal_version": self.hal.__version__, "python": platform.python_version(),
+                  "host": platform.node(), "machine": platform.machine(),
+                  "cpu_count": os.cpu_count(), "filters": {
+                      "backends": self.opts.backends, "models": self.opts.models,
+                      "precisions": self.opts.precisions},
+                  "timeout_s": self.opts.timeout_s}
+        r.plugins = [{k: v for k, v in p.to_dict().items() if k != "traceback"}
+                     for p in self.reg.plugins]
+        for p in self.reg.plugins:
+            if p.error and not p.error.startswith("disabled"):
+                self.on_note(f"plugin {p.name} ({p.source}) failed to load: {p.error}")
+        try:
+            self.references()
+            for n in [n for n in self.runs if n not in self.targets]:
+                self.runs[n].close()  # the oracle's worker, when its cells are not asked for
+            names = list(self.targets)
+            first = [n for n in names if n in self.runs]  # the oracle's worker is warm: use it
+            rest = [n for n in names if n not in self.runs]
+            for n in first:
+                self.run_backend(n)
+            if self.opts.jobs > 1 and len(rest) > 1:
+                with ThreadPoolExecutor(self.opts.jobs) as ex:
+                    list(ex.map(self.run_backend, rest))
+            else:
+                for n in rest:
+                    self.run_backend(n)
+            r.complete = True
+        finally:
+            for run in list(self.runs.values()):
+                run.close()
+            r.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            r.meta["duration_s"] = round(time.time() - t0, 2)
+            self.sink.write(r)
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        return r
+
+    # --- references ---------------------------------------------------------------------
+    def references(self) -> dict[str, Reference]:
+        if self.refs:
+            return self.refs
+        if self.opts.goldens:
+            from .goldens import load_goldens
+
+            self.refs, self.report.oracle = load_goldens(Path(self.opts.goldens), self.models)
+            for ref in self.refs.values():
+                self.report.models[ref.model] = self._model_entry(ref)
+            return self.refs
+        name = self._oracle_name()
+        run = self.runs.setdefault(name, BackendRun(self, name))
+        try:
+            ready = run.ensure_started()
+        except (WorkerDied, WorkerTimeout) as e:
+            raise self.hal.DeviceUnavailableError(f"the oracle backend {name} did not start: {e}",
+                                                  "fix it, or pass --goldens DIR") from None
+        devs = [d for d in ready["devices"] if d["available"] and d["flows"].get(ORACLE_PRECISION) is None]
+        if not devs:
+            raise self.hal.DeviceUnavailableError(
+                f"the oracle backend {name} has no available device offering {ORACLE_PRECISION}",
+                "install the reference backend's runtime (torch), or pass --goldens DIR")
+        dev = devs[0]
+        self.report.oracle = {"backend": name, "device": dev["target"], "version": ready["version"],
+                              "precision": ORACLE_PRECISION, "source": "oracle run"}
+        self.on_note(f"oracle: {dev['target']} at {ORACLE_PRECISION} ({ready['version']})")
+        for m in self.models:
+            data_path = self._write_data(m)
+            spec = CellSpec(name, dev, m, ORACLE_PRECISION)
+            done = run.execute(spec, data_path, measure=False)
+            if done.get("status") != "ran":
+                msg = f"the oracle failed on {m}: {done.get('status')}: {done.get('message')}"
+                self.report.errors.append(msg)
+                self.on_note(msg)
+                continue
+            d = np.load(data_path)
+            out = np.load(self._out_path(spec))
+            labels = d["y_eval"]
+            ref = Reference(m, out, labels, float((out.argmax(-1) == labels).mean()), data_path,
+                            meta={"conversion_path": done.get("conversion_path")})
+            self.refs[m] = ref
+            self.report.models[m] = self._model_entry(ref)
+        return self.refs
+
+    def _oracle_name(self) -> str:
+        cands = [b.name for b in self.reg.backends.values() if ORACLE_PRECISION in b.precisions]
+        if ORACLE_BACKEND in cands:
+            return ORACLE_BACKEND
+        if cands:
+            return cands[0]
+        raise self.hal.DeviceUnavailableError(
+            f"no installed backend offers {ORACLE_PRECISION}, so there is no oracle",
+            "install the reference backend (pip install 'hal-accel[cpu]'), or pass --goldens DIR "
+            "exported with --export-goldens on a host that has it")
+
+    def _model_entry(self, ref: Reference) -> dict[str, Any]:
+        spec = MODELS[ref.model]
+        return {"description": spec.description, "input_shape": list(spec.input_shape),
+                "output": spec.output, "eval_samples": int(len(ref.labels)),
+                "reference_accuracy": ref.accuracy, "weights_sha256": weights_digest(ref.model)}
+
+    def _write_data(self, model: str) -> Path:
+        from .data import model_data
+
+        path = self.workdir / "data" / f"{model}.npz"
+        if not path.exists():
+            np.savez(path, **model_data(MODELS[model].input_shape))
+        return path
+
+    def _out_path(self, spec: CellSpec) -> Path:
+        return self.workdir / "out" / f"{_safe(spec.id)}.npy"
+
+    # --- one backend ----------------------------------------------------------------------
+    def run_backend(self, name: str) -> None:
+        run = self.runs.setdefault(name, BackendRun(self, name))
+        entry: dict[str, Any] = {"devices": []}
+        with self.lock:
+            self.report.backends[name] = entry
+        try:
+            ready = run.ensure_started()
+        except (WorkerDied, WorkerTimeout) as e:
+            msg = f"backend {name}: the worker did not start: {e}"
+            entry["error"] = str(e)
+            with self.lock:
+                self.report.errors.append(msg)
+            self.on_note(msg)
+            self.sink.write(self.report)
+            return
+        entry.update(version=ready["version"], runtime=ready["runtime"], error=ready["error"],
+                     description=ready["description"],
+                     devices=[{k: d.get(k) for k in ("target", "name", "kind", "available", "reason")}
+                              for d in ready["devices"]])
+        if ready["error"]:
+            with self.lock:
+                self.report.errors.append(f"backend {name}: {ready['error']}")
+        wanted = self.targets.get(name)
+        targets = {d["target"] for d in ready["devices"]}
+        for t in sorted((wanted or set()) - targets):
+            with self.lock:
+                self.report.errors.append(f"backend {name} has no device {t} "
+                                          f"(it has {', '.join(sorted(targets)) or 'none'})")
+        specs = []
+        for d in ready["devices"]:
+            if not d["available"]:
+                self.on_note(f"{d['target']} ({d['kind']}) is not available: {d['reason']}")
+                continue
+            if wanted is not None and d["target"] not in wanted:
+                continue
+            for m in self.models:
+                for p in self.precisions:
+                    specs.append(CellSpec(name, d, m, p, unsupported=d["flows"].get(p)))
+        self.on_note(f"{name}: {len(specs)} cells on "
+                     f"{len({s.device['target'] for s in specs})} device(s)")
+        for spec in specs:
+            ref = self.refs.get(spec.model)
+            if spec.unsupported:
+                self._record(self._cell(spec, {"status": "unsupported", "message": spec.unsupported}))
+            elif ref is None:
+                self._record(self._cell(spec, {"status": "error",
+                                               "message": "no reference output for this model"}))
+            else:
+                done = run.execute(spec, ref.data_path, measure=self.opts.measure,
+                                   onnx=ref.onnx_path)
+                self._record(self._cell(spec, done))
+        entry["worker_starts"] = run.starts
+        run.close()
+
+    def _record(self, cell: CellResult) -> None:
+        with self.lock:
+            self.report.cells.append(cell)
+            self.on_cell(cell)
+        self.sink.write(self.report)
+
+    def _cell(self, spec: CellSpec, done: dict[str, Any]) -> CellResult:
+        d = spec.device
+        c = CellResult(spec.id, spec.backend, d["target"], d["name"], d["kind"], spec.model,
+                       spec.precision)
+        for k in ("compile_time_s", "artifact_size_bytes", "latency_p50_ms", "latency_batch",
+                  "roundtrip_max_abs", "backend_version", "duration_s", "detail"):
+            if done.get(k) is not None:
+                setattr(c, k, done[k])
+        c.conversion_path = list(done.get("conversion_path") or [])
+        c.notes = list(done.get("notes") or []) + ([done["notes_save"]] if done.get("notes_save") else [])
+        status = done.get("status")
+        if status != "ran":
+            c.result = status if status in ("unsupported", "error", "crash", "timeout") else "error"
+            c.message = done.get("message") or f"worker answered {status!r}"
+            return c
+        ref = self.refs[spec.model]
+        out = np.load(self._out_path(spec))
+        c.reference_accuracy = ref.accuracy
+        if out.shape != ref.outputs.shape:
+            c.result, c.message = "fail", (f"output shape {out.shape} differs from the "
+                                           f"reference's {ref.outputs.shape}")
+            return c
+        if not np.isfinite(out).all():
+            c.result, c.message = "fail", f"{int((~np.isfinite(out)).sum())} outputs are NaN or Inf"
+            return c
+        m = measure(out, ref.outputs, ref.labels)
+        for k, v in m.to_dict().items():
+            setattr(c, k, v)
+        broken = judge(m, spec.precision, ref.accuracy)
+        if done.get("device_kind") != d["kind"]:
+            broken.append(f"the executable says kind={done.get('device_kind')} but "
+                          f"{d['target']} is {d['kind']}")
+        rt = done.get("roundtrip_max_abs")
+        if rt is not None and rt > ROUNDTRIP_MAX_REL * m.max_abs_ref:
+            broken.append(f"the reloaded artifact differs from the compiled one by {rt:.3g} "
+                          f"(> {ROUNDTRIP_MAX_REL:g}·max|ref|)")
+        c.result = "fail" if broken else "pass"
+        c.message = "; ".join(broken)
+        return c
+
+
+class BackendRun:
+    """One backend's worker, restarted after a crash or a timeout."""
+
+    def __init__(self, suite: Suite, name: str) -> None:
+        self.suite, self.name = suite, name
+        self.worker: WorkerProcess | None = None
+        self.ready: dict[str, Any] | None = None
+        self.starts = 0
+        self.dead: str | None = None  # the worker cannot be restarted: why
+
+    def ensure_started(self) -> dict[str, Any]:
+        if self.worker is not None and self.ready is not None:
+            return self.ready
+        self.starts += 1
+        log = self.suite.workdir / f"worker-{_safe(self.name)}.log"
+        w = WorkerProcess(self.name, log, self.suite.source, _worker_env())
+        try:
+            ready = w.expect("ready", self.suite.opts.startup_timeout_s)
+        except (WorkerDied, WorkerTimeout):
+            w.kill()
+            raise
+        self.worker, self.ready = w, ready
+        return ready
+
+    def execute(self, spec: CellSpec, data_path: Path, measure: bool = True,
+                onnx: Path | None = None) -> dict[str, Any]:
+        if self.dead:
+            return {"status": "crash", "message": self.dead}
+        try:
+            self.ensure_started()
+        except (WorkerDied, WorkerTimeout) as e:
+            self.dead = f"the worker could not be restarted: {e}"
+            return {"status": "crash" if isinstance(e, WorkerDied) else "timeout",
+                    "message": self.dead}
+        w = self.worker
+        assert w is not None
+        timeout = self.suite.opts.timeout_s
+        cmd = {"op": "cell", "id": spec.id, "device": spec.device["target"], "model": spec.model,
+               "precision": spec.precision, "data": str(data_path),
+               "out": str(self.suite._out_path(spec)), "measure": measure,
+               "onnx": str(onnx) if onnx else None}
+        t0 = time.monotonic()
+        try:
+            w.send(cmd)
+            w.expect("start", timeout)
+            return w.expect("done", timeout)
+        except WorkerTimeout:
+            w.kill()
+            self.worker = None
+            return {"status": "timeout", "duration_s": time.monotonic() - t0,
+                    "message": f"no result within {timeout:g}s; the worker was killed "
+                               f"and restarted for the remaining cells",
+                    "detail": w.log_tail()}
+        except WorkerDied as e:
+            self.worker = None
+            return {"status": "crash", "duration_s": time.monotonic() - t0, "message": str(e)}
+
+    def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a non-cell command and wait for its ``done`` (no restart on failure)."""
+        self.ensure_started()
+        assert self.worker is not None
+        try:
+            self.worker.send(cmd)
+            return self.worker.expect("done", timeout)
+        except (WorkerDied, WorkerTimeout) as e:
+            self.worker.kill()
+            self.worker = None
+            return {"status": "crash", "message": str(e)}
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+            self.ready = None
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env

@@ -1,0 +1,232 @@
+"""One backend's worker process: ``python -m hal_conformance.worker``.
+
+The orchestrator starts one worker per backend so that a segfault, abort,
+hang or out-of-memory kill takes down only that worker. Commands arrive as
+JSON lines on stdin; events go back as JSON lines on the file descriptor
+``--fd`` (stdout is pointed at stderr, so a runtime that prints cannot
+corrupt the protocol). Outputs are written to ``.npy`` files and judged by
+the orchestrator, which never imports a framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: the profile loop runs this long per cell (after a short warm-up).
+PROFILE_SECONDS = 0.2
+#: samples per call when the executable takes any batch size
+RUN_CHUNK = 100
+
+
+class Worker:
+    def __init__(self, backend: str, source: str, proto) -> None:
+        import hal
+        from hal.api import backend_status
+
+        self.hal = hal
+        self.proto = proto
+        self.reg = hal.registry()
+        if backend not in self.reg.backends:
+            raise SystemExit(f"backend {backend!r} is not registered")
+        self.backend = self.reg.backends[backend]
+        self.status = backend_status(self.backend)
+        self.source = source
+        self.models: dict[str, Any] = {}
+
+    def send(self, **event: Any) -> None:
+        self.proto.write(json.dumps(event, default=str) + "\n")
+        self.proto.flush()
+
+    # --- discovery ------------------------------------------------------------------
+    def ready(self) -> None:
+        """Report the backend and, per device, which flows it can attempt and why not."""
+        from hal.formats import plan
+
+        from .policy import FLOWS, ORACLE_PRECISION
+
+        st = self.status
+        devices = []
+        for dev in st.devices:
+            d = dev.to_dict()
+            d["flows"] = {}
+            offered = self.backend.precisions_for(dev) if dev.available else ()
+            for p in FLOWS + (ORACLE_PRECISION,):
+                if not dev.available:
+                    why = f"{dev.target} is not available: {dev.reason or 'no reason given'}"
+                elif p not in offered:
+                    why = (f"{dev.target} does not offer {p} "
+                           f"(offers {', '.join(offered) or 'nothing'})")
+                else:
+                    try:
+                        plan(self.source, self.backend.formats_for(dev, p), self.reg.converters)
+                        why = None
+                    except self.hal.HalError as e:
+                        why = f"no conversion from {self.source}: {e}"
+                d["flows"][p] = why
+            devices.append(d)
+        self.send(event="ready", pid=os.getpid(), backend=st.name, version=st.version,
+                  runtime=st.runtime, error=st.error, description=st.description,
+                  source=self.source, devices=devices)
+
+    # --- one cell -------------------------------------------------------------------
+    def model(self, name: str, onnx_path: str | None):
+        if self.source == "onnx":
+            if not onnx_path:
+                raise self.hal.UsageError(f"no ONNX file for {name}",
+                                          "export goldens with the ONNX models included")
+            return onnx_path
+        if name not in self.models:
+            from . import zoo
+
+            self.models[name] = zoo.build(name)
+        return self.models[name]
+
+    def cell(self, cmd: dict) -> None:
+        hal = self.hal
+        self.send(event="start", id=cmd["id"], t=time.time())
+        res: dict[str, Any] = {"event": "done", "id": cmd["id"]}
+        t0 = time.perf_counter()
+        try:
+            res.update(self._run(cmd))
+        except hal.UnsupportedError as e:
+            res.update(status="unsupported", message=str(e))
+        except hal.HalError as e:
+            res.update(status="error", message=f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - a backend bug is a result, not our crash
+            res.update(status="error", message=f"{type(e).__name__}: {str(e)[:500]}",
+                       detail="".join(traceback.format_exc(limit=8))[-3000:])
+        res["duration_s"] = time.perf_counter() - t0
+        self.send(**res)
+
+    def _run(self, cmd: dict) -> dict[str, Any]:
+        hal = self.hal
+        data = np.load(cmd["data"], allow_pickle=False)
+        x = data["x_eval"]
+        precision = cmd["precision"]
+        calib = None
+        if precision == "int8":
+            calib = [data["x_calib"][i:i + 1] for i in range(len(data["x_calib"]))]
+        model = self.model(cmd["model"], cmd.get("onnx"))
+        t0 = time.perf_counter()
+        exe = hal.compile(model, target=cmd["device"], precision=precision,
+                          example_inputs=(x[:1],), calibration=calib, cache=False)
+        wall = time.perf_counter() - t0
+        out: dict[str, Any] = {
+            "status": "ran", "compile_time_s": exe.info.compile_time_s or wall,
+            "conversion_path": list(exe.info.conversion_path), "device_kind": exe.info.device_kind,
+            "backend_version": exe.info.backend_version, "notes": list(exe.info.notes),
+            "executable_precision": exe.info.precision}
+        if exe.info.device != cmd["device"] or exe.info.precision != precision:
+            raise hal.CompileError(
+                f"asked for {cmd['device']} at {precision}, got {exe.info.device} at "
+                f"{exe.info.precision}", "a backend must never fall back silently")
+        y = run_all(exe, x)
+        np.save(cmd["out"], y)
+        if cmd.get("measure", True):
+            batch = x[:_batch_of(exe, 1)]
+            prof = exe.profile(batch, warmup=3, duration_s=PROFILE_SECONDS, extras=False)
+            out.update(latency_p50_ms=prof.latency_ms["p50"], latency_batch=int(batch.shape[0]),
+                       latency_iterations=prof.iterations, timer=prof.timer)
+            out.update(self._save_and_reload(exe, x, y, cmd))
+        return out
+
+    def _save_and_reload(self, exe, x: np.ndarray, y: np.ndarray, cmd: dict) -> dict[str, Any]:
+        """Artifact size from a real ``save``; then ``hal.load`` must give back the same model."""
+        hal = self.hal
+        res: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="hal-conf-") as tmp:
+            path = Path(tmp) / "cell.hal"
+            try:
+                exe.save(path)
+            except hal.HalError as e:
+                res["notes_save"] = f"not saveable: {e}"
+                return res
+            res["artifact_size_bytes"] = exe.info.artifact_size_bytes
+            res["hal_file_bytes"] = path.stat().st_size
+            if cmd.get("roundtrip", True):
+                back = hal.load(path)
+                # the very batches run_all used: int8-dynamic scales depend on the batch
+                b = _batch_of(exe, RUN_CHUNK)
+                n = min(len(x), -(-64 // b) * b)
+                y2 = run_all(back, x[:n])
+                res["roundtrip_max_abs"] = float(np.abs(y2.astype(np.float64) - y[:n]).max())
+                del back
+        return res
+
+
+    def export_onnx(self, cmd: dict) -> None:
+        """The zoo model as ONNX (torch.onnx, dynamic batch) for goldens, so a
+        device host without torch can still feed the same model to its backend."""
+        try:
+            import torch
+
+            from . import zoo
+
+            x = torch.from_numpy(np.load(cmd["data"], allow_pickle=False)["x_eval"][:2])
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            prog = torch.onnx.export(zoo.build(cmd["model"]), (x,), dynamo=True, verbose=False,
+                                     dynamic_shapes=({0: batch},))
+            prog.save(cmd["path"])
+            self.send(event="done", id=cmd["id"], status="ran")
+        except Exception as e:  # noqa: BLE001
+            self.send(event="done", id=cmd["id"], status="error", message=f"{type(e).__name__}: {e}")
+
+
+def _batch_of(exe, default: int) -> int:
+    d = exe.info.inputs[0].shape[0] if exe.info.inputs and exe.info.inputs[0].shape else None
+    return default if d is None else int(d)
+
+
+def run_all(exe, x: np.ndarray, chunk: int = 0) -> np.ndarray:
+    """Run every sample: in chunks when the batch is dynamic, else in the
+    compiled batch size (the last chunk padded by repetition and trimmed)."""
+    b = _batch_of(exe, chunk or RUN_CHUNK)
+    outs = []
+    for i in range(0, len(x), b):
+        part = x[i:i + b]
+        n = len(part)
+        if n < b and _batch_of(exe, 0):
+            part = np.concatenate([part, np.repeat(part[-1:], b - n, axis=0)])
+        y = exe.run([part])
+        if len(y) != 1:
+            raise ValueError(f"the executable returned {len(y)} outputs; the zoo models have one")
+        outs.append(np.asarray(y[0])[:n].astype(np.float64))
+    return np.concatenate(outs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="hal conformance worker (one backend)")
+    p.add_argument("--backend", required=True)
+    p.add_argument("--fd", type=int, required=True, help="write protocol events here")
+    p.add_argument("--source", choices=("torch.nn", "onnx"), default=None)
+    args = p.parse_args(argv)
+    proto = os.fdopen(args.fd, "w", buffering=1)
+    os.dup2(2, 1)  # anything a runtime prints goes to the log, not into the protocol
+    sys.stdout = sys.stderr
+    source = args.source or ("torch.nn" if importlib.util.find_spec("torch") else "onnx")
+    w = Worker(args.backend, source, proto)
+    w.ready()
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "cell":
+            w.cell(cmd)
+        elif cmd["op"] == "export_onnx":
+            w.export_onnx(cmd)
+        elif cmd["op"] == "quit":
+            break
+    proto.close()
+
+
+if __name__ == "__main__":
+    main()
