@@ -34,6 +34,8 @@ def run_cli(backend: list[str] | None = None, model: list[str] | None = None,
     from .runner import Options, Suite
 
     con = console or Console()
+    if not con.is_terminal:
+        con.width = max(con.width, 132)  # logs and README: do not squeeze the matrix
     err = Console(stderr=True)
 
     def note(msg: str) -> None:

@@ -48,14 +48,18 @@ def rich_tables(r: Report):
     from rich.table import Table
     from rich.text import Text
 
+    from rich import box
+
     flows = [p for p in FLOWS if any(c.precision == p for c in r.cells)]
-    t = Table(title=f"hal conformance — {summary_line(r)}", title_justify="left")
-    t.add_column("device")
-    t.add_column("kind")
-    t.add_column("model")
+    t = Table(title=f"hal conformance — {summary_line(r)}", title_justify="left",
+              box=box.SIMPLE_HEAD, caption="float flows: max|err|/max|ref| vs the fp64 oracle; "
+              "int8 flows: top-1 agreement; – unsupported", caption_justify="left")
+    t.add_column("device", no_wrap=True)
+    t.add_column("kind", no_wrap=True)
+    t.add_column("model", no_wrap=True)
     for p in flows:
-        t.add_column(p, justify="right")
-    t.add_column("fp32 p50 ms", justify="right")
+        t.add_column(p, justify="right", no_wrap=True)
+    t.add_column("p50 ms", justify="right", no_wrap=True)
     rows: dict[tuple, dict[str, CellResult]] = defaultdict(dict)
     order = list(MODELS)
     for c in r.cells:
@@ -63,8 +67,9 @@ def rich_tables(r: Report):
     last = None
     for (dev, kind, model) in sorted(rows, key=lambda k: (k[0], order.index(k[2]) if k[2] in order else 99)):
         cells = rows[(dev, kind, model)]
-        row = [Text(dev if dev != last else ""), Text(kind if dev != last else "", style="dim"),
-               Text(model)]
+        row = [Text(dev if dev != last else ""),
+               Text({"emulated": "emu", "hardware": "hw"}.get(kind, kind) if dev != last else "",
+                    style="dim"), Text(model)]
         if last is not None and dev != last:
             t.add_section()
         last = dev
@@ -75,8 +80,9 @@ def rich_tables(r: Report):
                 continue
             txt = MARK[c.result] + (f" {headline(c)}" if headline(c) else "")
             row.append(Text(txt, style=STYLE[c.result]))
-        fp32 = cells.get("fp32")
-        row.append(Text(_fmt(fp32.latency_p50_ms if fp32 else None, ".3f")))
+        timed = [cells[p] for p in flows if p in cells and cells[p].latency_p50_ms is not None]
+        row.append(Text(_fmt(timed[0].latency_p50_ms if timed else None, ".3f")
+                        + (f" {timed[0].precision}" if timed and timed[0].precision != "fp32" else "")))
         t.add_row(*row)
     out = [t]
     problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != "pass"]

@@ -93,6 +93,7 @@ class Suite:
         self.sink = JsonSink(opts.json_path)
         self.lock = threading.Lock()
         self.refs: dict[str, Reference] = {}
+        self._refs_done = False
         self.runs: dict[str, BackendRun] = {}
         self.source = os.environ.get(ENV_SOURCE) or None
         self._own_workdir = opts.workdir is None
@@ -135,18 +136,7 @@ class Suite:
     def run(self) -> Report:
         t0 = time.time()
         r = self.report
-        r.meta = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "hal_version": self.hal.__version__, "python": platform.python_version(),
-                  "host": platform.node(), "machine": platform.machine(),
-                  "cpu_count": os.cpu_count(), "filters": {
-                      "backends": self.opts.backends, "models": self.opts.models,
-                      "precisions": self.opts.precisions},
-                  "timeout_s": self.opts.timeout_s}
-        r.plugins = [{k: v for k, v in p.to_dict().items() if k != "traceback"}
-                     for p in self.reg.plugins]
-        for p in self.reg.plugins:
-            if p.error and not p.error.startswith("disabled"):
-                self.on_note(f"plugin {p.name} ({p.source}) failed to load: {p.error}")
+        self.start_report()
         try:
             self.references()
             for n in [n for n in self.runs if n not in self.targets]:
@@ -164,19 +154,36 @@ class Suite:
                     self.run_backend(n)
             r.complete = True
         finally:
-            for run in list(self.runs.values()):
-                run.close()
             r.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             r.meta["duration_s"] = round(time.time() - t0, 2)
             self.sink.write(r)
-            if self._own_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            self.close()
         return r
+
+    def start_report(self) -> None:
+        """Fill the run's metadata and plugin list (once)."""
+        r = self.report
+        if r.meta:
+            return
+        r.meta = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "hal_version": self.hal.__version__, "python": platform.python_version(),
+                  "host": platform.node(), "machine": platform.machine(),
+                  "cpu_count": os.cpu_count(), "filters": {
+                      "backends": self.opts.backends, "models": self.opts.models,
+                      "precisions": self.opts.precisions},
+                  "timeout_s": self.opts.timeout_s}
+        r.plugins = [{k: v for k, v in p.to_dict().items() if k != "traceback"}
+                     for p in self.reg.plugins]
+        for p in self.reg.plugins:
+            if p.error and not p.error.startswith("disabled"):
+                self.on_note(f"plugin {p.name} ({p.source}) failed to load: {p.error}")
 
     # --- references ---------------------------------------------------------------------
     def references(self) -> dict[str, Reference]:
-        if self.refs:
+        """The oracle's outputs per model (computed once; from goldens when given)."""
+        if self._refs_done:
             return self.refs
+        self._refs_done = True
         if self.opts.goldens:
             from .goldens import load_goldens
 
@@ -247,7 +254,9 @@ class Suite:
         return self.workdir / "out" / f"{_safe(spec.id)}.npy"
 
     # --- one backend ----------------------------------------------------------------------
-    def run_backend(self, name: str) -> None:
+    def plan(self, name: str) -> list[CellSpec] | None:
+        """Start ``name``'s worker and list its cells (unsupported ones included);
+        ``None`` when the worker does not start (recorded as a run error)."""
         run = self.runs.setdefault(name, BackendRun(self, name))
         entry: dict[str, Any] = {"devices": []}
         with self.lock:
@@ -261,7 +270,7 @@ class Suite:
                 self.report.errors.append(msg)
             self.on_note(msg)
             self.sink.write(self.report)
-            return
+            return None
         entry.update(version=ready["version"], runtime=ready["runtime"], error=ready["error"],
                      description=ready["description"],
                      devices=[{k: d.get(k) for k in ("target", "name", "kind", "available", "reason")}
@@ -285,21 +294,39 @@ class Suite:
             for m in self.models:
                 for p in self.precisions:
                     specs.append(CellSpec(name, d, m, p, unsupported=d["flows"].get(p)))
-        self.on_note(f"{name}: {len(specs)} cells on "
+        self.on_note(f"{name} {ready['version'] or ''}: {len(specs)} cells on "
                      f"{len({s.device['target'] for s in specs})} device(s)")
-        for spec in specs:
-            ref = self.refs.get(spec.model)
-            if spec.unsupported:
-                self._record(self._cell(spec, {"status": "unsupported", "message": spec.unsupported}))
-            elif ref is None:
-                self._record(self._cell(spec, {"status": "error",
-                                               "message": "no reference output for this model"}))
-            else:
-                done = run.execute(spec, ref.data_path, measure=self.opts.measure,
-                                   onnx=ref.onnx_path)
-                self._record(self._cell(spec, done))
-        entry["worker_starts"] = run.starts
+        return specs
+
+    def run_cell(self, spec: CellSpec) -> CellResult:
+        """Run (or record as unsupported) one cell, judge it, record it."""
+        self.references()
+        ref = self.refs.get(spec.model)
+        if spec.unsupported:
+            cell = self._cell(spec, {"status": "unsupported", "message": spec.unsupported})
+        elif ref is None:
+            cell = self._cell(spec, {"status": "error", "message": "no reference output for this model"})
+        else:
+            run = self.runs.setdefault(spec.backend, BackendRun(self, spec.backend))
+            done = run.execute(spec, ref.data_path, measure=self.opts.measure, onnx=ref.onnx_path)
+            cell = self._cell(spec, done)
+        self._record(cell)
+        return cell
+
+    def run_backend(self, name: str) -> None:
+        specs = self.plan(name)
+        for spec in specs or ():
+            self.run_cell(spec)
+        run = self.runs[name]
+        self.report.backends[name]["worker_starts"] = run.starts
         run.close()
+
+    def close(self) -> None:
+        """Stop every worker; remove the scratch folder when it is ours."""
+        for run in list(self.runs.values()):
+            run.close()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _record(self, cell: CellResult) -> None:
         with self.lock:
