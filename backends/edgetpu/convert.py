@@ -191,12 +191,20 @@ def keras_to_int8(model: Model, options: CompileOptions) -> Converted:
 
     example = example_arrays(model, options)
     batches = calibration_batches(options, example)
+    import keras
+
     m = model.value
-    fn = tf.function(lambda *xs: m(xs[0] if len(xs) == 1 else list(xs)))
-    cf = fn.get_concrete_function(*[tf.TensorSpec(a.shape, tf.as_dtype(a.dtype)) for a in example])
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], m)
+    # re-wrap at a fixed batch: the Edge TPU needs static shapes
+    fixed = [keras.Input(batch_shape=a.shape, dtype=str(a.dtype)) for a in example]
+    try:
+        outs = m(fixed[0] if len(fixed) == 1 else fixed)
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"the Keras model cannot be called at the example shape(s) "
+                           f"{[a.shape for a in example]} ({short(e)})",
+                           "pass example inputs the model accepts") from None
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras.Model(fixed, outs))
     return Converted(_tf_int8(conv, batches, "Keras model"),
-                     ["tf.function at the example shape", "TFLiteConverter full-int8 "
+                     ["keras.Model at the example shape", "TFLiteConverter full-int8 "
                       "(representative_dataset, TFLITE_BUILTINS_INT8, int8 I/O)"], [])
 
 

@@ -236,7 +236,7 @@ def mapping_report(data: bytes | Graph) -> MappingReport:
     if g.subgraphs > 1:
         notes.append(f"{g.subgraphs - 1} extra subgraph(s) (control flow) run on the CPU")
     if any(t in FLOAT_TYPES for t in in_types + out_types):
-        notes.append("float model inputs/outputs: the (de)quantize ops at the edges run on the CPU")
+        notes.append("float model inputs/outputs: the Edge TPU takes int8, so any QUANTIZE/DEQUANTIZE at the edges runs on the CPU")
     return MappingReport(ops, floats, dynamic, in_types, out_types, first, compiled, notes)
 
 

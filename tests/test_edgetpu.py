@@ -1,0 +1,296 @@
+"""The Coral Edge TPU backend, on its emulated device (the int8 TFLite on the real
+LiteRT CPU interpreter) and, where hardware matters, on the real failure paths
+of libedgetpu being absent. No Edge TPU is attached here; see
+docs/backends/edgetpu.md for what that leaves unverified."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hal
+from hal import DeviceUnavailableError, UnsupportedError, UsageError
+
+pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (the Edge TPU backend's runtime) is not installed")
+
+from hal_backends.edgetpu import backend as etb  # noqa: E402
+from hal_backends.edgetpu import compiler, devices, graph  # noqa: E402
+from hal_backends.edgetpu.executable import Artifacts, EdgeTpuExecutable, EdgeTpuOptions  # noqa: E402
+
+EMU = "edgetpu:emulated"
+
+
+def _hardware_present() -> bool:
+    return bool(devices.discover().found)
+
+
+needs_no_edgetpu = pytest.mark.skipif(_hardware_present(), reason="a real Edge TPU is attached here")
+
+
+@pytest.fixture(scope="module")
+def calib():
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(24)]
+
+
+@pytest.fixture(scope="module")
+def torch_exe(small_cnn, calib):
+    pytest.importorskip("litert_torch", reason="litert-torch (torch → TFLite) is not installed")
+    return hal.compile(small_cnn, EMU, "int8", calibration=calib, cache=False)
+
+
+# --- plugin and devices ---------------------------------------------------------------
+def test_plugin_import_and_probe_import_no_framework():
+    code = ("import sys, hal, hal_backends.edgetpu; hal.devices(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'tensorflow', 'keras', "
+            "'litert_torch', 'jax', 'onnx', 'openvino'}))")
+    env = dict(os.environ, HAL_PLUGINS="edgetpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_devices_list_emulator_and_absent_hardware_with_reason():
+    devs = {d.id: d for d in hal.devices() if d.backend == "edgetpu"}
+    emu = devs["emulated"]
+    assert emu.kind == "emulated" and emu.available and emu.precisions == ("int8",)
+    hw = [d for d in devs.values() if d.kind == "hardware"]
+    assert hw, "hardware devices are listed even when absent"
+    if not any(d.available for d in hw):
+        assert all(d.reason for d in hw)
+
+
+@needs_no_edgetpu
+def test_bare_target_never_picks_the_emulator(small_cnn, x16):
+    with pytest.raises(DeviceUnavailableError) as e:
+        hal.compile(small_cnn, "edgetpu", "int8", calibration=[x16], cache=False)
+    assert "edgetpu:emulated" in str(e.value) and "libedgetpu" in str(e.value)
+
+
+def test_float_precision_refused(small_cnn, x16):
+    for p in ("fp32", "fp16", "int8-dynamic"):
+        with pytest.raises(UnsupportedError, match="only fully int8"):
+            hal.compile(small_cnn, EMU, p, example_inputs=(x16,), cache=False)
+
+
+def test_unknown_option_refused(small_cnn, x16):
+    with pytest.raises(UsageError, match="unknown edgetpu option"):
+        hal.compile(small_cnn, EMU, "int8", calibration=[x16], options={"rawio": True}, cache=False)
+
+
+def test_calibration_of_another_shape_refused(small_cnn, x16):
+    bad = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(UsageError, match="calibration sample 1"):
+        hal.compile(small_cnn, EMU, "int8", example_inputs=(x16,), calibration=[x16, bad], cache=False)
+
+
+# --- torch → full int8 → emulated Edge TPU --------------------------------------------
+def test_torch_cnn_int8_matches_float_model(torch_exe, small_cnn):
+    import torch
+
+    info = torch_exe.info
+    assert info.precision == "int8" and info.device_kind == "emulated"
+    assert [s.dtype for s in info.inputs] == ["float32"] and info.inputs[0].shape == (1, 3, 16, 16)
+    assert any("PT2E" in step for step in info.conversion_path)
+    mapping = info.extra["edgetpu_mapping"]
+    assert mapping["fully_int8"] and mapping["ops_on_cpu"] == 0
+    assert mapping["input_types"] == ["INT8"] and mapping["output_types"] == ["INT8"]
+    if compiler.path() is None:
+        assert any("compile step was not done" in n for n in info.notes)
+    xs = np.random.default_rng(7).standard_normal((32, 1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = np.concatenate([small_cnn(torch.from_numpy(x)).numpy() for x in xs])
+    got = np.concatenate([torch_exe(x) for x in xs])
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.9
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_raw_int8_io(torch_exe, x16, calib):
+    raw = hal.compile(torch_exe.files.int8, EMU, "int8", calibration=calib,
+                      options={"raw_io": True}, cache=False)
+    assert [s.dtype for s in raw.info.inputs] == ["int8"] and [s.dtype for s in raw.info.outputs] == ["int8"]
+    d_in = raw._it.get_input_details()[0]
+    d_out = raw._it.get_output_details()[0]
+    (s_in, z_in), (s_out, z_out) = d_in["quantization"], d_out["quantization"]
+    q = np.clip(np.rint(x16 / s_in) + z_in, -128, 127).astype(np.int8)
+    out = raw(q)
+    assert out.dtype == np.int8
+    np.testing.assert_allclose((out.astype(np.float32) - z_out) * s_out, torch_exe(x16), rtol=0, atol=1e-6)
+    with pytest.raises(hal.InvalidInputError, match="int8"):
+        raw(x16)
+
+
+def test_save_load_roundtrip(torch_exe, x16, tmp_path):
+    path = torch_exe.save(tmp_path / "cnn.hal")
+    back = hal.load(path)
+    assert back.info.device == EMU and back.info.precision == "int8"
+    np.testing.assert_array_equal(back(x16), torch_exe(x16))
+    assert back.info.extra["edgetpu_mapping"]["ops_on_edgetpu"] > 0
+
+
+def test_profile_reports_latency_and_what_is_unavailable(torch_exe, x16):
+    p = torch_exe.profile(x16, iterations=20, warmup=2)
+    assert p.latency_ms["p50"] > 0 and p.device_kind == "emulated"
+    assert "per-op profiler" in p.unavailable["layers"]
+    assert "edgetpu_temperature_c" in p.unavailable
+
+
+# --- TensorFlow / Keras --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keras_model():
+    pytest.importorskip("tensorflow", reason="tensorflow (TFLiteConverter) is not installed")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(5, activation="softmax")(x))
+
+
+def test_keras_full_int8_via_tflite_converter(keras_model):
+    rng = np.random.default_rng(2)
+    calib = [rng.standard_normal((4, 8, 8, 3)).astype(np.float32) for _ in range(4)]
+    exe = hal.compile(keras_model, EMU, "int8", calibration=calib, cache=False)
+    assert any("TFLITE_BUILTINS_INT8" in s for s in exe.info.conversion_path)
+    assert exe.info.inputs[0].shape == (1, 8, 8, 3)  # frozen batch: the Edge TPU needs static shapes
+    g = graph.read_graph(exe.files.int8)
+    assert g.io_types() == (["INT8"], ["INT8"]) and not g.float_tensors()
+    xs = rng.standard_normal((16, 1, 8, 8, 3)).astype(np.float32)
+    ref = np.concatenate([keras_model(x).numpy() for x in xs])
+    got = np.concatenate([exe(x) for x in xs])
+    assert np.abs(got - ref).max() < 0.03
+
+
+def test_float_tflite_refused_and_its_float_tensors_reported(keras_model):
+    import tensorflow as tf
+
+    float_tflite = tf.lite.TFLiteConverter.from_keras_model(keras_model).convert()
+    report = graph.mapping_report(float_tflite)
+    assert not report.fully_int8 and report.on_tpu == 0
+    assert any("FLOAT32" in t for t in report.float_tensors)
+    assert report.dynamic_tensors  # Keras leaves the batch dimension dynamic
+    assert all(any("float32" in r for r in o.reasons) for o in report.cpu_ops())
+    x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    with pytest.raises(UnsupportedError, match="only full-int8") as e:
+        hal.compile(float_tflite, EMU, "int8", calibration=[x], cache=False)
+    assert "allow_float_ops" in str(e.value) and "CONV_2D" in str(e.value)
+    exe = hal.compile(float_tflite, EMU, "int8", calibration=[x], cache=False,
+                      options={"allow_float_ops": True})
+    assert any("not fully int8" in n for n in exe.info.notes)
+    np.testing.assert_allclose(exe(x), keras_model(x).numpy(), atol=1e-5)
+
+
+# --- models compiled by edgetpu_compiler, runtime versions, delegates ----------------
+def _edgetpu_compiled_tflite(min_runtime: int, compiler_version: str) -> bytes:
+    """A TFLite graph shaped like edgetpu_compiler's output: one ``edgetpu-custom-op``
+    whose flexbuffer options hold (key "4") a DarwiNN ``Package`` with the
+    runtime it needs, per libedgetpu's custom_op_data.cc and executable.fbs.
+    Built here because no edgetpu_compiler is installed; the executable inside
+    is empty."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+    from flatbuffers import flexbuffers
+
+    b = flatbuffers.Builder(64)
+    cv = b.CreateString(compiler_version)
+    b.StartObject(9)
+    b.PrependInt32Slot(0, min_runtime, 0)
+    b.PrependUOffsetTRelativeSlot(4, cv, 0)
+    b.Finish(b.EndObject(), file_identifier=b"DWN1")
+    package = bytes(b.Output())
+    assert max(package) < 0x80  # so a flexbuffer string holds it byte for byte, as libedgetpu writes it
+    options = flexbuffers.Dumps({"1": 1, "4": package.decode("ascii"), "5": 0})
+
+    def tensor(name: str) -> fb.TensorT:
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, [1, 4], fb.TensorType.INT8, 0
+        t.quantization = fb.QuantizationParametersT()
+        t.quantization.scale, t.quantization.zeroPoint = [0.1], [0]
+        return t
+
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
+    code.customCode = graph.EDGETPU_CUSTOM_OP
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs, op.customOptions = 0, [0], [1], list(options)
+    sg = fb.SubGraphT()
+    sg.tensors, sg.operators, sg.inputs, sg.outputs = [tensor("in"), tensor("out")], [op], [0], [1]
+    m = fb.ModelT()
+    m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, [code], [sg], [fb.BufferT()]
+    mb = flatbuffers.Builder(256)
+    mb.Finish(m.Pack(mb), file_identifier=b"TFL3")
+    return bytes(mb.Output())
+
+
+def test_compiled_model_version_is_read_and_checked():
+    data = _edgetpu_compiled_tflite(14, "16.0.384591198")
+    g = graph.read_graph(data)
+    assert [o.name for o in g.ops] == [graph.EDGETPU_CUSTOM_OP]
+    assert graph.compiled_packages(g) == [graph.CompiledPackage(14, "16.0.384591198")]
+    assert graph.mapping_report(g).already_compiled
+    old = hal.Device("edgetpu", "usb:0", "Coral", properties={
+        "runtime_version": "BuildLabel(COMPILER=6.3.0,DATE=x,TIME=x), RuntimeVersion(13)"})
+    with pytest.raises(UnsupportedError, match=r"runtime 14 .*runtime 13") as e:
+        etb.EdgeTpuBackend()._check_precompiled(g, old)
+    assert "edgetpu_compiler -m 13" in str(e.value)
+    new = hal.Device("edgetpu", "usb:0", "Coral", properties={"runtime_version": "RuntimeVersion(14)"})
+    etb.EdgeTpuBackend()._check_precompiled(g, new)  # same version: accepted
+
+
+def test_compiled_model_refused_by_the_emulator():
+    data = _edgetpu_compiled_tflite(14, "16.0")
+    with pytest.raises(UnsupportedError, match="edgetpu-custom-op"):
+        hal.compile(data, EMU, "int8", calibration=[np.zeros((1, 4), np.float32)], cache=False)
+
+
+@needs_no_edgetpu
+def test_delegate_failure_is_one_clear_error(torch_exe, monkeypatch):
+    dev = hal.Device("edgetpu", "usb:0", "Coral Edge TPU USB Accelerator")
+    files = Artifacts(None, torch_exe.files.int8)
+    with pytest.raises(DeviceUnavailableError, match=r"delegate \(libedgetpu.so.1, device usb:0\)"):
+        EdgeTpuExecutable(torch_exe.info, dev, files, EdgeTpuOptions())
+    libm = ctypes.util.find_library("m")
+    if libm is None:
+        pytest.skip("no libm to stand in for a library that is not a delegate")
+    monkeypatch.setenv(devices.LIB_ENV, libm)
+    with pytest.raises(DeviceUnavailableError, match="tflite_plugin_create_delegate"):
+        EdgeTpuExecutable(torch_exe.info, dev, files, EdgeTpuOptions())
+    found = devices.discover()  # libm has no edgetpu_list_devices: probing falls back to the delegate
+    assert not found.found and "tflite_plugin_create_delegate" in found.why_not["usb"]
+
+
+def test_hardware_compile_without_edgetpu_compiler_is_refused(torch_exe):
+    if compiler.path() is not None:
+        pytest.skip("edgetpu_compiler is installed here")
+    dev = hal.Device("edgetpu", "usb:0", "Coral", precisions=("int8",))
+    from hal.formats import Model
+    from hal.types import CompileOptions
+
+    with pytest.raises(hal.CompileError, match="nothing would run on the Edge TPU"):
+        etb.EdgeTpuBackend().compile(Model("tflite", torch_exe.files.int8), dev,
+                                     CompileOptions(precision="int8"))
+
+
+def test_compiler_summary_parser():
+    # the layout `edgetpu_compiler -s` prints (Coral's compiler docs); no compiler here to run
+    text = """Edge TPU Compiler version 16.0.384591198
+Number of operations that will run on Edge TPU: 9
+Number of operations that will run on CPU: 1
+
+Operator                       Count      Status
+
+CONV_2D                        2          Mapped to Edge TPU
+FULLY_CONNECTED                1          Mapped to Edge TPU
+GELU                           1          Operation not supported
+"""
+    r = compiler.parse_log(text, "16.0.384591198")
+    assert (r.ops_on_edgetpu, r.ops_on_cpu) == (9, 1)
+    assert [(o["op"], o["count"], o["where"]) for o in r.operators] == [
+        ("CONV_2D", 2, "edgetpu"), ("FULLY_CONNECTED", 1, "edgetpu"), ("GELU", 1, "cpu")]
