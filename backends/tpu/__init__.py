@@ -1,1 +1,15 @@
-"""hal backend plugin (under construction)."""
+"""Cloud TPU backend: TensorFlow/XLA on a TPU, or the same XLA program on XLA:CPU.
+
+Registered through the ``hal`` entry-point group. Importing this module imports
+no framework; TensorFlow is imported inside probe/compile/load, and only when
+a TPU (or the emulator) is actually used.
+"""
+
+from hal import hookimpl
+
+
+@hookimpl
+def register_backends(register):
+    from .backend import TpuBackend
+
+    register(TpuBackend())

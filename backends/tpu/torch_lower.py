@@ -1,0 +1,198 @@
+"""torch → StableHLO, one static-shape module per batch bucket.
+
+``torch.export`` captures the model; litert-torch's StableHLO lowering
+(``litert_torch.backend.export.exported_program_to_mlir``, the lowering its
+TFLite converter is built on) turns the ExportedProgram into a StableHLO
+module whose weights stay function arguments. TensorFlow then calls that
+module through XLA's call-module op (see :mod:`.programs`). Imports torch and
+litert-torch; loaded only when a torch model is compiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from hal import CompileError, UnsupportedError
+from hal.formats import Model
+
+from .. import torch_common as tc
+
+#: MLIR dialects XLA's call-module op accepts; anything else cannot run on XLA.
+XLA_DIALECTS = ("builtin", "func", "stablehlo", "chlo", "sdy", "shardy")
+#: ops whose fp32 accuracy depends on the platform's default matmul precision
+#: (a TPU's default uses bf16 passes); fp32 programs ask for HIGHEST explicitly.
+PRECISION_OPS = ("stablehlo.dot_general", "stablehlo.dot", "stablehlo.convolution")
+
+
+@dataclass
+class Lowered:
+    """One bucket's StableHLO module and how to call it."""
+
+    text: str
+    #: the call-module arguments in order: ("param", state name) or ("input", index)
+    args: list[tuple[str, Any]]
+    out_shapes: list[tuple[int, ...]]
+    out_dtypes: list[str]
+    #: True when the module holds no custom calls, so no platform check is needed.
+    portable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"args": [list(a) for a in self.args], "out_shapes": [list(s) for s in self.out_shapes],
+                "out_dtypes": self.out_dtypes, "portable": self.portable}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], text: str) -> Lowered:
+        return cls(text, [tuple(a) for a in d["args"]], [tuple(s) for s in d["out_shapes"]],
+                   list(d["out_dtypes"]), bool(d["portable"]))
+
+
+class _Flat(torch.nn.Module):
+    """Flattens outputs to a tuple; for bf16 it casts weights and float inputs to
+    bfloat16 inside the program and float outputs back to float32, so callers
+    keep float32 at the edges while the TPU computes in its native type."""
+
+    def __init__(self, module: torch.nn.Module, bf16: bool):
+        super().__init__()
+        self.m = module.to(torch.bfloat16) if bf16 else module
+        self.bf16 = bf16
+
+    def forward(self, *xs):
+        if self.bf16:
+            xs = tuple(x.to(torch.bfloat16) if x.is_floating_point() else x for x in xs)
+        outs = tc.flatten(self.m(*xs))
+        if self.bf16:
+            outs = [o.float() if o.is_floating_point() else o for o in outs]
+        return tuple(outs)
+
+
+def np_dtype(t: torch.dtype) -> str:
+    return str(t).removeprefix("torch.")
+
+
+@contextlib.contextmanager
+def _quiet_litert():
+    """litert-torch prints a progress line per step; keep hal's output clean."""
+    old = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old
+
+
+def _lowering_error(e: BaseException) -> Exception:
+    msg = str(e)
+    first = msg.splitlines()[0][:200] if msg else type(e).__name__
+    node = re.search(r"While executing %(\S+) : .*?target=([\w.]+)", msg)
+    where = f" (at node %{node.group(1)}, {node.group(2)})" if node else ""
+    missing = re.search(r"Lowering not found: (\S+)", msg)
+    if missing:
+        return UnsupportedError(
+            f"litert-torch has no StableHLO lowering for op {missing.group(1)}{where}, so this "
+            f"model cannot run on XLA/TPU",
+            "replace that op with supported ones, or compile a Keras/SavedModel version of the model")
+    return CompileError(f"litert-torch could not lower the model to StableHLO{where}: "
+                        f"{type(e).__name__}: {first}",
+                        "simplify the failing op, or compile a Keras/SavedModel version of the model")
+
+
+def _walk(op, fn) -> None:
+    for region in op.regions:
+        for block in region.blocks:
+            for inner in block.operations:
+                fn(inner.operation)
+                _walk(inner.operation, fn)
+
+
+def _finish(lowered, fp32: bool) -> tuple[str, bool]:
+    """Set HIGHEST precision on fp32 dots/convolutions, refuse ops outside
+    XLA's dialects (naming them), and return the module text."""
+    from litert_converter.mlir import ir
+
+    foreign: set[str] = set()
+    custom = [False]
+    with lowered.ctx, ir.Location.unknown():
+        highest = ir.Attribute.parse("[#stablehlo<precision HIGHEST>, #stablehlo<precision HIGHEST>]")
+
+        def visit(op) -> None:
+            name = op.name
+            if name in PRECISION_OPS and fp32:
+                op.attributes["precision_config"] = highest
+            if name == "stablehlo.custom_call":
+                custom[0] = True
+            dialect = name.split(".", 1)[0]
+            if dialect not in XLA_DIALECTS and name != "arith.constant":
+                foreign.add(name)
+
+        _walk(lowered.module.operation, visit)
+    if foreign:
+        raise UnsupportedError(
+            f"the StableHLO lowering left op(s) {', '.join(sorted(foreign))} that XLA cannot run",
+            "replace the torch op(s) that produce them, or compile a Keras/SavedModel version")
+    # arith.constant has stablehlo.constant's syntax and meaning for tensors; XLA's
+    # call-module op does not load the arith dialect (litert-torch's TF bridge does the same).
+    text = lowered.module.operation.get_asm(large_elements_limit=1 << 62)
+    return text.replace("arith.constant", "stablehlo.constant"), not custom[0]
+
+
+def prepare(model: Model, precision: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """A private eval-mode copy wrapped for ``precision``, and the example tensors."""
+    module = tc.eval_copy(model)
+    if model.format == "torch.export":  # .module() shares the caller's tensors
+        module = copy.deepcopy(module)
+    return _Flat(module, precision == "bf16").eval(), tc.example_tensors(model)
+
+
+def lower(module: torch.nn.Module, args: tuple[torch.Tensor, ...], precision: str,
+          sizes: tuple[int, ...], state: dict[str, torch.Tensor], example: int
+          ) -> dict[int, Lowered]:
+    """Export and lower ``module`` once per batch size: the example arguments
+    for ``example``, else their first row repeated to that size. Weights are
+    added to ``state`` by name."""
+    from litert_torch.backend import export as lexp
+
+    out: dict[int, Lowered] = {}
+    for n in sizes:
+        bargs = args if n == example else \
+            tuple(a[:1].expand(n, *a.shape[1:]).contiguous() for a in args)
+        try:
+            ep = torch.export.export(module, bargs)
+        except Exception as e:  # noqa: BLE001
+            raise CompileError(f"torch.export failed: {str(e).splitlines()[0][:200]}",
+                               "make the model export-friendly (no data-dependent control flow)"
+                               ) from None
+        try:
+            with _quiet_litert(), torch.no_grad():
+                low = lexp.exported_program_to_mlir(ep, inline_constants=False)
+        except Exception as e:  # noqa: BLE001 - the lowering raises whatever the op raised
+            raise _lowering_error(e) from None
+        text, portable = _finish(low, precision == "fp32")
+        call: list[tuple[str, Any]] = []
+        for sig in low.input_signature:
+            if sig.input_spec.is_user_input:
+                call.append(("input", sig.input_spec.i))
+            else:
+                call.append(("param", sig.input_spec.name))
+                state.setdefault(sig.input_spec.name, low.state_dict[sig.input_spec.name])
+        out[n] = Lowered(text, call, [tuple(int(d) for d in s.shape) for s in low.output_signature],
+                         [np_dtype(s.dtype) for s in low.output_signature], portable)
+    return out
+
+
+def to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
+    """A weight as numpy plus the TF dtype name it must have (bf16 goes through float32)."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy(), "bfloat16"
+    return t.numpy(), np_dtype(t.dtype)
