@@ -9,7 +9,9 @@ accuracy is printed and stored in the safetensors metadata.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,14 +64,19 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=list(MODELS))
+    p.add_argument("--out", help="write here instead of the package's weights folder")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     for name in args.models:
         t0 = time.perf_counter()
         state, acc = train(name)
-        save_file(state, str(weights_path(name)),
-                  metadata={"model": name, "eval_accuracy": f"{acc:.4f}", "seed": str(SEED)})
+        dest = Path(args.out) / f"{name}.safetensors" if args.out else weights_path(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(dest),
+                  # one key: safetensors may reorder several, and the file must be byte-stable
+                  metadata={"hal_zoo": json.dumps({"model": name, "eval_accuracy": round(acc, 4),
+                                                   "seed": SEED}, sort_keys=True)})
         n = sum(v.numel() for v in state.values())
         print(f"{name:11s} {n:8d} parameters  eval accuracy {acc:.2%}  "
               f"{time.perf_counter() - t0:.1f}s")

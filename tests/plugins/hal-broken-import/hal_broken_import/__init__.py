@@ -1,0 +1,4 @@
+"""Test fixture: importing this plugin fails, as a plugin with a missing
+dependency would. hal must list it with its error and carry on."""
+
+raise RuntimeError("hal-broken-import: this plugin is broken on purpose")

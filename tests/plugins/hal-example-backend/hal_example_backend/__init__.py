@@ -1,0 +1,10 @@
+"""hal plugin module: only registers the backend (no runtime import here)."""
+
+from hal import hookimpl
+
+
+@hookimpl
+def register_backends(register):
+    from .backend import ExampleBackend
+
+    register(ExampleBackend())
