@@ -300,6 +300,29 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
         out.print(f"probe {probe}: {probe_result}")
 
 
+@app.command()
+@guarded
+def conformance(
+    backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Only these backends (repeatable)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Only these zoo models (repeatable)."),
+    precision: Optional[List[str]] = typer.Option(None, "--precision", "-p", help="Only these flows (repeatable)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (tables + plots) here."),
+    export_goldens: Optional[Path] = typer.Option(None, "--export-goldens", help="Write inputs + reference outputs to DIR."),
+    goldens: Optional[Path] = typer.Option(None, "--goldens", help="Judge against goldens in DIR (no reference stack needed)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Per-cell timeout in seconds."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Backends run in parallel worker processes."),
+) -> None:
+    """Run the zoo's models and flows on every installed backend and judge them against the fp64 oracle."""
+    from hal_conformance.cli import run_cli
+
+    code = run_cli(backend=backend, model=model, precision=precision, json_path=json_path,
+                   junit_path=junit_path, html_path=html_path, export_goldens=export_goldens,
+                   goldens=goldens, timeout_s=timeout, jobs=jobs, console=out)
+    raise typer.Exit(code)
+
+
 def _probe(exe, probe: str, precision: str) -> dict:
     if probe != "gemm":
         raise UsageError(f"unknown probe {probe!r}", "use --probe gemm")
