@@ -146,7 +146,8 @@ class Executable:
         arrays = []
         for x, spec in zip(inputs, specs):
             a = as_numpy(x, f"input {spec.name!r}")
-            if a.dtype.name != spec.dtype:
+            # ``dtype == str`` first: ``dtype.name`` costs ~5 µs a call in numpy 2
+            if a.dtype != spec.dtype and a.dtype.name != spec.dtype:
                 raise InvalidInputError(
                     f"input {spec.name!r} has dtype {a.dtype.name}, the model takes {spec.dtype}",
                     f"convert it with .astype(np.{spec.dtype})",
