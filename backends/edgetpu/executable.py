@@ -54,8 +54,9 @@ class Artifacts:
 def _quantizer(scale: float, zp: int, dtype: np.dtype):
     lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
 
-    def q(a: np.ndarray) -> np.ndarray:
-        x = np.rint(np.divide(a, scale, dtype=np.float32))
+    def q(a: np.ndarray) -> np.ndarray:  # round(x / scale) + zero_point, as TFLite's QUANTIZE
+        x = np.divide(a, scale, dtype=np.float32)
+        np.rint(x, out=x)
         x += zp
         np.clip(x, lo, hi, out=x)
         return x.astype(dtype)
