@@ -153,11 +153,11 @@ def test_torch_bf16_within_bf16_tolerance(cnn, cnn_bf16):
 def test_torch_batch_buckets(cnn, cnn_fp32):
     assert cnn_fp32.buckets.sizes == (1, 2)  # one StableHLO module per bucket
     assert cnn_fp32.info.inputs[0].shape == (None, 3, 16, 16)
-    x = batch(1, seed=11)
-    assert rel_err(cnn_fp32(x), eager(cnn, x)) < FP32_REL
-    assert cnn_fp32.profile(x, iterations=2, warmup=0).extra["padded_rows"] == 0
-    with pytest.raises(InvalidInputError, match="max_batch"):
-        cnn_fp32(batch(3))
+    for n in (1, 3):  # 3 rows: one call of bucket 2, then one of bucket 1
+        x = batch(n, seed=10 + n)
+        assert rel_err(cnn_fp32(x), eager(cnn, x)) < FP32_REL
+    extra = cnn_fp32.profile(batch(3), iterations=2, warmup=0).extra
+    assert extra["bucket_calls"] == [[2, 2], [1, 1]] and extra["padded_rows"] == 0
 
 
 def test_profile_reports_xla_cost_analysis(cnn_fp32):
@@ -220,16 +220,16 @@ def test_padding_to_power_of_two_buckets(keras_model):
     exe = hal.compile(keras_model, EMU, example_inputs=(kbatch(2),), options={"max_batch": 8},
                       cache=False)
     assert exe.buckets.sizes == (1, 2, 4, 8)
-    for n in (1, 3, 5, 8):
+    for n in (1, 3, 5, 8, 19):  # 19 rows: 8 + 8 + 3 padded to 4
         x = kbatch(n, seed=20 + n)
         out = exe(x)
         assert out.shape == (n, 3)
         assert rel_err(out, keras_model(x).numpy().astype(np.float64)) < FP32_REL
-    with pytest.raises(InvalidInputError, match="max_batch"):
-        exe(kbatch(9))
     prof = exe.profile(kbatch(3), iterations=5, warmup=1)
     assert prof.extra["bucket"] == 4 and prof.extra["padded_rows"] == 1
-    assert any("padded to bucket 4" in n for n in prof.notes)
+    assert any("3 rows padded to bucket 4" in n for n in prof.notes)
+    assert exe.profile(kbatch(19), iterations=2, warmup=0).extra["bucket_calls"] == \
+        [[8, 8], [8, 8], [3, 4]]
 
 
 def test_keras_bf16(keras_model):

@@ -2,7 +2,8 @@
 
 XLA compiles one program per input shape, so the backend compiles a few batch
 sizes ("buckets") and runs any other batch padded up to the next bucket, then
-slices the padding off. Padding repeats the last real row, so padded rows are
+slices the padding off; a batch beyond the largest bucket runs as several
+calls of it. Padding repeats the last real row, so padded rows are
 valid inputs; results are exact as long as rows do not interact (true of an
 eval-mode model, as every batching server assumes). Pure Python: no framework.
 """
@@ -19,7 +20,7 @@ from hal import InvalidInputError, UsageError
 #: backend options a caller may pass in ``hal.compile(..., options=...)``.
 KNOWN_OPTIONS = {
     "max_batch": "also compile power-of-two batch buckets up to this size (default: the "
-                 "example batch only)",
+                 "example batch only); larger batches run in chunks of the largest bucket",
 }
 
 
@@ -69,16 +70,16 @@ class Buckets:
     #: False when the model has no batch axis to pad (then one static shape).
     batched: bool
 
-    def pick(self, n: int) -> int:
+    def calls(self, n: int) -> list[tuple[int, int]]:
+        """How a batch of ``n`` rows runs: ``(rows, bucket)`` per program call,
+        chunks of the largest bucket first, the rest padded to the next bucket."""
         if n < 1:
             raise InvalidInputError(f"the batch has {n} rows", "pass at least one row")
-        for s in self.sizes:
-            if s >= n:
-                return s
-        raise InvalidInputError(
-            f"batch {n} is larger than the largest compiled batch bucket {self.sizes[-1]} "
-            f"(XLA needs static shapes; compiled buckets: {list(self.sizes)})",
-            f"split the batch, or recompile with options={{'max_batch': {_next_pow2(n)}}}")
+        top = self.sizes[-1]
+        out = [(top, top)] * (n // top)
+        if n % top:
+            out.append((n % top, next(s for s in self.sizes if s >= n % top)))
+        return out
 
     def pad(self, arrays: list[np.ndarray], size: int) -> list[np.ndarray]:
         out = []
@@ -93,10 +94,3 @@ class Buckets:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Buckets:
         return cls(tuple(int(s) for s in d["sizes"]), bool(d["batched"]))
-
-
-def _next_pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p

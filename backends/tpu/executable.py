@@ -29,39 +29,51 @@ class TpuExecutable(Executable):
         self.stablehlo = dict(stablehlo or {})  # torch path: the module given to call-module
 
     # --- running ---------------------------------------------------------------------------
-    def bucket_for(self, inputs: list[np.ndarray]) -> tuple[int, int]:
-        """(rows, bucket) for these inputs."""
+    def calls_for(self, inputs: list[np.ndarray]) -> list[tuple[int, int]]:
+        """The (rows, bucket) program calls these inputs take."""
         if not self.buckets.batched:
-            return self.buckets.sizes[0], self.buckets.sizes[0]
+            return [(self.buckets.sizes[0], self.buckets.sizes[0])]
         n = batch_of(inputs)
         if n is None:
             raise InvalidInputError(
                 f"inputs have different batch sizes {[a.shape[:1] for a in inputs]}",
                 "pass the same number of rows for every input")
-        return n, self.buckets.pick(n)
+        return self.buckets.calls(n)
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        n, m = self.bucket_for(inputs)
-        if m == n:
-            return self.program(m, inputs)
-        return [o[:n] for o in self.program(m, self.buckets.pad(inputs, m))]
+        calls = self.calls_for(inputs)
+        if len(calls) == 1 and calls[0][0] == calls[0][1]:
+            return self.program(calls[0][1], inputs)
+        parts, start = [], 0
+        for rows, m in calls:
+            chunk = [a[start:start + rows] for a in inputs]
+            start += rows
+            outs = self.program(m, chunk if rows == m else self.buckets.pad(chunk, m))
+            parts.append([o[:rows] for o in outs])
+        return parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
 
     # --- profiling ---------------------------------------------------------------------------
     def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
-        n, m = self.bucket_for(inputs)
+        calls = self.calls_for(inputs)
+        n = sum(r for r, _ in calls)
+        ran = sum(m for _, m in calls)
+        m = calls[0][1]
         out: dict[str, Any] = {"batch_buckets": list(self.buckets.sizes), "bucket": m,
-                               "padded_rows": m - n, "notes": [], "unavailable": {}}
-        pad = (f"; batch {n} was padded to bucket {m} ({m - n} of {m} rows, "
-               f"{100 * (m - n) / m:.0f}%, are padding and were sliced off)" if m != n
-               else f"; batch {n} ran unpadded")
-        out["notes"].append(f"XLA static shapes: compiled batch buckets {list(self.buckets.sizes)}"
-                            + pad if self.buckets.batched else
+                               "bucket_calls": [list(c) for c in calls], "padded_rows": ran - n,
+                               "notes": [], "unavailable": {}}
+        how = " + ".join(f"{r} rows in bucket {b}" if r == b else f"{r} rows padded to bucket {b}"
+                         for r, b in calls)
+        pad = (f" ({ran - n} of {ran} rows, {100 * (ran - n) / ran:.0f}%, are padding and were "
+               f"sliced off)" if ran != n else " (no padding)")
+        out["notes"].append(f"XLA static shapes: compiled batch buckets {list(self.buckets.sizes)}; "
+                            f"batch {n} ran as {how}{pad}" if self.buckets.batched else
                             f"XLA static shapes: one compiled shape (batch {m}), no padding")
         try:
             from .cost import analyse
 
             cost = analyse(self.program.ir(m, "hlo"))
-            cost["bucket"] = m
+            cost["bucket"] = m  # per call of this bucket's program
+            cost["calls_per_inference"] = len(calls)
             cost["source"] = ("XLA HloCostAnalysis of the HLO TensorFlow built for this bucket "
                               "(stage='hlo', run through jaxlib's binding)")
             out["xla_cost_analysis"] = cost

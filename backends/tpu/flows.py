@@ -29,6 +29,18 @@ def _platform(device: Device) -> str:
     return "TPU" if device.kind == "hardware" else "CPU"
 
 
+def full_fp32(device: Device, precision: str) -> list[str]:
+    """A TPU runs float32 matmuls/convolutions with bfloat16 passes by default;
+    TensorFlow's documented switch for full float32 is disabling TF32 (process-wide)."""
+    if device.kind != "hardware" or precision != "fp32":
+        return []
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    return ["fp32 on TPU: tf.config.experimental.enable_tensor_float_32_execution(False) "
+            "(full-precision matmuls/convolutions, process-wide)"]
+
+
 def _shapes(base: list[tuple[int, ...]], n: int, batched: bool) -> list[tuple[int, ...]]:
     return [((n,) + tuple(s[1:])) if batched else tuple(s) for s in base]
 
@@ -62,8 +74,9 @@ def _info(backend, device: Device, options: CompileOptions, ins, outs, path: lis
 def _bucket_note(buckets: Buckets) -> str:
     if not buckets.batched:
         return "XLA static shapes: compiled for the example shape only (no batch axis to pad)"
-    return (f"XLA static shapes: compiled batch buckets {list(buckets.sizes)}; smaller batches are "
-            f"padded up to the next bucket and the padding is sliced off")
+    return (f"XLA static shapes: compiled batch buckets {list(buckets.sizes)}; other batches are "
+            f"padded up to the next bucket (padding sliced off), larger ones run in chunks of "
+            f"{buckets.sizes[-1]}")
 
 
 # --- torch ---------------------------------------------------------------------------------
@@ -153,6 +166,7 @@ def _static_inputs(names: list[str], shapes: list[tuple], dtypes: list[str],
 def _finish_tf(backend, device, options, program: P.Program, make_fn: Callable, in_names,
                arrays, path: list[str], meta: dict[str, Any], what: str) -> TpuExecutable:
     opts = parse_options(options.options)
+    notes = full_fp32(device, options.precision)
     b = batch_of(arrays)
     first = b if b is not None else 0
     base = [tuple(a.shape) for a in arrays]
@@ -176,7 +190,7 @@ def _finish_tf(backend, device, options, program: P.Program, make_fn: Callable, 
     path.append(f"tf.function(jit_compile=True) → {XLA_TARGET[device.kind]}")
     info = _info(backend, device, options, _specs_of(in_names, arrays, batched),
                  _specs_of([f"output_{i}" for i in range(len(outs))], outs, batched),
-                 path, buckets, [_bucket_note(buckets)])
+                 path, buckets, [_bucket_note(buckets)] + notes)
     return TpuExecutable(info, device, program, buckets, meta)
 
 
@@ -242,6 +256,8 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: di
         return P.tf_specs(_shapes(base, n, buckets.batched), meta["in_dtypes"], meta["in_names"])
 
     strategy = system.strategy if system is not None else None
+    if meta["kind"] != "torch":  # torch programs carry HIGHEST precision in their StableHLO
+        full_fp32(device, info.precision)
     try:
         program = P.restore(str(artifact / SAVED), buckets.sizes, specs, strategy)
     except (OSError, KeyError, ValueError) as e:
