@@ -61,7 +61,8 @@ class TpuExecutable(Executable):
         out: dict[str, Any] = {"batch_buckets": list(self.buckets.sizes), "bucket": m,
                                "bucket_calls": [list(c) for c in calls], "padded_rows": ran - n,
                                "notes": [], "unavailable": {}}
-        how = " + ".join(f"{r} rows in bucket {b}" if r == b else f"{r} rows padded to bucket {b}"
+        how = " + ".join(f"{r} row{'s' * (r != 1)} in bucket {b}" if r == b else
+                         f"{r} row{'s' * (r != 1)} padded to bucket {b}"
                          for r, b in calls)
         pad = (f" ({ran - n} of {ran} rows, {100 * (ran - n) / ran:.0f}%, are padding and were "
                f"sliced off)" if ran != n else " (no padding)")
