@@ -40,7 +40,10 @@ def _main(
     _state["debug"] = debug
     if not debug:  # framework chatter is not the user's business at the CLI
         import logging
+        import os
         import warnings
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
         warnings.filterwarnings("ignore")
         for name in ("torchao", "torch", "tensorflow", "absl", "nncf", "openvino", "jax"):
