@@ -52,14 +52,23 @@ class Artifacts:
 
 
 def _quantizer(scale: float, zp: int, dtype: np.dtype):
+    """round(x / scale) + zero_point, saturated, as TFLite's QUANTIZE. Works in
+    buffers kept between calls: a fresh array of an image's size costs more in
+    page faults than the arithmetic (set_tensor copies, so reuse is safe)."""
     lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    bufs: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
-    def q(a: np.ndarray) -> np.ndarray:  # round(x / scale) + zero_point, as TFLite's QUANTIZE
-        x = np.divide(a, scale, dtype=np.float32)
+    def q(a: np.ndarray) -> np.ndarray:
+        b = bufs.get(a.shape)
+        if b is None:
+            b = bufs[a.shape] = (np.empty(a.shape, np.float32), np.empty(a.shape, dtype))
+        x, out = b
+        np.divide(a, scale, out=x, dtype=np.float32)
         np.rint(x, out=x)
         x += zp
         np.clip(x, lo, hi, out=x)
-        return x.astype(dtype)
+        np.copyto(out, x, casting="unsafe")
+        return out
     return q
 
 
