@@ -16,7 +16,8 @@ import pytest
 import hal
 from hal import DeviceUnavailableError, UnsupportedError, UsageError
 
-pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (the Edge TPU backend's runtime) is not installed")
+pytest.importorskip("ai_edge_litert",
+                    reason="ai-edge-litert (the Edge TPU backend's runtime) is not installed")
 
 from hal_backends.edgetpu import backend as etb  # noqa: E402
 from hal_backends.edgetpu import compiler, devices, graph  # noqa: E402
@@ -115,14 +116,15 @@ def test_torch_cnn_int8_matches_float_model(torch_exe, small_cnn):
 def test_raw_int8_io(torch_exe, x16, calib):
     raw = hal.compile(torch_exe.files.int8, EMU, "int8", calibration=calib,
                       options={"raw_io": True}, cache=False)
-    assert [s.dtype for s in raw.info.inputs] == ["int8"] and [s.dtype for s in raw.info.outputs] == ["int8"]
+    assert [s.dtype for s in raw.info.inputs + raw.info.outputs] == ["int8", "int8"]
     d_in = raw._it.get_input_details()[0]
     d_out = raw._it.get_output_details()[0]
     (s_in, z_in), (s_out, z_out) = d_in["quantization"], d_out["quantization"]
     q = np.clip(np.rint(x16 / s_in) + z_in, -128, 127).astype(np.int8)
     out = raw(q)
     assert out.dtype == np.int8
-    np.testing.assert_allclose((out.astype(np.float32) - z_out) * s_out, torch_exe(x16), rtol=0, atol=1e-6)
+    np.testing.assert_allclose((out.astype(np.float32) - z_out) * s_out, torch_exe(x16),
+                               rtol=0, atol=1e-6)
     with pytest.raises(hal.InvalidInputError, match="int8"):
         raw(x16)
 

@@ -68,7 +68,8 @@ class EdgeTpuBackend(Backend):
         out = []
         for f in found.found:
             label = "USB Accelerator" if f.kind == "usb" else "M.2/PCIe module"
-            out.append(Device(self.name, f.id, f"Coral Edge TPU {label}" + (f" ({f.path})" if f.path else ""),
+            name = f"Coral Edge TPU {label}" + (f" ({f.path})" if f.path else "")
+            out.append(Device(self.name, f.id, name,
                               available=missing is None, reason=missing or "",
                               properties={**props, "path": f.path}, **common))
         if not found.found:

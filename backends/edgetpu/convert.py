@@ -125,7 +125,8 @@ def torch_to_int8(model: Model, options: CompileOptions) -> Converted:
     example = example_arrays(model, options)
     batches = calibration_batches(options, example)
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example)
-    module = model.value.module() if model.format == "torch.export" else copy.deepcopy(model.value).eval()
+    module = (model.value.module() if model.format == "torch.export"
+              else copy.deepcopy(model.value).eval())
     best: tuple[int, str, bytes] | None = None
     errors = []
     for label, strict, decompose in _TORCH_VARIANTS:
@@ -144,7 +145,8 @@ def torch_to_int8(model: Model, options: CompileOptions) -> Converted:
     if best is None:
         raise CompileError(f"litert-torch could not quantize/convert the model ({errors[0]})",
                            "make the model torch.export-able; see litert-torch's supported ops")
-    notes = [f"{len(errors)} export variant(s) failed before this one: {'; '.join(errors)}"] if errors else []
+    notes = ([f"used {best[1]}; before it failed: " + "; ".join(e[:160] for e in errors)]
+             if errors else [])
     return Converted(best[2], [best[1], "litert-torch PT2E static int8 (PT2EQuantizer, symmetric "
                                "per-channel)", "litert_torch.convert → TFLite"], notes)
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from hal import ModelFormatError
 
 #: ops the Edge TPU executes (coral.ai/docs/edgetpu/models-intro, "Supported operations").
@@ -67,7 +65,8 @@ class Graph:
         return [t for t in self.tensors if t.type in FLOAT_TYPES]
 
     def io_types(self) -> tuple[list[str], list[str]]:
-        return ([self.tensors[i].type for i in self.inputs], [self.tensors[i].type for i in self.outputs])
+        return ([self.tensors[i].type for i in self.inputs],
+                [self.tensors[i].type for i in self.outputs])
 
 
 def _names(enum_cls) -> dict[int, str]:
@@ -236,7 +235,8 @@ def mapping_report(data: bytes | Graph) -> MappingReport:
     if g.subgraphs > 1:
         notes.append(f"{g.subgraphs - 1} extra subgraph(s) (control flow) run on the CPU")
     if any(t in FLOAT_TYPES for t in in_types + out_types):
-        notes.append("float model inputs/outputs: the Edge TPU takes int8, so any QUANTIZE/DEQUANTIZE at the edges runs on the CPU")
+        notes.append("float model inputs/outputs: the Edge TPU takes int8, so any "
+                     "QUANTIZE/DEQUANTIZE at the edges runs on the CPU")
     return MappingReport(ops, floats, dynamic, in_types, out_types, first, compiled, notes)
 
 
