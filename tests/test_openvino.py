@@ -128,12 +128,15 @@ def test_low_precision_via_hint_or_refused(ov_model, data, cpu, precision, tag):
     assert exe.info.extra["inference_precision_hint"] == tag
 
 
-def test_int8_nncf_top1_agreement(cnn, ov_model, data):
+def test_int8_nncf_top1_agreement(cnn, ov_model, data, tmp_path):
     q = hal.compile(ov_model, target="openvino:CPU", precision="int8", calibration=data[:32], cache=False)
     assert any("nncf.quantize" in s for s in q.info.conversion_path)
     assert {"Convolution"} <= set(q.info.extra["int8_layer_types"])
     agree = np.mean([q(x).argmax() == torch_out(cnn, x).argmax() for x in data[32:]])
     assert agree >= 0.9, agree
+    back = hal.load(q.save(tmp_path / "int8.hal"))  # the quantized IR/blob round-trips
+    assert back.info.precision == "int8" and back.info.extra["int8_layer_types"]
+    np.testing.assert_array_equal(back(data[40]), q(data[40]))
 
 
 def test_int8_dynamic_is_real_or_refused(cnn, ov_model, data, cpu):
@@ -155,6 +158,7 @@ def test_unsupported_precisions_refused(ov_model):
         hal.compile(ov_model, target="openvino:AUTO", precision="int8-dynamic", cache=False)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in dot")
 def test_lean_run_path_keeps_the_core_checks(fp32, cnn, data):
     y1 = fp32(data[5])
     y2 = fp32(data[6])

@@ -77,6 +77,8 @@ class OpenVINOBackend(Backend):
             raise ArtifactError("the artifact has no readable openvino.json",
                                 "re-create it with hal compile") from None
         ov_model = read_ir(artifact / "model.xml", error=ArtifactError)
+        if info.precision not in self.precisions_for(device):
+            raise self.refuse_precision(info.precision, device)
         core = o.core()
         config = dict(meta.get("config") or {})
         if device.id != meta.get("device_id"):  # e.g. built for CPU, loaded on AUTO

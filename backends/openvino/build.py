@@ -145,22 +145,21 @@ def _tokens(v: str) -> list[str]:
 def runtime_precisions(compiled) -> Counter | None:
     """(layer type, precision) counts of the compiled runtime graph, or None
     where the plugin does not annotate it."""
+    seen: Counter = Counter()
     try:
-        ops = compiled.get_runtime_model().get_ordered_ops()
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if "runtimePrecision" not in rt:
+                continue
+            layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+            precs = set(_tokens(rt["runtimePrecision"].astype(str)))
+            if layer not in ("Const", "Input", "Output", "Parameter", "Result"):
+                if "outputPrecisions" in rt:
+                    precs |= set(_tokens(rt["outputPrecisions"].astype(str)))
+            for p in precs:
+                seen[(layer, p)] += 1
     except Exception:  # noqa: BLE001 - some plugins (e.g. MYRIAD) expose no runtime graph
         return None
-    seen: Counter = Counter()
-    for op in ops:
-        rt = op.get_rt_info()
-        if "runtimePrecision" not in rt:
-            continue
-        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-        precs = set(_tokens(rt["runtimePrecision"].astype(str)))
-        if layer not in ("Const", "Input", "Output", "Parameter", "Result"):
-            if "outputPrecisions" in rt:
-                precs |= set(_tokens(rt["outputPrecisions"].astype(str)))
-        for p in precs:
-            seen[(layer, p)] += 1
     return seen or None
 
 

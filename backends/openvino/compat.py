@@ -61,6 +61,11 @@ class OV:
     def import_blob(self, core, blob: bytes, device: str, config: dict):
         return core.import_model(blob, device, config)
 
+    @property
+    def infer_kwargs(self) -> dict:
+        """Outputs as views (hal copies them once): ``share_outputs`` is 2023.1+."""
+        return {} if self.legacy else {"share_outputs": True}
+
     def shared_tensor(self, array):
         """A zero-copy tensor over a C-contiguous array."""
         return self.ov.Tensor(array, shared_memory=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from . import build, compat
 from .convert import short
 
 META = "openvino.json"
+# the finiteness test below multiplies by zero: an Inf input makes numpy warn
+# before hal raises its own InvalidInputError; the warning adds nothing
+warnings.filterwarnings("ignore", "invalid value encountered in dot", RuntimeWarning, __name__)
 #: inputs up to this size are copied into the request's buffer instead of shared
 COPY_MAX_BYTES = 1 << 18
 
@@ -58,6 +62,7 @@ class OpenVINOExecutable(Executable):
         self._req = compiled.create_infer_request()
         self._n_out = len(compiled.outputs)
         self._tensor = self._o.ov.Tensor
+        self._infer_kw = self._o.infer_kwargs
         self._variants: dict[str, Any] = {}
         self._bind()
 
@@ -85,10 +90,10 @@ class OpenVINOExecutable(Executable):
                 buf[...] = 0  # the warm-up below runs on defined values
                 if buf.nbytes <= COPY_MAX_BYTES:
                     self._in_views[i] = buf
-            req.infer(share_outputs=True)
+            req.infer(**self._infer_kw)
             if all(None not in s.shape for s in outs):
                 views = [req.get_output_tensor(i).data for i in range(self._n_out)]
-                req.infer(share_outputs=True)
+                req.infer(**self._infer_kw)
                 if all(v.__array_interface__["data"][0] ==
                        req.get_output_tensor(i).data.__array_interface__["data"][0]
                        for i, v in enumerate(views)):
@@ -124,7 +129,7 @@ class OpenVINOExecutable(Executable):
                     if not (a.flags.c_contiguous and a.flags.writeable):
                         a = np.array(a, order="C")
                     req.set_input_tensor(i, self._tensor(a, shared_memory=True))
-            req.infer(share_outputs=True)
+            req.infer(**self._infer_kw)
             if self._out_views is not None:
                 return [v.copy() for v in self._out_views]
             return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
