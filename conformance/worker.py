@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)  # anything a runtime prints goes to the log, not into the protocol
     sys.stdout = sys.stderr
     source = args.source or ("torch.nn" if importlib.util.find_spec("torch") else "onnx")
+    if source == "torch.nn":
+        from . import zoo  # noqa: F401 - import torch now, not on the first cell's clock
     w = Worker(args.backend, source, proto)
     w.ready()
     for line in sys.stdin:

@@ -1,0 +1,274 @@
+"""The conformance suite itself: zoo, data, policy, reports, goldens, and a
+real run on the reference backend (the only backend this file may assume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the zoo is defined in PyTorch")
+pytest.importorskip("sklearn", reason="the zoo's data is scikit-learn's digits")
+
+from hal_conformance import data, zoo  # noqa: E402
+from hal_conformance.models import MODELS, WEIGHTS_DIR  # noqa: E402
+from hal_conformance.policy import POLICY, judge, measure  # noqa: E402
+from hal_conformance.results import Report  # noqa: E402
+from hal_conformance.runner import Options, Suite  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- zoo and data -----------------------------------------------------------------------
+def test_splits_are_fixed_and_disjoint():
+    s = data.splits()
+    assert {k: len(v.labels) for k, v in s.items()} == {"eval": 600, "calib": 100, "train": 1097}
+    seen = {}
+    for name, split in s.items():
+        for img in split.images.reshape(len(split.labels), -1):
+            seen.setdefault(img.tobytes(), set()).add(name)
+    # digits has a few duplicated images; distinct samples must never straddle splits
+    straddle = [v for v in seen.values() if len(v) > 1]
+    assert len(straddle) <= 3
+    assert s["eval"].images.min() == -1.0 and s["eval"].images.max() == 1.0
+
+
+def test_shape_input_upsamples_exactly():
+    img = data.splits()["eval"].images[:2]
+    x = data.shape_input(img, (3, 32, 32))
+    assert x.shape == (2, 3, 32, 32) and x.dtype == np.float32
+    assert np.array_equal(x[:, 1, ::4, ::4], img) and np.array_equal(x[:, 0], x[:, 2])
+    assert data.shape_input(img, (64,)).shape == (2, 64)
+    with pytest.raises(ValueError):
+        data.shape_input(img, (1, 12, 12))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_zoo_models_load_and_classify(name):
+    spec = MODELS[name]
+    m = zoo.build(name)
+    d = data.model_data(spec.input_shape)
+    with torch.no_grad():
+        y = m(torch.from_numpy(d["x_eval"])).numpy()
+    assert y.shape == (600, 10)
+    acc = (y.argmax(1) == d["y_eval"]).mean()
+    assert acc >= 0.95, f"{name} reaches only {acc:.2%} on the evaluation split"
+    if spec.output == "probabilities":
+        np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)
+
+
+def test_seed_convnet_flatten_is_fixed():
+    m = zoo.ConvNet()
+    assert m.fc1.in_features == 64 * 8 * 8
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_weights_are_small_safetensors():
+    files = sorted(WEIGHTS_DIR.glob("*"))
+    assert {f.name for f in files} == {f"{m}.safetensors" for m in MODELS}
+    assert sum(f.stat().st_size for f in files) < 4_000_000
+
+
+def test_train_regenerates_weights_bit_exactly(tmp_path):
+    from hal_conformance import train
+
+    threads, determ = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        train.main(["mlp", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(determ)
+    assert (tmp_path / "mlp.safetensors").read_bytes() == (WEIGHTS_DIR / "mlp.safetensors").read_bytes()
+
+
+# --- policy -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ref():
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal((600, 10)) * 5
+    r[np.arange(600), rng.integers(0, 10, 600)] += 20  # confident predictions
+    return r, r.argmax(1)
+
+
+def test_fp32_rejects_half_precision_sized_error(ref):
+    r, labels = ref
+    rng = np.random.default_rng(1)
+    scale = np.abs(r).max()
+    single = r + rng.standard_normal(r.shape) * 1e-6 * scale
+    half = r + rng.standard_normal(r.shape) * 1e-3 * scale
+    assert judge(measure(single, r, labels), "fp32", 1.0) == []
+    broken = judge(measure(half, r, labels), "fp32", 1.0)
+    assert any("max abs error" in b for b in broken) and any("SNR" in b for b in broken)
+    assert judge(measure(half, r, labels), "fp16", 1.0) == []
+
+
+def test_int8_rule_is_top1_and_accuracy(ref):
+    r, labels = ref
+    flipped = r.copy()
+    flipped[:12] = flipped[:12, ::-1]  # 2% of predictions change
+    m = measure(flipped, r, labels)
+    assert m.top1_agreement == pytest.approx(0.98)
+    broken = judge(m, "int8", 1.0)
+    assert any("top-1" in b for b in broken) and any("accuracy" in b for b in broken)
+    few = r.copy()
+    few[:3] = few[:3, ::-1]
+    assert judge(measure(few, r, labels), "int8", 1.0) == []  # 99.5%, 0.5 points lost
+
+
+def test_bit_exact_output_has_no_snr(ref):
+    r, labels = ref
+    m = measure(r.copy(), r, labels)
+    assert m.snr_db is None and m.max_abs_err == 0 and judge(m, "fp32", 1.0) == []
+    assert judge(measure(r * np.nan, r, labels), "fp32", 1.0) == ["outputs contain NaN or Inf"]
+
+
+def test_policy_covers_every_flow():
+    assert set(POLICY) == {"fp32", "fp16", "bf16", "int8", "int8-dynamic"}
+    assert POLICY["fp32"].max_rel_err < POLICY["fp16"].max_rel_err < POLICY["bf16"].max_rel_err
+
+
+# --- a real run on the reference backend -----------------------------------------------
+@pytest.fixture(scope="module")
+def goldens(tmp_path_factory):
+    """The oracle's run, exported once (ONNX included); the runs below judge against it."""
+    from hal_conformance.goldens import export_goldens
+
+    d = tmp_path_factory.mktemp("goldens")
+    man = export_goldens(d, ["mlp"])
+    return d, man
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, goldens):
+    tmp = tmp_path_factory.mktemp("conf")
+    cells = []
+    suite = Suite(Options(backends=["reference"], models=["mlp"],
+                          precisions=["fp32", "fp16", "int8-dynamic"], json_path=tmp / "out.json",
+                          timeout_s=120, goldens=goldens[0]), on_cell=cells.append)
+    report = suite.run()
+    return tmp, report, cells
+
+
+def test_reference_cells(reference_run):
+    tmp, report, cells = reference_run
+    by = {c.precision: c for c in report.cells}
+    assert set(by) == {"fp32", "fp16", "int8-dynamic"}
+    assert by["fp32"].result == "pass", by["fp32"].message
+    assert by["fp32"].rel_max_err < 1e-5 and by["fp32"].top1_agreement == 1.0
+    assert by["int8-dynamic"].result == "pass", by["int8-dynamic"].message
+    assert by["fp16"].result == "unsupported" and "does not offer fp16" in by["fp16"].message
+    c = by["fp32"]
+    assert c.device == "reference:cpu" and c.device_kind == "hardware"
+    for k in ("compile_time_s", "artifact_size_bytes", "latency_p50_ms", "accuracy", "snr_db"):
+        assert getattr(c, k) is not None, k
+    assert c.roundtrip_max_abs == 0.0
+    assert report.passed and report.summary()["exit_code"] == 0
+    assert [x.id for x in cells] == [x.id for x in report.cells]
+
+
+def test_json_report_is_complete(reference_run):
+    tmp, report, _ = reference_run
+    d = json.loads((tmp / "out.json").read_text())
+    assert d["complete"] and d["summary"]["pass"] == 2 and d["summary"]["unsupported"] == 1
+    assert d["oracle"]["device"] == "reference:cpu" and d["oracle"]["precision"] == "fp64"
+    assert d["models"]["mlp"]["reference_accuracy"] > 0.95
+    back = Report.from_dict(d)
+    assert [c.id for c in back.cells] == [c.id for c in report.cells]
+
+
+def test_junit_and_html(reference_run, tmp_path):
+    from hal_conformance.report import write_html, write_junit
+
+    _, report, _ = reference_run
+    write_junit(report, tmp_path / "j.xml")
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert root.get("tests") == "3" and root.get("skipped") == "1" and root.get("failures") == "0"
+    assert len(root.findall(".//testcase")) == 3
+    write_html(report, tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "reference:cpu/mlp/fp32" in html
+
+
+def test_unknown_filters_are_usage_errors():
+    import hal
+
+    with pytest.raises(hal.UsageError, match="no installed backend"):
+        Suite(Options(backends=["no-such-backend"]))
+    with pytest.raises(hal.UsageError, match="unknown precision"):
+        Suite(Options(precisions=["fp8"]))
+    with pytest.raises(hal.UsageError, match="unknown zoo model"):
+        Suite(Options(models=["alexnet"]))
+
+
+# --- goldens ---------------------------------------------------------------------------
+def test_export_goldens(goldens):
+    d, man = goldens
+    entry = man["models"]["mlp"]
+    assert entry["onnx"] == "mlp.onnx" and (d / "mlp.onnx").stat().st_size > 0
+    z = np.load(d / "mlp.npz", allow_pickle=False)
+    assert z["x_eval"].shape == (600, 64) and z["reference"].shape == (600, 10)
+    assert z["reference"].dtype == np.float64 and z["x_calib"].shape == (100, 64)
+    oracle = json.loads((d / "manifest.json").read_text())["oracle"]
+    assert oracle["device"] == "reference:cpu" and oracle["precision"] == "fp64"
+    # the oracle's fp64 outputs are the model's: its accuracy is the trained one
+    assert entry["reference_accuracy"] == pytest.approx(0.9717, abs=1e-3)
+
+
+def test_goldens_judge_without_the_oracle_and_from_onnx(goldens, monkeypatch):
+    d, _ = goldens
+    monkeypatch.setenv("HAL_CONFORMANCE_SOURCE", "onnx")  # what a host without torch does
+    r = Suite(Options(backends=["reference"], models=["mlp"], precisions=["fp32", "int8"],
+                      goldens=d, timeout_s=120)).run()
+    by = {c.precision: c for c in r.cells}
+    assert r.oracle["source"].startswith("goldens")
+    assert by["fp32"].result == "pass", by["fp32"].message
+    assert by["fp32"].conversion_path[0] == "onnx"
+    # the reference backend takes ONNX at fp32 only, and says so
+    assert by["int8"].result == "unsupported" and "fp32 only" in by["int8"].message
+
+
+def test_goldens_are_checked(goldens, tmp_path):
+    import shutil
+
+    import hal
+    from hal_conformance.goldens import load_goldens
+
+    d, _ = goldens
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    with open(bad / "mlp.npz", "r+b") as f:
+        f.seek(100)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(hal.UsageError, match="checksum"):
+        load_goldens(bad, ["mlp"])
+    with pytest.raises(hal.UsageError, match="no model resnet"):
+        load_goldens(d, ["resnet"])
+
+
+# --- interruption -----------------------------------------------------------------------
+def test_killed_run_keeps_finished_cells(tmp_path, goldens):
+    out = tmp_path / "partial.json"
+    proc = subprocess.Popen([sys.executable, "-m", "hal_conformance", "-b", "reference",
+                             "-m", "mlp", "-p", "fp32", "-p", "int8", "--goldens", str(goldens[0]),
+                             "--json", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if out.exists() and json.loads(out.read_text())["cells"]:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+    finally:
+        proc.wait()
+    d = json.loads(out.read_text())
+    assert not d["complete"] and len(d["cells"]) >= 1
+    assert d["cells"][0]["result"] == "pass"

@@ -1,0 +1,155 @@
+"""Third-party plugins under the conformance suite, installed the way a user
+would (pip) but into a temporary folder: nothing in the environment changes.
+
+tests/plugins holds an example backend (ONNX Runtime) that must pass the kit,
+one that returns wrong answers (→ fail), one that calls os.abort() (→ crash,
+and the run goes on), one that hangs (→ timeout) and one that raises on
+import (listed with its error, not fatal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the zoo is defined in PyTorch")
+pytest.importorskip("sklearn", reason="the zoo's data is scikit-learn's digits")
+pytest.importorskip("onnxruntime", reason="the example plugin runs on ONNX Runtime")
+pytest.importorskip("onnxscript", reason="hal converts torch → ONNX with torch.onnx (dynamo)")
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """pip-install the four plugin packages into a private folder (copies, so
+    the build leaves nothing in the source tree)."""
+    tmp = tmp_path_factory.mktemp("plugins")
+    srcs = []
+    for d in sorted(PLUGINS.iterdir()):
+        if (d / "pyproject.toml").exists():
+            shutil.copytree(d, tmp / "src" / d.name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+            srcs.append(str(tmp / "src" / d.name))
+    target = tmp / "site"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                          "--no-build-isolation", "--no-index", "--target", str(target), *srcs],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return target
+
+
+def _env(site: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _run(site: Path, *args: str, timeout: float = 300, cwd: Path | None = None):
+    return subprocess.run([sys.executable, "-m", "hal_conformance", *args], capture_output=True,
+                          text=True, env=_env(site), timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def mixed_run(site, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    out = _run(site, "-b", "abort", "-b", "example", "-b", "wrong", "-m", "mlp",
+               "-p", "fp32", "-p", "int8-dynamic", "--json", str(tmp / "r.json"),
+               "--junit", str(tmp / "r.xml"))
+    report = json.loads((tmp / "r.json").read_text())
+    return out, report, tmp
+
+
+def test_environment_is_untouched(site):
+    import hal
+
+    assert {"example", "wrong", "abort"}.isdisjoint(hal.registry().backends)
+
+
+def test_abort_is_a_crash_and_the_run_goes_on(mixed_run):
+    out, report, _ = mixed_run
+    cells = {c["id"]: c for c in report["cells"]}
+    for p in ("fp32", "int8-dynamic"):
+        c = cells[f"abort:cpu/mlp/{p}"]
+        assert c["result"] == "crash", c
+        assert "SIGABRT" in c["message"]
+    # two crashes, two workers: the second cell ran in a restarted worker
+    assert report["backends"]["abort"]["worker_starts"] == 2
+    # the backends after it still ran
+    assert cells["example:cpu/mlp/fp32"]["result"] == "pass"
+    assert report["complete"]
+
+
+def test_wrong_answers_fail(mixed_run):
+    _, report, _ = mixed_run
+    cells = {c["id"]: c for c in report["cells"]}
+    c = cells["wrong:cpu/mlp/fp32"]
+    assert c["result"] == "fail" and "top-1 agreement" in c["message"]
+    assert c["top1_agreement"] < 0.5
+    u = cells["wrong:cpu/mlp/int8-dynamic"]
+    assert u["result"] == "unsupported" and "does not offer int8-dynamic" in u["message"]
+
+
+def test_example_plugin_passes_the_kit(mixed_run):
+    _, report, _ = mixed_run
+    cells = {c["id"]: c for c in report["cells"]}
+    for p in ("fp32", "int8-dynamic"):
+        c = cells[f"example:cpu/mlp/{p}"]
+        assert c["result"] == "pass", c["message"]
+        assert c["conversion_path"][:2] == ["torch.nn", "torch.onnx.export → onnx"]
+        assert c["artifact_size_bytes"] > 0 and c["roundtrip_max_abs"] == 0.0
+    assert cells["example:cpu/mlp/fp32"]["rel_max_err"] < 1e-5
+
+
+def test_broken_plugin_is_listed_not_fatal(mixed_run):
+    out, report, _ = mixed_run
+    broken = [p for p in report["plugins"] if p["name"] == "broken"]
+    assert broken and not broken[0]["loaded"]
+    assert "broken on purpose" in broken[0]["error"]
+    assert "broken on purpose" in out.stdout  # shown in the "not run" table
+    assert report["errors"] == []
+
+
+def test_exit_code_and_junit(mixed_run):
+    out, report, tmp = mixed_run
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert report["summary"]["exit_code"] == 1
+    root = ET.parse(tmp / "r.xml").getroot()
+    assert root.get("failures") == "1" and root.get("errors") == "2" and root.get("skipped") == "1"
+
+
+def test_pytest_plugin_items(site, tmp_path):
+    """`pytest --hal-backend` turns cells into items: a pass passes, a wrong answer and
+    a hang (per-cell timeout) fail, an unsupported flow is a skip with its reason."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+                          "--hal-backend=reference", "--hal-backend=wrong", "--hal-backend=hang",
+                          "--hal-model=mlp", "--hal-precision=fp32", "--hal-precision=fp16",
+                          "--hal-timeout=5", "--hal-json", str(tmp_path / "k.json"), "--hal-only"],
+                         capture_output=True, text=True, env=_env(site), cwd=tmp_path, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "2 failed, 1 passed, 3 skipped" in text, text
+    assert "wrong:cpu/mlp/fp32: fail: " in text and "does not offer fp16" in text
+    assert "hang:cpu/mlp/fp32: timeout: no result within 5s" in text
+    cells = {c["id"]: c for c in json.loads((tmp_path / "k.json").read_text())["cells"]}
+    assert 5 <= cells["hang:cpu/mlp/fp32"]["duration_s"] < 60
+    assert cells["reference:cpu/mlp/fp32"]["result"] == "pass"
+
+
+def test_pytest_plugin_is_inert_without_options(tmp_path):
+    """Loaded through its pytest11 entry point, it imports neither hal nor a framework."""
+    (tmp_path / "test_x.py").write_text(
+        "import sys\n"
+        "def test_ok():\n"
+        "    assert 'hal_conformance.pytest_plugin' in sys.modules\n"
+        "    heavy = [m for m in sys.modules if m.split('.')[0] in ('hal', 'torch')]\n"
+        "    assert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout + out.stderr
