@@ -8,6 +8,7 @@ module registers these functions and they import lazily when called.
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from . import compat
 
 
 def short(e: BaseException) -> str:
-    """OpenVINO errors carry a C++ trace; keep the informative lines."""
+    """OpenVINO errors carry a C++ trace; keep the informative lines, without
+    a plugin library's long install path."""
     lines = [l.strip() for l in str(e).splitlines()
              if l.strip() and not l.strip().startswith("Exception from")]
-    return " ".join(lines)[:300] or type(e).__name__
+    text = re.sub(r'Cannot load library "[^"]*/([^"/]+)"', r"cannot load \1", " ".join(lines))
+    return text[:300] or type(e).__name__
 
 
 # --- the in-memory format ------------------------------------------------------------

@@ -15,6 +15,7 @@ import os
 from hal import Device
 
 from . import compat
+from .convert import short as _short
 
 NAME = "openvino"
 #: target="auto" ranking among hardware: accelerators above the CPU, the
@@ -90,12 +91,6 @@ def _get(core, device: str, prop: str, default=None):
         return core.get_property(device, prop)
     except Exception:  # noqa: BLE001 - a property a plugin lacks
         return default
-
-
-def _short(e: BaseException) -> str:
-    """OpenVINO errors carry a C++ trace; keep the last informative line."""
-    lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.startswith("Exception from")]
-    return (lines[-1] if lines else type(e).__name__)[:240]
 
 
 def _absent(legacy: bool, kind: str, core, version: str) -> Device:
