@@ -42,9 +42,9 @@ class ReferenceBackend(Backend):
     extra = "cpu"
 
     def version(self) -> str:
-        import torch
+        from importlib.metadata import version
 
-        return f"torch {torch.__version__}"
+        return f"torch {version('torch')}"  # without importing torch: probing stays cheap
 
     def probe(self) -> list[Device]:
         why = self.missing_runtime()
