@@ -51,9 +51,8 @@ def rich_tables(r: Report):
     from rich import box
 
     flows = [p for p in FLOWS if any(c.precision == p for c in r.cells)]
-    t = Table(title=f"hal conformance — {summary_line(r)}", title_justify="left",
-              box=box.SIMPLE_HEAD, caption="float flows: max|err|/max|ref| vs the fp64 oracle; "
-              "int8 flows: top-1 agreement; – unsupported", caption_justify="left")
+    t = Table(box=box.SIMPLE_HEAD, caption="float flows: max|err|/max|ref| against the fp64 "
+              "oracle · int8 flows: top-1 agreement · – unsupported", caption_justify="left")
     t.add_column("device", no_wrap=True)
     t.add_column("kind", no_wrap=True)
     t.add_column("model", no_wrap=True)
@@ -84,7 +83,8 @@ def rich_tables(r: Report):
         row.append(Text(_fmt(timed[0].latency_p50_ms if timed else None, ".3f")
                         + (f" {timed[0].precision}" if timed and timed[0].precision != "fp32" else "")))
         t.add_row(*row)
-    out = [t]
+    head = Text(f"hal conformance — {summary_line(r)}", style="bold")
+    out = [head, t]
     problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != "pass"]
     if problems:
         pt = Table(title="cells that did not pass", title_justify="left", show_lines=False)

@@ -141,16 +141,12 @@ class Suite:
             self.references()
             for n in [n for n in self.runs if n not in self.targets]:
                 self.runs[n].close()  # the oracle's worker, when its cells are not asked for
-            names = list(self.targets)
-            first = [n for n in names if n in self.runs]  # the oracle's worker is warm: use it
-            rest = [n for n in names if n not in self.runs]
-            for n in first:
-                self.run_backend(n)
-            if self.opts.jobs > 1 and len(rest) > 1:
+            names = list(self.targets)  # the oracle's worker, if among them, is reused warm
+            if self.opts.jobs > 1 and len(names) > 1:
                 with ThreadPoolExecutor(self.opts.jobs) as ex:
-                    list(ex.map(self.run_backend, rest))
+                    list(ex.map(self.run_backend, names))
             else:
-                for n in rest:
+                for n in names:
                     self.run_backend(n)
             r.complete = True
         finally:

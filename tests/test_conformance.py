@@ -272,3 +272,14 @@ def test_killed_run_keeps_finished_cells(tmp_path, goldens):
     d = json.loads(out.read_text())
     assert not d["complete"] and len(d["cells"]) >= 1
     assert d["cells"][0]["result"] == "pass"
+
+
+def test_writing_a_backend_page_shows_the_tested_plugin():
+    """docs/writing-a-backend.md quotes tests/plugins/hal-example-backend verbatim."""
+    import re
+
+    doc = (ROOT / "docs" / "writing-a-backend.md").read_text()
+    blocks = re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```\n", doc, flags=re.S)
+    assert len(blocks) == 3
+    for path, text in blocks:
+        assert (ROOT / path).read_text() == text, f"{path} and the docs differ"
