@@ -37,6 +37,7 @@ class WorkerProcess:
         if source:
             cmd += ["--source", source]
         with open(log_path, "ab") as log:
+            self.log_start = log.tell()
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log,
                                          stderr=subprocess.STDOUT, pass_fds=(w,),
                                          start_new_session=True, env=env)
@@ -93,12 +94,24 @@ class WorkerProcess:
             why = f"killed by {name}" + (" (out of memory?)" if -rc == signal.SIGKILL else "")
         else:
             why = f"exited with status {rc}"
-        tail = self.log_tail()
-        return f"the {self.backend} worker {why}" + (f"; log: {tail}" if tail else "")
+        return f"the {self.backend} worker {why}" + self._where()
+
+    def _where(self) -> str:
+        """Where it died: the innermost frame faulthandler logged, else the log's last line."""
+        text = self.log_tail(lines=200, chars=20000).split(" | ")
+        fatal = [i for i, ln in enumerate(text) if ln.startswith("Fatal Python error")]
+        if fatal:
+            frame = next((ln for ln in text[fatal[-1]:] if ln.startswith("File ")), None)
+            return f" ({text[fatal[-1]]}" + (f"; innermost {frame}" if frame else "") + ")"
+        last = [ln for ln in text if ln and not ln.startswith("Extension modules")]
+        return f"; log: {last[-1][:240]}" if last else ""
 
     def log_tail(self, lines: int = 4, chars: int = 400) -> str:
+        """The last lines of this worker's log (its own part of the shared file)."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_start)
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
         keep = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]

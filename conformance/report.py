@@ -180,7 +180,9 @@ def plot_errors(r: Report) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = sorted((c for c in r.cells if c.rel_max_err is not None), key=lambda c: c.id)
+    from .results import _order
+
+    cells = sorted((c for c in r.cells if c.rel_max_err is not None), key=_order)
     if not cells:
         return None
     fig, ax = plt.subplots(figsize=(max(8, len(cells) * 0.18), 4.5))
@@ -195,7 +197,8 @@ def plot_errors(r: Report) -> str | None:
             ax.axhline(lim, color=colors[p], ls="--", lw=0.8)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="upper left")
+    keys = [p for p in FLOWS if p in uniq]
+    ax.legend([uniq[k] for k in keys], keys, fontsize=8, loc="upper left")
     ax.set_yscale("log")
     ax.set_ylabel("max |out − ref| / max |ref|")
     ax.set_xticks(range(len(cells)))

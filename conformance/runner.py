@@ -426,7 +426,8 @@ class BackendRun:
                     "detail": w.log_tail()}
         except WorkerDied as e:
             self.worker = None
-            return {"status": "crash", "duration_s": time.monotonic() - t0, "message": str(e)}
+            return {"status": "crash", "duration_s": time.monotonic() - t0, "message": str(e),
+                    "detail": w.log_tail(lines=40, chars=6000)}
 
     def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send a non-cell command and wait for its ``done`` (no restart on failure)."""

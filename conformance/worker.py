@@ -11,6 +11,7 @@ the orchestrator, which never imports a framework.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib.util
 import json
 import os
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     proto = os.fdopen(args.fd, "w", buffering=1)
     os.dup2(2, 1)  # anything a runtime prints goes to the log, not into the protocol
     sys.stdout = sys.stderr
+    faulthandler.enable()  # a segfault or abort leaves its Python stack in the log
     source = args.source or ("torch.nn" if importlib.util.find_spec("torch") else "onnx")
     if source == "torch.nn":
         from . import zoo  # noqa: F401 - import torch now, not on the first cell's clock
