@@ -245,12 +245,12 @@ def compile(
         if req.precision != precision:
             raise UsageError(f"requirements ask for {req.precision} but precision={precision}",
                              "state the precision once")
-        measure = None
-        if req.max_latency_ms is not None and src.example_inputs:
-            def measure(b, d):  # compile (cached) and time a short run on each candidate
-                exe = _compile_on(b, d, src, precision, calib, options, cache, cache_dir, check_finite)
-                return exe.profile(*src.example_inputs, iterations=20, warmup=3, extras=False).latency_ms["p50"]
-        b, dev, why = select(src, req, measure)
+        def measure(b, d):  # compile (cached) and time a short run on each candidate
+            exe = _compile_on(b, d, src, precision, calib, options, cache, cache_dir, check_finite)
+            return exe.profile(*src.example_inputs, iterations=20, warmup=3,
+                               extras=False).latency_ms["p50"]
+
+        b, dev, why = select(src, req, measure if src.example_inputs else None)
     else:
         b, dev = resolve(target)
         why = None

@@ -9,12 +9,24 @@ lazily so that listing plugins never pays for, or breaks on, a framework.
 from __future__ import annotations
 
 import importlib.util
+from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
 
 from .errors import DeviceUnavailableError, UnsupportedError
 from .executable import Executable, ExecutableInfo
 from .formats import Model
 from .types import CompileOptions, Device
+
+
+def installed_version(*dists: str) -> str | None:
+    """Version of the first of ``dists`` that is installed (no import), else None.
+    Runtimes ship under several names (tensorflow / tensorflow-cpu / tf-nightly)."""
+    for name in dists:
+        try:
+            return _dist_version(name)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 class Backend:

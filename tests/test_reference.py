@@ -146,3 +146,13 @@ def test_concurrent_compiles_share_one_entry(tmp_path):
     assert outs[0][1] == outs[1][1]
     assert len(list(tmp_path.glob("*.hal"))) == 1
     assert not list(tmp_path.glob(".*.hal.*"))  # no half-written temp files left
+
+
+def test_auto_measures_candidates_against_a_latency_requirement(small_cnn, x16):
+    exe = hal.compile(small_cnn, target="auto", example_inputs=(x16,),
+                      requirements=hal.Requirements(max_latency_ms=10_000))
+    assert exe.info.device_kind == "hardware"
+    assert any("measured" in n and "p50" in n for n in exe.info.notes)
+    with pytest.raises(hal.DeviceUnavailableError, match="no device meets 1e-06 ms"):
+        hal.compile(small_cnn, target="auto", example_inputs=(x16,),
+                    requirements=hal.Requirements(max_latency_ms=1e-6))

@@ -8,7 +8,7 @@ never means the emulator (the core refuses that); it must be named.
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version as dist_version
+from hal.backend import installed_version
 from pathlib import Path
 
 from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device, Executable,
@@ -20,15 +20,6 @@ from . import compiler, devices
 PRECISIONS = ("int8",)
 #: Coral's datasheet figure: 4 TOPS at 2 W.
 POWER_W = 2.0
-
-
-def _dist(*names: str) -> str | None:
-    for n in names:
-        try:
-            return dist_version(n)
-        except PackageNotFoundError:
-            continue
-    return None
 
 
 class EdgeTpuBackend(Backend):
@@ -43,10 +34,10 @@ class EdgeTpuBackend(Backend):
 
     def version(self) -> str:
         """Everything that shapes an artifact (libedgetpu only runs it: not here)."""
-        parts = [f"ai-edge-litert {_dist('ai-edge-litert')}"]
+        parts = [f"ai-edge-litert {installed_version('ai-edge-litert')}"]
         for label, dists in (("litert-torch", ("litert-torch",)),
                              ("tensorflow", ("tensorflow", "tensorflow-cpu"))):
-            v = _dist(*dists)
+            v = installed_version(*dists)
             if v:
                 parts.append(f"{label} {v}")
         parts.append(f"edgetpu_compiler {compiler.version() or 'absent'}")

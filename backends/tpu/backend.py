@@ -9,7 +9,7 @@ signs of a TPU.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as dist_version
+from hal.backend import installed_version
 from pathlib import Path
 
 from hal import (Backend, CompileOptions, Device, DeviceUnavailableError,
@@ -29,15 +29,6 @@ REFUSED = {
 }
 
 
-def _dist_version(*names: str) -> str | None:
-    for n in names:
-        try:
-            return dist_version(n)
-        except PackageNotFoundError:
-            continue
-    return None
-
-
 class TpuBackend(Backend):
     name = "tpu"
     description = ("Cloud TPU through TensorFlow/XLA (Keras, SavedModel; torch via StableHLO and "
@@ -49,8 +40,8 @@ class TpuBackend(Backend):
     extra = "tpu"
 
     def version(self) -> str:
-        tf = _dist_version("tensorflow", "tensorflow-cpu", "tensorflow-tpu", "tf-nightly") or "?"
-        lt = _dist_version("litert-torch")
+        tf = installed_version("tensorflow", "tensorflow-cpu", "tensorflow-tpu", "tf-nightly") or "?"
+        lt = installed_version("litert-torch")
         return f"tensorflow {tf}" + (f"; litert-torch {lt}" if lt else "")
 
     # --- devices -------------------------------------------------------------------------------
