@@ -132,3 +132,82 @@ class WorkerProcess:
                 self.proc.wait(timeout=15)
             except (WorkerDied, OSError, subprocess.TimeoutExpired):
                 self.kill()
+
+
+class BackendRun:
+    """One backend's worker, restarted after a crash or a timeout."""
+
+    def __init__(self, name: str, log_path: Path, source: str | None, startup_timeout_s: float,
+                 timeout_s: float) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.source = source
+        self.startup_timeout_s = startup_timeout_s
+        self.timeout_s = timeout_s
+        self.worker: WorkerProcess | None = None
+        self.ready: dict[str, Any] | None = None
+        self.starts = 0
+        self.dead: str | None = None  # the worker cannot be restarted: why
+
+    def ensure_started(self) -> dict[str, Any]:
+        """The worker's ``ready`` message (devices, flows), starting it if needed."""
+        if self.worker is not None and self.ready is not None:
+            return self.ready
+        self.starts += 1
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        w = WorkerProcess(self.name, self.log_path, self.source, env)
+        try:
+            ready = w.expect("ready", self.startup_timeout_s)
+        except (WorkerDied, WorkerTimeout):
+            w.kill()
+            raise
+        self.worker, self.ready = w, ready
+        return ready
+
+    def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Run one cell command; a death or a timeout becomes the cell's result."""
+        if self.dead:
+            return {"status": "crash", "message": self.dead}
+        try:
+            self.ensure_started()
+        except (WorkerDied, WorkerTimeout) as e:
+            self.dead = f"the worker could not be restarted: {e}"
+            return {"status": "crash" if isinstance(e, WorkerDied) else "timeout",
+                    "message": self.dead}
+        w = self.worker
+        assert w is not None
+        t0 = time.monotonic()
+        try:
+            w.send(cmd)
+            w.expect("start", self.timeout_s)
+            return w.expect("done", self.timeout_s)
+        except WorkerTimeout:
+            w.kill()
+            self.worker = None
+            return {"status": "timeout", "duration_s": time.monotonic() - t0,
+                    "message": f"no result within {self.timeout_s:g}s; the worker was killed "
+                               f"and restarted for the remaining cells",
+                    "detail": w.log_tail(lines=40, chars=6000)}
+        except WorkerDied as e:
+            self.worker = None
+            return {"status": "crash", "duration_s": time.monotonic() - t0, "message": str(e),
+                    "detail": w.log_tail(lines=40, chars=6000)}
+
+    def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a non-cell command and wait for its ``done`` (no restart on failure)."""
+        self.ensure_started()
+        assert self.worker is not None
+        try:
+            self.worker.send(cmd)
+            return self.worker.expect("done", timeout)
+        except (WorkerDied, WorkerTimeout) as e:
+            self.worker.kill()
+            self.worker = None
+            return {"status": "crash", "message": str(e)}
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+            self.ready = None

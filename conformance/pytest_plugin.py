@@ -48,7 +48,12 @@ def _suite(config):
                        startup_timeout_s=max(o.hal_timeout, 120.0),
                        goldens=Path(o.hal_goldens) if o.hal_goldens else None,
                        json_path=Path(o.hal_json) if o.hal_json else None)
-        suite = Suite(opts)
+        from hal import HalError
+
+        try:
+            suite = Suite(opts)
+        except HalError as e:  # unknown backend, model or flow: a usage error, not a crash
+            raise pytest.UsageError(str(e)) from None
         suite.start_report()
         config._hal_suite = suite
     return suite

@@ -25,7 +25,7 @@ import numpy as np
 from .models import MODELS, select as select_models, weights_digest
 from .policy import (FLOWS, ORACLE_BACKEND, ORACLE_PRECISION, POLICY, ROUNDTRIP_MAX_REL,
                      judge, measure)
-from .process import WorkerDied, WorkerProcess, WorkerTimeout
+from .process import BackendRun, WorkerDied, WorkerTimeout
 from .results import CellResult, JsonSink, Report
 
 ENV_SOURCE = "HAL_CONFORMANCE_SOURCE"  # "onnx": feed workers the goldens' ONNX files
@@ -188,7 +188,7 @@ class Suite:
                 self.report.models[ref.model] = self._model_entry(ref)
             return self.refs
         name = self._oracle_name()
-        run = self.runs.setdefault(name, BackendRun(self, name))
+        run = self._run_of(name)
         try:
             ready = run.ensure_started()
         except (WorkerDied, WorkerTimeout) as e:
@@ -206,7 +206,7 @@ class Suite:
         for m in self.models:
             data_path = self._write_data(m)
             spec = CellSpec(name, dev, m, ORACLE_PRECISION)
-            done = run.execute(spec, data_path, measure=False)
+            done = run.execute(self._command(spec, data_path, measure=False))
             if done.get("status") != "ran":
                 msg = f"the oracle failed on {m}: {done.get('status')}: {done.get('message')}"
                 self.report.errors.append(msg)
@@ -249,11 +249,26 @@ class Suite:
     def _out_path(self, spec: CellSpec) -> Path:
         return self.workdir / "out" / f"{_safe(spec.id)}.npy"
 
+    def _run_of(self, name: str) -> BackendRun:
+        with self.lock:
+            if name not in self.runs:
+                self.runs[name] = BackendRun(name, self.workdir / f"worker-{_safe(name)}.log",
+                                             self.source, self.opts.startup_timeout_s,
+                                             self.opts.timeout_s)
+            return self.runs[name]
+
+    def _command(self, spec: CellSpec, data_path: Path, measure: bool = True,
+                 onnx: Path | None = None) -> dict[str, Any]:
+        return {"op": "cell", "id": spec.id, "device": spec.device["target"], "model": spec.model,
+                "precision": spec.precision, "data": str(data_path),
+                "out": str(self._out_path(spec)), "measure": measure,
+                "onnx": str(onnx) if onnx else None}
+
     # --- one backend ----------------------------------------------------------------------
     def plan(self, name: str) -> list[CellSpec] | None:
         """Start ``name``'s worker and list its cells (unsupported ones included);
         ``None`` when the worker does not start (recorded as a run error)."""
-        run = self.runs.setdefault(name, BackendRun(self, name))
+        run = self._run_of(name)
         entry: dict[str, Any] = {"devices": []}
         with self.lock:
             self.report.backends[name] = entry
@@ -303,8 +318,8 @@ class Suite:
         elif ref is None:
             cell = self._cell(spec, {"status": "error", "message": "no reference output for this model"})
         else:
-            run = self.runs.setdefault(spec.backend, BackendRun(self, spec.backend))
-            done = run.execute(spec, ref.data_path, measure=self.opts.measure, onnx=ref.onnx_path)
+            done = self._run_of(spec.backend).execute(
+                self._command(spec, ref.data_path, self.opts.measure, ref.onnx_path))
             cell = self._cell(spec, done)
         self._record(cell)
         return cell
@@ -369,86 +384,3 @@ class Suite:
         c.result = "fail" if broken else "pass"
         c.message = "; ".join(broken)
         return c
-
-
-class BackendRun:
-    """One backend's worker, restarted after a crash or a timeout."""
-
-    def __init__(self, suite: Suite, name: str) -> None:
-        self.suite, self.name = suite, name
-        self.worker: WorkerProcess | None = None
-        self.ready: dict[str, Any] | None = None
-        self.starts = 0
-        self.dead: str | None = None  # the worker cannot be restarted: why
-
-    def ensure_started(self) -> dict[str, Any]:
-        if self.worker is not None and self.ready is not None:
-            return self.ready
-        self.starts += 1
-        log = self.suite.workdir / f"worker-{_safe(self.name)}.log"
-        w = WorkerProcess(self.name, log, self.suite.source, _worker_env())
-        try:
-            ready = w.expect("ready", self.suite.opts.startup_timeout_s)
-        except (WorkerDied, WorkerTimeout):
-            w.kill()
-            raise
-        self.worker, self.ready = w, ready
-        return ready
-
-    def execute(self, spec: CellSpec, data_path: Path, measure: bool = True,
-                onnx: Path | None = None) -> dict[str, Any]:
-        if self.dead:
-            return {"status": "crash", "message": self.dead}
-        try:
-            self.ensure_started()
-        except (WorkerDied, WorkerTimeout) as e:
-            self.dead = f"the worker could not be restarted: {e}"
-            return {"status": "crash" if isinstance(e, WorkerDied) else "timeout",
-                    "message": self.dead}
-        w = self.worker
-        assert w is not None
-        timeout = self.suite.opts.timeout_s
-        cmd = {"op": "cell", "id": spec.id, "device": spec.device["target"], "model": spec.model,
-               "precision": spec.precision, "data": str(data_path),
-               "out": str(self.suite._out_path(spec)), "measure": measure,
-               "onnx": str(onnx) if onnx else None}
-        t0 = time.monotonic()
-        try:
-            w.send(cmd)
-            w.expect("start", timeout)
-            return w.expect("done", timeout)
-        except WorkerTimeout:
-            w.kill()
-            self.worker = None
-            return {"status": "timeout", "duration_s": time.monotonic() - t0,
-                    "message": f"no result within {timeout:g}s; the worker was killed "
-                               f"and restarted for the remaining cells",
-                    "detail": w.log_tail()}
-        except WorkerDied as e:
-            self.worker = None
-            return {"status": "crash", "duration_s": time.monotonic() - t0, "message": str(e),
-                    "detail": w.log_tail(lines=40, chars=6000)}
-
-    def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send a non-cell command and wait for its ``done`` (no restart on failure)."""
-        self.ensure_started()
-        assert self.worker is not None
-        try:
-            self.worker.send(cmd)
-            return self.worker.expect("done", timeout)
-        except (WorkerDied, WorkerTimeout) as e:
-            self.worker.kill()
-            self.worker = None
-            return {"status": "crash", "message": str(e)}
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
-            self.ready = None
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env

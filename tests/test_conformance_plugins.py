@@ -153,3 +153,11 @@ def test_pytest_plugin_is_inert_without_options(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout + out.stderr
+
+
+def test_pytest_plugin_usage_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                          "--hal-backend=no-such-backend"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 4, out.stdout + out.stderr  # pytest's usage-error code
+    assert "no installed backend is called 'no-such-backend'" in out.stderr
