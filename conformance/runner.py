@@ -127,7 +127,7 @@ class Suite:
                     + (f"; plugins that failed to load: {', '.join(broken)}" if broken else ""))
             if dev:
                 if out.get(b, set()) is not None:
-                    out.setdefault(b, set()).add(n)
+                    out.setdefault(b, set()).add(n.lower())  # device ids match case-blind
             else:
                 out[b] = None
         return out
@@ -290,17 +290,17 @@ class Suite:
             with self.lock:
                 self.report.errors.append(f"backend {name}: {ready['error']}")
         wanted = self.targets.get(name)
-        targets = {d["target"] for d in ready["devices"]}
-        for t in sorted((wanted or set()) - targets):
+        targets = [d["target"] for d in ready["devices"]]
+        for t in sorted((wanted or set()) - {t.lower() for t in targets}):
             with self.lock:
                 self.report.errors.append(f"backend {name} has no device {t} "
-                                          f"(it has {', '.join(sorted(targets)) or 'none'})")
+                                          f"(it has {', '.join(targets) or 'none'})")
         specs = []
         for d in ready["devices"]:
             if not d["available"]:
                 self.on_note(f"{d['target']} ({d['kind']}) is not available: {d['reason']}")
                 continue
-            if wanted is not None and d["target"] not in wanted:
+            if wanted is not None and d["target"].lower() not in wanted:
                 continue
             for m in self.models:
                 for p in self.precisions:
