@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,6 @@ from . import build, compat
 from .convert import short
 
 META = "openvino.json"
-# the finiteness test below multiplies by zero: an Inf input makes numpy warn
-# before hal raises its own InvalidInputError; the warning adds nothing
-warnings.filterwarnings("ignore", "invalid value encountered in dot", RuntimeWarning, __name__)
 #: inputs up to this size are copied into the request's buffer instead of shared
 COPY_MAX_BYTES = 1 << 18
 
@@ -74,11 +70,6 @@ class OpenVINOExecutable(Executable):
         through views fetched once. A warm-up call checks the views stay put."""
         ins, outs = self.info.inputs, self.info.outputs
         static_in = all(None not in s.shape for s in ins)
-        self._fast = [(np.dtype(s.dtype), tuple(s.shape)) for s in ins] if static_in else None
-        # per input: zeros for the one-call finiteness test, False where the core must check
-        self._zeros = [np.zeros(int(np.prod(s.shape)), s.dtype) if static_in and
-                       np.dtype(s.dtype) in (np.float32, np.float64) else
-                       (False if np.dtype(s.dtype).kind == "f" else None) for s in ins]
         req = self._req
         self._in_views: list = [None] * len(ins)
         self._out_views = None
@@ -100,23 +91,6 @@ class OpenVINOExecutable(Executable):
                     self._out_views = views
         except (RuntimeError, TypeError, ValueError):
             self._in_views, self._out_views = [None] * len(ins), None
-
-    def check_inputs(self, inputs: tuple) -> list[np.ndarray]:
-        """The core's checks, on a fast path for the common case (numpy arrays of
-        exactly the compiled dtype and static shape, all finite); anything else
-        goes through the core's check for its exact error."""
-        fast = self._fast
-        if fast is not None and len(inputs) == len(fast):
-            for a, (dt, shape), z in zip(inputs, fast, self._zeros):
-                if type(a) is not np.ndarray or a.dtype != dt or a.shape != shape:
-                    break
-                if z is not None and self.info.check_finite and (
-                        # x·0 is 0 for every finite x and NaN for inf/NaN: one BLAS call
-                        z is False or np.dot(a.reshape(-1), z) != 0):
-                    break
-            else:
-                return list(inputs)
-        return super().check_inputs(inputs)
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         req = self._req
