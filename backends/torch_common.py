@@ -17,7 +17,8 @@ import torch
 
 from hal import CompileError, InvalidInputError, TensorSpec, UsageError
 from hal.formats import Model
-from hal.formats.builtin import safe_export_load
+from hal.errors import brief
+from hal.formats.builtin import export_static, safe_export_load
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -49,7 +50,7 @@ def run_example(module: torch.nn.Module, args) -> list[torch.Tensor]:
     except Exception as e:  # noqa: BLE001
         shapes = [tuple(a.shape) for a in args]
         raise InvalidInputError(
-            f"the model fails on example inputs of shape {shapes}: {str(e).splitlines()[0][:200]}",
+            f"the model fails on example inputs of shape {shapes}: {brief(e)}",
             "pass example inputs of the shape and dtype the model takes") from None
 
 
@@ -76,11 +77,7 @@ def export(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
                 return torch.export.export(module, trace, dynamic_shapes=tuple({0: batch} for _ in args)), True
         except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
             pass
-    try:
-        return torch.export.export(module, args), False
-    except Exception as e:  # noqa: BLE001
-        raise CompileError(f"torch.export failed: {str(e).splitlines()[0][:200]}",
-                           "make the model export-friendly (no data-dependent control flow)") from None
+    return export_static(module, args), False
 
 
 def specs(args: tuple[torch.Tensor, ...], outs: list[torch.Tensor], dynamic: bool,

@@ -15,7 +15,7 @@ from . import cache as _cache
 from . import formats as _formats
 from .backend import Backend
 from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
-                     UsageError)
+                     UsageError, brief)
 from .executable import Executable, ExecutableInfo, as_numpy, read_artifact
 from .plugins import registry
 from .types import CompileOptions, Device, Requirements, check_precision
@@ -56,7 +56,7 @@ def backend_status(b: Backend, refresh: bool = False) -> BackendStatus:
         st.version = None if missing else b.version()
         st.devices = b.probe()
     except Exception as e:  # noqa: BLE001 - a failing probe must not hide the others
-        st.error = f"probe failed: {type(e).__name__}: {e}".splitlines()[0][:300]
+        st.error = f"probe failed: {brief(e, 286, typed=True)}"
     _probed[b.name] = st
     return st
 

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import api
-from .errors import HalError, InvalidInputError, UsageError
+from .errors import HalError, InvalidInputError, UsageError, brief
 from .plugins import load as load_plugins
 from .plugins import registry
 from .types import PRECISIONS
@@ -72,8 +73,7 @@ def guarded(fn: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001 - the CLI never shows a raw traceback
             if _state["debug"]:
                 raise
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:400]
-            err.print(f"[bold red]error:[/] {escape(msg)} (run with --debug for the traceback)",
+            err.print(f"[bold red]error:[/] {escape(brief(e, 400, typed=True))} (run with --debug for the traceback)",
                       highlight=False)
             raise typer.Exit(1) from None
 
@@ -149,24 +149,17 @@ def _options(pairs: Optional[List[str]]) -> dict[str, Any]:
     return opts
 
 
-def _precision(p: str) -> str:
-    if p not in PRECISIONS:
-        raise UsageError(f"unknown precision {p!r}", f"use one of {', '.join(PRECISIONS)}")
-    return p
-
-
 def _executable(model: Path, target: str, precision: str, inputs, calibration: Optional[Path],
                 option: Optional[List[str]], no_cache: bool, quiet: bool):
     if model.suffix == ".hal":
         return api.load(model, None if target == "auto" else target)
     calib = _calibration(calibration)
-    if quiet:
-        return api.compile(model, target, _precision(precision), example_inputs=inputs,
-                           calibration=calib, options=_options(option), cache=not no_cache)
-    with err.status(f"compiling {model.name} for {target} at {precision}"
-                    + (f" (calibrating on {len(calib)} samples)" if calib else "") + " …"):
-        return api.compile(model, target, _precision(precision), example_inputs=inputs,
-                           calibration=calib, options=_options(option), cache=not no_cache)
+    spinner = contextlib.nullcontext() if quiet else err.status(
+        f"compiling {model.name} for {target} at {precision}"
+        + (f" (calibrating on {len(calib)} samples)" if calib else "") + " …")
+    with spinner:  # api.compile checks the precision name itself
+        return api.compile(model, target, precision, example_inputs=inputs, calibration=calib,
+                           options=_options(option), cache=not no_cache)
 
 
 ModelArg = typer.Argument(..., help="Model file: .onnx, .pt2, .tflite, .xml (OpenVINO IR), .keras, a SavedModel dir, or a compiled .hal.")

@@ -7,6 +7,17 @@ The CLI prints ``str(err)`` on one line and exits with ``err.exit_code``
 from __future__ import annotations
 
 
+def brief(e: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """The first line of an exception's message, bounded, so that a wrapped
+    toolchain error keeps hal's errors one line. ``typed`` prefixes the type;
+    an empty message becomes the type's name."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    if typed or not first:
+        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return first[:limit]
+
+
 class HalError(Exception):
     """Base class. ``what`` says what went wrong, ``fix`` what to do about it."""
 

@@ -17,6 +17,7 @@ import pluggy
 
 from . import hookspecs
 from .backend import Backend
+from .errors import brief
 from .formats import Converter, Format
 
 GROUP = "hal"
@@ -48,10 +49,6 @@ class Registry:
 _registry: Registry | None = None
 
 
-def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
-
-
 def load(only: list[str] | None = None) -> Registry:
     """(Re)load every plugin. ``only`` (or ``$HAL_PLUGINS``) names the entry
     points to load; the rest are listed as disabled."""
@@ -76,7 +73,7 @@ def load(only: list[str] | None = None) -> Registry:
             pm.register(ep.load(), name=ep.name)
             info.loaded = True
         except Exception as e:  # noqa: BLE001 - a broken plugin must not stop the rest
-            info.error = _short(e)
+            info.error = brief(e, 300, typed=True)
             info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
 
     by_name = {i.name: i for i in infos}
@@ -91,7 +88,7 @@ def load(only: list[str] | None = None) -> Registry:
                 impl.function(register=lambda obj, _i=info: sink(obj, _i))
             except Exception as e:  # noqa: BLE001
                 if info is not None:
-                    info.loaded, info.error = False, f"{hook} failed: {_short(e)}"
+                    info.loaded, info.error = False, f"{hook} failed: {brief(e, 300, typed=True)}"
 
     def add_backend(b: Backend, info: PluginInfo | None) -> None:
         if not isinstance(b, Backend):

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 from hal import Device, DeviceUnavailableError
+from hal.errors import brief
 
 from . import nvml
 from .options import PRECISIONS
@@ -80,7 +81,7 @@ def gpus(torch) -> tuple[list[Gpu], str]:
             out.append(Gpu(i, p.name, int(p.total_memory), (p.major, p.minor),
                            int(p.multi_processor_count), str(uuid) if uuid is not None else None))
     except Exception as e:  # noqa: BLE001 - e.g. "CUDA driver version is insufficient"
-        return [], f"CUDA failed to initialise: {str(e).splitlines()[0][:240]}"
+        return [], f"CUDA failed to initialise: {brief(e, 240)}"
     return out, ""
 
 

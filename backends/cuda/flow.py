@@ -14,7 +14,7 @@ import torch
 
 from hal import (ArtifactError, CompileError, CompileOptions, Device, ExecutableInfo,
                  UnsupportedError, UsageError)
-from hal.errors import HalError
+from hal.errors import HalError, brief
 from hal.formats import Model
 
 from .. import torch_common as tc
@@ -84,7 +84,7 @@ def _warm(replicas: list[Replica], args: tuple[torch.Tensor, ...]) -> list[torch
             shapes = [tuple(a.shape) for a in args]
             raise CompileError(
                 f"the model fails on cuda:{r.device.index} with example inputs of shape {shapes} "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                f"({brief(e, 200, typed=True)})",
                 "check that it runs on this GPU with torch directly; drop torch_compile/cuda_graphs "
                 "if the failure comes from them") from None
         first = outs if first is None else first

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from hal import ArtifactError, Device, Executable, ExecutableInfo, InvalidInputError
+from hal.errors import brief
 
 from .buckets import Buckets, batch_of
 
@@ -81,7 +82,7 @@ class TpuExecutable(Executable):
         except Exception as e:  # noqa: BLE001 - jaxlib missing or its binding changed
             out["unavailable"]["xla_cost_analysis"] = (
                 "XLA cost analysis needs jaxlib's HloCostAnalysis binding: "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+                f"{brief(e, 160, typed=True)}")
         if self.device.kind == "hardware":
             out.update(self._hardware_extras(inputs))
         else:

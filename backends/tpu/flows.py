@@ -16,6 +16,7 @@ import numpy as np
 from hal import (ArtifactError, CompileOptions, Device, ExecutableInfo, HalError,
                  InvalidInputError, NoConversionPath, TensorSpec, UnsupportedError,
                  UsageError)
+from hal.errors import brief
 from hal.formats import Model
 
 from . import programs as P
@@ -262,7 +263,7 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: di
         program = P.restore(str(artifact / SAVED), buckets.sizes, specs, strategy)
     except (OSError, KeyError, ValueError) as e:
         raise ArtifactError(f"the tpu artifact's SavedModel could not be restored "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})",
+                            f"({brief(e, 160, typed=True)})",
                             "re-create it with hal compile") from None
     stablehlo = {}
     for n in buckets.sizes:

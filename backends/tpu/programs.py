@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from hal import CompileError, UnsupportedError
+from hal.errors import brief
 
 from .torch_lower import Lowered
 
@@ -101,7 +102,7 @@ def keras_module(model, precision: str, strategy) -> tf.Module:
         except Exception as e:  # noqa: BLE001 - subclassed models cannot be cloned
             raise UnsupportedError(
                 f"could not rebuild the Keras model under a bfloat16 policy: "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:160]}",
+                f"{brief(e, 160, typed=True)}",
                 "pass a Functional or Sequential Keras model (subclassed models cannot be "
                 "cloned), or use precision='fp32'") from None
         model = clone

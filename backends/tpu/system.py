@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hal import DeviceUnavailableError
+from hal.errors import brief
 
 TPU_ENV = ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES",
            "CLOUD_TPU_TASK_ID")
@@ -89,8 +90,7 @@ def connect() -> TpuSystem:
         assignment = tf.tpu.experimental.DeviceAssignment.build(topology, num_replicas=1)
         strategy = tf.distribute.TPUStrategy(resolver, experimental_device_assignment=assignment)
     except Exception as e:  # noqa: BLE001 - the resolver raises many kinds
-        _error = f"TPU {tpu!r} unreachable: {step} failed: " + \
-            f"{type(e).__name__}: {e}".splitlines()[0][:240]
+        _error = f"TPU {tpu!r} unreachable: {step} failed: {brief(e, 240, typed=True)}"
         raise DeviceUnavailableError(_error, "check the TPU with `gcloud compute tpus list`, "
                                              "or target tpu:xla-cpu (emulated)") from None
     cores = int(topology.num_tasks * topology.num_tpus_per_task)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from hal import CompileError, UnsupportedError
+from hal.errors import brief
+from hal.formats.builtin import export_static
 from hal.formats import Model
 
 from .. import torch_common as tc
@@ -93,7 +95,7 @@ def _quiet_litert():
 
 def _lowering_error(e: BaseException) -> Exception:
     msg = str(e)
-    first = msg.splitlines()[0][:200] if msg else type(e).__name__
+    first = brief(e)
     node = re.search(r"While executing %(\S+) : .*?target=([\w.]+)", msg)
     where = f" (at node %{node.group(1)}, {node.group(2)})" if node else ""
     missing = re.search(r"Lowering not found: (\S+)", msg)
@@ -166,12 +168,7 @@ def lower(module: torch.nn.Module, args: tuple[torch.Tensor, ...], precision: st
     for n in sizes:
         bargs = args if n == example else \
             tuple(a[:1].expand(n, *a.shape[1:]).contiguous() for a in args)
-        try:
-            ep = torch.export.export(module, bargs)
-        except Exception as e:  # noqa: BLE001
-            raise CompileError(f"torch.export failed: {str(e).splitlines()[0][:200]}",
-                               "make the model export-friendly (no data-dependent control flow)"
-                               ) from None
+        ep = export_static(module, bargs)
         try:
             with _quiet_litert(), torch.no_grad():
                 low = lexp.exported_program_to_mlir(ep, inline_constants=False)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CompileError, ModelFormatError, UsageError
+from ..errors import CompileError, ModelFormatError, UsageError, brief
 from ..hookspecs import hookimpl
 from . import Converter, Format, Model, hash_path
 
@@ -136,7 +136,7 @@ def _load_onnx(path: Path):
         onnx.checker.check_model(m)
     except Exception as e:  # noqa: BLE001
         raise ModelFormatError(f"{path} is not a valid ONNX model (empty, truncated or "
-                               f"corrupt: {str(e).splitlines()[0][:160]})",
+                               f"corrupt: {brief(e, 160)})",
                                "re-export it, e.g. with torch.onnx.export") from None
     if not m.graph.node:
         raise ModelFormatError(f"{path} is an ONNX model with an empty graph", "re-export it")
@@ -204,17 +204,19 @@ def torch_example_args(model: Model) -> tuple:
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
 
 
-def _torch_to_export(model: Model, options) -> Any:
+def export_static(module, args: tuple):
+    """``torch.export.export`` at the given shapes; a failure is one CompileError."""
     import torch
 
-    m = model.value.eval()
     try:
-        return torch.export.export(m, torch_example_args(model))
-    except UsageError:
-        raise
+        return torch.export.export(module, args)
     except Exception as e:  # noqa: BLE001
-        raise CompileError(f"torch.export failed: {str(e).splitlines()[0][:200]}",
+        raise CompileError(f"torch.export failed: {brief(e)}",
                            "make the model export-friendly (no data-dependent control flow)") from None
+
+
+def _torch_to_export(model: Model, options) -> Any:
+    return export_static(model.value.eval(), torch_example_args(model))
 
 
 def _to_onnx(model: Model, options) -> Any:
@@ -227,7 +229,7 @@ def _to_onnx(model: Model, options) -> Any:
     try:
         prog = torch.onnx.export(src, args, dynamo=True, verbose=False)
     except Exception as e:  # noqa: BLE001
-        raise CompileError(f"torch.onnx.export failed: {str(e).splitlines()[0][:200]}",
+        raise CompileError(f"torch.onnx.export failed: {brief(e)}",
                            "check the model exports with torch.export first") from None
     return prog.model_proto
 
