@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hal import CompileError, InvalidInputError, TensorSpec, UsageError
+from hal import CompileError, InvalidInputError, ModelFormatError, TensorSpec, UsageError
 from hal.formats import Model
 from hal.errors import brief
 from hal.formats.builtin import export_static, safe_export_load
@@ -97,8 +97,15 @@ def save_program(ep, directory: Path, name: str = "model.pt2") -> None:
     torch.export.save(ep, str(directory / name))
 
 
-def load_program(directory: Path, name: str = "model.pt2"):
-    return safe_export_load(directory / name)
+def load_program(directory: Path, name: str = "model.pt2", error=None):
+    """The saved ExportedProgram, read without unpickling; ``error`` (e.g.
+    ArtifactError) replaces ModelFormatError for a program inside a ``.hal``."""
+    try:
+        return safe_export_load(directory / name)
+    except ModelFormatError as e:
+        if error is None:
+            raise
+        raise error(e.what, e.fix) from None
 
 
 def state_size(module: torch.nn.Module) -> int:

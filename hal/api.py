@@ -16,7 +16,7 @@ from . import formats as _formats
 from .backend import Backend
 from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
                      UsageError, brief)
-from .executable import Executable, ExecutableInfo, as_numpy, read_artifact
+from .executable import Executable, ExecutableInfo, as_numpy, read_artifact, write_hal
 from .plugins import registry
 from .types import CompileOptions, Device, Requirements, check_precision
 
@@ -201,8 +201,15 @@ def _samples(data: Any, what: str) -> list[tuple[np.ndarray, ...]]:
     for i, s in enumerate(data):
         if not isinstance(s, (tuple, list)):
             s = (s,)
-        out.append(tuple(as_numpy(a, f"{what} sample {i}") for a in s))
+        out.append(tuple(_native(as_numpy(a, f"{what} sample {i}")) for a in s))
     return out
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, native byte order: what converters and quantizers expect."""
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return np.ascontiguousarray(a)
 
 
 def compile(
@@ -232,10 +239,15 @@ def compile(
     if precision == "int8" and not calib:
         raise UsageError("int8 (static) needs calibration data",
                          "pass calibration=[x1, x2, ...] (representative inputs) or use int8-dynamic")
-    for sample in ex + calib:
+    if options is not None and not isinstance(options, dict):
+        raise UsageError(f"options is a {type(options).__name__}, not a dict",
+                         "pass options={'name': value, ...} (see the backend's docs)")
+    # example inputs only fix shapes and dtypes, so NaN there is the caller's business;
+    # calibration data sets quantization ranges, where one NaN spoils every scale
+    for n, sample in enumerate(calib):
         for a in sample:
             if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise InvalidInputError("example or calibration data contains NaN or Inf",
+                raise InvalidInputError(f"calibration sample {n} contains NaN or Inf",
                                         "pass finite, representative inputs")
     src = _formats.identify(model, reg.formats)
     src.example_inputs = ex[0] if ex else None
@@ -265,61 +277,95 @@ def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, ca
     reg = registry()
     if precision not in b.precisions_for(dev):
         raise b.refuse_precision(precision, dev)
+    b.check_options(options or {})
     chain = _formats.plan(src.format, b.formats_for(dev, precision), reg.converters)
     opts = CompileOptions(precision=precision, example_inputs=src.example_inputs,
                           calibration=calib or None, options=dict(options or {}),
                           check_finite=check_finite)
     if not _cache.enabled(cache):
         return _build(b, dev, src, chain, opts, None)
+    directory = _cache.cache_dir(cache_dir)
     parts = {"model": src.digest(reg.formats), "backend": b.name, "backend_version": b.version(),
              "device": dev.target, "device_name": dev.name, "precision": precision,
              "options": opts.options, "check_finite": check_finite, "hal": HAL_VERSION,
              "example": [(a.shape, str(a.dtype)) for a in src.example_inputs or ()]}
     k = _cache.key(parts, calib)
-    with _cache.locked(_cache.cache_dir(cache_dir), k) as path:
-        if path.exists():
-            try:
-                exe = load(path)
-                exe.info.cache_hit = True
-                return exe
-            except HalError:
-                path.unlink(missing_ok=True)  # a stale entry: rebuild it
-        return _build(b, dev, src, chain, opts, path)
+    notes: list[str] = []
+    try:
+        with _cache.locked(directory, k) as path:
+            opts.cache_dir = directory
+            if path.exists():
+                try:
+                    exe = _load(path, b, dev, expect_key=k)
+                    exe.info.cache_hit = True
+                    return exe
+                except Exception as e:  # noqa: BLE001 - any bad entry is rebuilt, never fatal
+                    path.unlink(missing_ok=True)
+                    notes.append(f"cache entry {path.name} could not be used ({brief(e, 160)}); "
+                                 "removed and rebuilt")
+            exe = _build(b, dev, src, chain, opts, path, cache_key=k)
+    except _cache.Unusable as e:
+        opts.cache_dir = None
+        exe = _build(b, dev, src, chain, opts, None)
+        notes.append(f"not cached: {e}")
+    exe.info.notes.extend(notes)
+    return exe
 
 
 def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOptions,
-           save_to: Path | None) -> Executable:
+           save_to: Path | None, cache_key: str | None = None) -> Executable:
     t0 = time.perf_counter()
-    model = _formats.convert(src, chain, opts)
-    exe = b.compile(model, dev, opts)
-    exe.info.compile_time_s = time.perf_counter() - t0
-    exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
-        exe.info.conversion_path
-    exe.info.check_finite = opts.check_finite
-    if save_to is not None:
-        try:
-            exe.save(save_to)
-        except HalError as e:
-            exe.info.notes.append(f"not cached: {e}")
+    with _formats.scratch_scope():  # converted files live only as long as this compile
+        model = _formats.convert(src, chain, opts)
+        exe = b.compile(model, dev, opts)
+        exe.info.compile_time_s = time.perf_counter() - t0
+        exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
+            exe.info.conversion_path
+        exe.info.check_finite = opts.check_finite
+        if save_to is not None:
+            try:
+                write_hal(exe, save_to, {"cache_key": cache_key})
+            except (HalError, OSError) as e:
+                exe.info.notes.append(f"not cached: {brief(e, 160)}")
     return exe
 
 
 def load(path: str | os.PathLike, target: str | None = None) -> Executable:
     """Restore an executable from a ``.hal`` file on the device it was built
-    for (or on ``target``, which must be of the same backend)."""
+    for (or on ``target``, which must be of the same backend).
+
+    The file is untrusted: it is checked before anything reads it (one
+    unambiguous zip, a well-typed ``hal.json``, every file matching its
+    recorded SHA-256), and each backend then checks that the artifact is what
+    ``hal.json`` claims. Nothing in it is ever executed as code."""
     meta, art, cleanup = read_artifact(path)
-    info = ExecutableInfo.from_dict(meta["info"])
-    reg = registry()
-    b = reg.backends.get(info.backend)
-    if b is None:
-        cleanup()
-        raise ArtifactError(f"{path} was built by backend {info.backend!r}, which is not installed",
-                            f"install the plugin that provides {info.backend!r} (see `hal plugins`)")
     try:
+        info = meta["info"]
+        b = registry().backends.get(info.backend)
+        if b is None:
+            raise ArtifactError(f"{path} was built by backend {info.backend!r}, which is not installed",
+                                f"install the plugin that provides {info.backend!r} (see `hal plugins`)")
         _, dev = resolve(target or info.device)
         if dev.backend != b.name:
             raise UsageError(f"{path} is a {b.name} artifact; target {target!r} is {dev.backend}",
                              f"load it on a {b.name} device")
+        exe = b.load(art, info, dev)
+    except BaseException:
+        cleanup()
+        raise
+    exe._keepalive.append(_Cleanup(cleanup))
+    return exe
+
+
+def _load(path: Path, b: Backend, dev: Device, expect_key: str) -> Executable:
+    """A cache entry: the artifact must be the one stored under this key."""
+    meta, art, cleanup = read_artifact(path)
+    try:
+        if meta.get("cache_key") != expect_key:
+            raise ArtifactError(f"{path.name} holds the entry of another model", "rebuild it")
+        info = meta["info"]
+        if info.backend != b.name:
+            raise ArtifactError(f"{path.name} was built by {info.backend}, not {b.name}", "rebuild it")
         exe = b.load(art, info, dev)
     except BaseException:
         cleanup()

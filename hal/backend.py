@@ -12,7 +12,7 @@ import importlib.util
 from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
 
-from .errors import DeviceUnavailableError, UnsupportedError
+from .errors import DeviceUnavailableError, UnsupportedError, UsageError
 from .executable import Executable, ExecutableInfo
 from .formats import Model
 from .types import CompileOptions, Device
@@ -43,6 +43,10 @@ class Backend:
     #: Python modules the runtime needs, and the pip extra that installs them.
     requires: tuple[str, ...] = ()
     extra: str | None = None
+    #: the ``options={...}`` keys this backend understands, each with what it does.
+    #: The core refuses any other key before ``compile`` runs, the same way for
+    #: every backend, so a typo never passes silently.
+    options: dict[str, str] = {}
 
     def missing_runtime(self) -> str | None:
         """Why the runtime cannot be used, or ``None`` when it can."""
@@ -81,6 +85,14 @@ class Backend:
         if why:
             raise DeviceUnavailableError(f"the {self.name} backend cannot run: {why}",
                                          f"pip install 'hal-accel[{self.extra or self.name}]'")
+
+    def check_options(self, options: dict) -> None:
+        """Refuse keys this backend does not declare in :attr:`options`."""
+        unknown = sorted(str(k) for k in options if k not in self.options)
+        if unknown:
+            known = "; ".join(f"{k}: {v}" for k, v in self.options.items())
+            raise UsageError(f"backend {self.name} has no option(s) {', '.join(unknown)}",
+                             f"use only {known}" if known else f"pass no options to {self.name}")
 
     def refuse_precision(self, precision: str, device: Device, why: str = "") -> UnsupportedError:
         ok = ", ".join(self.precisions_for(device)) or "none"

@@ -7,6 +7,7 @@ file so that every backend behaves the same at the edges.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -17,12 +18,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import safezip
 from .errors import ArtifactError, InvalidInputError
 from .types import Device, TensorSpec
 
 ARTIFACT_DIR = "artifact"
 META_NAME = "hal.json"
-FORMAT_VERSION = 1
+#: 2: hal.json lists a SHA-256 of every artifact file (``files``)
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -53,12 +56,68 @@ class ExecutableInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ExecutableInfo:
-        d = dict(d)
-        d["inputs"] = [TensorSpec.from_dict(s) for s in d["inputs"]]
-        d["outputs"] = [TensorSpec.from_dict(s) for s in d["outputs"]]
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: Any) -> ExecutableInfo:
+        """Rebuild from ``hal.json``, checking every field's type: the file is
+        untrusted, and a wrong type must be an ArtifactError here, not a
+        TypeError deep inside a backend."""
+        return cls(**_checked_info(d))
+
+
+#: field → accepted types, for the untrusted ``hal.json``
+_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "backend": (str,), "backend_version": (str,), "device": (str,), "device_kind": (str,),
+    "precision": (str,), "inputs": (list,), "outputs": (list,), "conversion_path": (list,),
+    "compile_time_s": (int, float), "artifact_size_bytes": (int, type(None)),
+    "options": (dict,), "check_finite": (bool,), "cache_hit": (bool,), "notes": (list,),
+    "extra": (dict,),
+}
+_REQUIRED = ("backend", "backend_version", "device", "device_kind", "precision", "inputs", "outputs")
+
+
+def _bad(what: str) -> ArtifactError:
+    return ArtifactError(f"the artifact's {META_NAME} is invalid: {what}",
+                         "re-create the artifact with hal (it was damaged or not written by hal)")
+
+
+def _checked_spec(d: Any, where: str) -> TensorSpec:
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str) \
+            or not isinstance(d.get("shape"), list) or not isinstance(d.get("dtype"), str):
+        raise _bad(f"{where} is not a tensor spec {{name, shape, dtype}}")
+    if not all(s is None or (type(s) is int and s >= 0) for s in d["shape"]):
+        raise _bad(f"{where} has a shape that is not a list of sizes")
+    try:
+        dt = np.dtype(d["dtype"])
+    except TypeError:
+        raise _bad(f"{where} has an unknown dtype {d['dtype'][:40]!r}") from None
+    if dt.kind not in "biuf" and dt.name != "bfloat16":
+        raise _bad(f"{where} has dtype {dt.name}, which no model input or output has")
+    return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+def _checked_info(d: Any) -> dict[str, Any]:
+    from .types import PRECISIONS
+
+    if not isinstance(d, dict):
+        raise _bad("'info' is not an object")
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise _bad(f"'info' lacks {missing}")
+    out = {}
+    for k, types in _INFO_TYPES.items():
+        if k in d:
+            if not isinstance(d[k], types) or (bool not in types and isinstance(d[k], bool)):
+                raise _bad(f"info.{k} is a {type(d[k]).__name__}")
+            out[k] = d[k]
+    if out["device_kind"] not in ("hardware", "emulated"):
+        raise _bad(f"info.device_kind is {out['device_kind'][:20]!r}")
+    if out["precision"] not in PRECISIONS:
+        raise _bad(f"info.precision is {out['precision'][:20]!r}")
+    for k in ("conversion_path", "notes"):
+        if not all(isinstance(x, str) for x in out.get(k, [])):
+            raise _bad(f"info.{k} holds something other than text")
+    out["inputs"] = [_checked_spec(x, f"input {i}") for i, x in enumerate(out["inputs"])]
+    out["outputs"] = [_checked_spec(x, f"output {i}") for i, x in enumerate(out["outputs"])]
+    return out
 
 
 def as_numpy(x: Any, what: str) -> np.ndarray:
@@ -198,29 +257,7 @@ class Executable:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a self-contained ``.hal`` file atomically (no half-written file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="hal-save-") as tmp:
-            art = Path(tmp) / ARTIFACT_DIR
-            art.mkdir()
-            self.write_artifact(art)
-            size = sum(f.stat().st_size for f in art.rglob("*") if f.is_file())
-            self.info.artifact_size_bytes = size
-            meta = {"format_version": FORMAT_VERSION, "info": self.info.to_dict(),
-                    "device": self.device.to_dict()}
-            fd, tmp_zip = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            os.close(fd)
-            try:
-                with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
-                    z.writestr(META_NAME, json.dumps(meta, indent=1))
-                    for f in sorted(art.rglob("*")):
-                        if f.is_file():
-                            z.write(f, f.relative_to(tmp).as_posix())
-                os.replace(tmp_zip, path)
-            except BaseException:
-                Path(tmp_zip).unlink(missing_ok=True)
-                raise
-        return path
+        return write_hal(self, Path(path))
 
     def __repr__(self) -> str:
         i = self.info
@@ -240,35 +277,101 @@ def _fmt_shape(shape: tuple) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_hal(exe: Executable, path: Path, meta_extra: dict[str, Any] | None = None) -> Path:
+    """Write ``exe`` as a ``.hal`` zip: ``hal.json`` (metadata and a SHA-256 of
+    every artifact file) plus ``artifact/``. The zip is built beside ``path``
+    under a dot-name and renamed into place, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hal-save-") as tmp:
+        art = Path(tmp) / ARTIFACT_DIR
+        art.mkdir()
+        exe.write_artifact(art)
+        files = sorted(f for f in art.rglob("*") if f.is_file())
+        exe.info.artifact_size_bytes = sum(f.stat().st_size for f in files)
+        digests = {f.relative_to(tmp).as_posix(): _sha256(f) for f in files}
+        meta = {"format_version": FORMAT_VERSION, "info": exe.info.to_dict(),
+                "device": exe.device.to_dict(), "files": digests, **(meta_extra or {})}
+        fd, tmp_zip = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr(META_NAME, json.dumps(meta, indent=1))
+                for f in files:
+                    z.write(f, f.relative_to(tmp).as_posix())
+            os.chmod(tmp_zip, 0o666 & ~_umask())
+            os.replace(tmp_zip, path)
+        except BaseException:
+            Path(tmp_zip).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], Path, Callable[[], None]]:
-    """Unpack a ``.hal`` file; return (meta, artifact dir, cleanup)."""
+    """Unpack a ``.hal`` file into a private temp dir after checking it: one
+    unambiguous zip (:mod:`hal.safezip`), a well-typed ``hal.json``, and every
+    artifact file matching its recorded SHA-256 (no file missing or added).
+    Return (meta with ``meta["info"]`` an :class:`ExecutableInfo`, artifact dir, cleanup)."""
     path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path} does not exist", "check the path")
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist" if not path.exists() else f"{path} is not a file",
+                            "check the path")
     if path.stat().st_size == 0:
         raise ArtifactError(f"{path} is empty", "re-create it with `hal compile ... -o`")
     try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-            if bad:
-                raise ArtifactError(f"{path} is corrupt ({bad} fails its CRC)", "re-create it")
-            meta = json.loads(z.read(META_NAME))
-            tmp = tempfile.TemporaryDirectory(prefix="hal-load-")
-            for name in z.namelist():
-                dest = (Path(tmp.name) / name).resolve()
-                if not str(dest).startswith(str(Path(tmp.name).resolve())):
-                    raise ArtifactError(f"{path} has an unsafe member {name!r}", "do not load it")
-            z.extractall(tmp.name)
-    except zipfile.BadZipFile:
-        raise ArtifactError(
-            f"{path} is not a .hal artifact (not a zip, or truncated)",
-            "pass a file written by Executable.save or `hal compile -o`",
-        ) from None
-    except KeyError:
-        raise ArtifactError(f"{path} has no {META_NAME}", "re-create it with hal") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path} has artifact format {meta.get('format_version')}, this hal reads {FORMAT_VERSION}",
-            "recompile the model with this version of hal",
-        )
+        z = safezip.open_strict(path)
+    except safezip.UnsafeArchive as e:
+        raise ArtifactError(f"{path} is not a .hal artifact hal can read safely: {e}",
+                            "pass a file written by Executable.save or `hal compile -o`") from None
+    with z:
+        try:
+            meta = safezip.strict_json(z.read(META_NAME))
+        except KeyError:
+            raise ArtifactError(f"{path} has no {META_NAME}", "re-create it with hal") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise _bad(f"not JSON ({str(e)[:80]})") from None
+        if not isinstance(meta, dict):
+            raise _bad("not a JSON object")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{path} has artifact format {str(meta.get('format_version'))[:20]}, this hal "
+                f"reads {FORMAT_VERSION}", "recompile the model with this version of hal")
+        meta["info"] = ExecutableInfo.from_dict(meta.get("info"))
+        digests = meta.get("files")
+        if not isinstance(digests, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
+            raise _bad("'files' is not a map of file → SHA-256")
+        members = {i.filename for i in z.infolist() if not i.is_dir()} - {META_NAME}
+        if members != set(digests):
+            extra, gone = sorted(members - set(digests)), sorted(set(digests) - members)
+            raise ArtifactError(f"{path} does not hold the files its {META_NAME} lists "
+                                f"(unlisted: {extra[:3]}, missing: {gone[:3]})",
+                                "re-create it with hal; do not edit .hal files")
+        if any(not m.startswith(ARTIFACT_DIR + "/") for m in members):
+            raise _bad(f"a member lies outside {ARTIFACT_DIR}/")
+        tmp = tempfile.TemporaryDirectory(prefix="hal-load-")
+        try:
+            safezip.extract(z, Path(tmp.name))
+            for name, want in digests.items():
+                if _sha256(Path(tmp.name) / name) != want:
+                    raise ArtifactError(f"{path}: {name} does not match its SHA-256 in {META_NAME} "
+                                        "(the artifact was edited or damaged)",
+                                        "re-create it with hal; do not edit .hal files")
+        except BaseException:
+            tmp.cleanup()
+            raise
+    (Path(tmp.name) / ARTIFACT_DIR).mkdir(exist_ok=True)
     return meta, Path(tmp.name) / ARTIFACT_DIR, tmp.cleanup

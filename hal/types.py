@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -97,6 +98,9 @@ class CompileOptions:
     options: dict[str, Any] = field(default_factory=dict)
     #: reject NaN/Inf inputs at run time (documented default).
     check_finite: bool = True
+    #: where the backend may keep its runtime's own compile cache (a folder inside
+    #: hal's cache); ``None`` when caching is off: then write nothing persistent.
+    cache_dir: Path | None = None
 
 
 @dataclass

@@ -31,6 +31,10 @@ class EdgeTpuBackend(Backend):
     aliases = ("coral",)
     requires = ("ai_edge_litert",)
     extra = "edgetpu"
+    options = {"raw_io": "int8 in, int8 out: hal does no (de)quantization (bool)",
+               "num_threads": "LiteRT CPU threads (emulator, and CPU ops on hardware)",
+               "allow_float_ops": "accept float ops that would run on the host CPU (bool)",
+               "min_runtime_version": "edgetpu_compiler -m: the oldest Edge TPU runtime to target"}
 
     def version(self) -> str:
         """Everything that shapes an artifact (libedgetpu only runs it: not here)."""

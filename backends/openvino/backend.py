@@ -8,6 +8,7 @@ from pathlib import Path
 from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device,
                  DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec, UnsupportedError,
                  UsageError)
+from hal import cache as hal_cache
 from hal.formats import Model
 
 from . import build, compat, devices
@@ -22,6 +23,7 @@ class OpenVINOBackend(Backend):
     aliases = ("movidius", "npu")
     requires = ("openvino",)
     extra = "openvino"
+    options = build.OPTIONS
 
     def version(self) -> str:
         o = compat.api()
@@ -50,7 +52,7 @@ class OpenVINOBackend(Backend):
             ov_model, step = build.compress_int8(ov_model, options.options)
             path.append(step)
         config = build.config_for(precision, device, options.options)
-        compiled = _compile(core, ov_model, device, config)
+        compiled = _compile(core, ov_model, device, config, options.cache_dir)
         facts = build.verify(compiled, precision, device, config)
         path.append(f"Core.compile_model({device.id}, "
                     + ", ".join(f"{k}={v}" for k, v in config.items()) + ")")
@@ -74,15 +76,17 @@ class OpenVINOBackend(Backend):
         try:
             meta = json.loads((artifact / "openvino.json").read_text())
         except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict):
             raise ArtifactError("the artifact has no readable openvino.json",
-                                "re-create it with hal compile") from None
+                                "re-create it with hal compile")
         ov_model = read_ir(artifact / "model.xml", error=ArtifactError)
         if info.precision not in self.precisions_for(device):
             raise self.refuse_precision(info.precision, device)
         core = o.core()
-        config = dict(meta.get("config") or {})
-        if device.id != meta.get("device_id"):  # e.g. built for CPU, loaded on AUTO
-            config = build.config_for(info.precision, device, info.options)
+        # derived from the precision, never copied from the (untrusted) openvino.json
+        build.check_options(info.options)
+        config = build.config_for(info.precision, device, info.options)
         compiled, source = None, "ir"
         blob = artifact / "compiled.blob"
         same = (meta.get("blob") and blob.exists() and device.id == meta.get("device_id")
@@ -94,7 +98,8 @@ class OpenVINOBackend(Backend):
             except RuntimeError as e:
                 info.notes.append(f"compiled blob not importable ({short(e)}); recompiled from IR")
         if compiled is None:
-            compiled = _compile(core, ov_model, device, config)
+            compiled = _compile(core, ov_model, device, config,
+                                hal_cache.cache_dir() if hal_cache.enabled(True) else None)
         facts = build.verify(compiled, info.precision, device, config)
         info.extra.update(facts, loaded_from=source, config=config,
                           execution_devices=_exec_devices(compiled))
@@ -104,14 +109,14 @@ class OpenVINOBackend(Backend):
 
 
 # --- helpers ------------------------------------------------------------------------------
-def _compile(core, ov_model, device: Device, config: dict[str, str]):
+def _compile(core, ov_model, device: Device, config: dict[str, str], cache_dir):
     from .executable import runtime_error, vanished
 
     if vanished(core, device.id):
         raise DeviceUnavailableError(f"{device.target} ({device.name}) is no longer available",
                                      "reconnect the device, or choose another target")
     try:
-        return core.compile_model(ov_model, device.id, build.with_cache(config))
+        return core.compile_model(ov_model, device.id, build.with_cache(config, cache_dir))
     except RuntimeError as e:
         err = runtime_error(core, device, e, "compile")
         if isinstance(err, DeviceUnavailableError):

@@ -14,6 +14,7 @@ import json
 import io
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,12 @@ from .convert import short
 from .devices import kind_of
 
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int8-dynamic": "f32"}
-OPTION_KEYS = ("config", "dynamic_quantization_group_size", "nncf")
+OPTIONS = {
+    "config": "extra OpenVINO compile properties, e.g. {'NUM_STREAMS': '2'}",
+    "dynamic_quantization_group_size": "int8-dynamic activation group size (default 32)",
+    "nncf": "nncf.quantize arguments: preset, model_type, fast_bias_correction",
+}
+OPTION_KEYS = tuple(OPTIONS)
 #: runtime-graph layer types that do the arithmetic int8 is meant for
 COMPUTE = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution",
            "ConvolutionBackpropData"}
@@ -61,15 +67,16 @@ def config_for(precision: str, device: Device, options: dict[str, Any]) -> dict[
     return cfg
 
 
-def with_cache(config: dict[str, str]) -> dict[str, str]:
-    """Point OpenVINO's own model cache into hal's cache directory, one
-    sub-directory per set of properties: OpenVINO 2026.4's CPU cache key leaves
-    out INFERENCE_PRECISION_HINT, so an fp32 compile of a model cached at f16
-    came back running f16 layers while reporting f32."""
-    if not hal_cache.enabled(True):
+def with_cache(config: dict[str, str], cache_dir: Path | None) -> dict[str, str]:
+    """Point OpenVINO's own model cache into hal's cache directory (``None``:
+    no cache, nothing persistent is written), one sub-directory per set of
+    properties: OpenVINO 2026.4's CPU cache key leaves out
+    INFERENCE_PRECISION_HINT, so an fp32 compile of a model cached at f16 came
+    back running f16 layers while reporting f32."""
+    if cache_dir is None:
         return dict(config)
     tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    return {**config, "CACHE_DIR": str(hal_cache.cache_dir() / "openvino" / tag)}
+    return {**config, "CACHE_DIR": str(Path(cache_dir) / "openvino" / tag)}
 
 
 # --- quantization -----------------------------------------------------------------------

@@ -115,7 +115,7 @@ class OpenVINOExecutable(Executable):
         if name not in self._variants:
             cfg = {**self.config, **extra}
             try:
-                cm = self.core.compile_model(self.ov_model, self.device.id, build.with_cache(cfg))
+                cm = self.core.compile_model(self.ov_model, self.device.id, cfg)  # no persistent cache
             except RuntimeError as e:
                 raise runtime_error(self.core, self.device, e, f"compiling the {name} variant") from None
             build.verify(cm, self.info.precision, self.device, cfg)

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hal import CompileError, CompileOptions, Device, Executable, ExecutableInfo
+from hal import (ArtifactError, CompileError, CompileOptions, Device, Executable, ExecutableInfo,
+                 InvalidInputError)
+from hal.errors import brief
 from hal.formats import Model
 
 from .. import torch_common as tc
@@ -96,17 +98,38 @@ def _swap_linears(gm: torch.fx.GraphModule) -> int:
     return saved
 
 
+def _check_calibration(args, calibration) -> None:
+    """Each sample must look like the example inputs (any batch size): torch
+    would otherwise fail deep inside the observers with an AssertionError."""
+    for n, sample in enumerate(calibration):
+        if len(sample) != len(args):
+            raise InvalidInputError(f"calibration sample {n} has {len(sample)} array(s), the model "
+                                    f"takes {len(args)}", "pass one array per model input")
+        for i, (a, t) in enumerate(zip(sample, args)):
+            want = str(t.dtype).removeprefix("torch.")
+            if a.dtype.name != want or a.ndim != t.ndim or tuple(a.shape[1:]) != tuple(t.shape[1:]):
+                raise InvalidInputError(
+                    f"calibration sample {n} input {i} is {a.dtype.name}{tuple(a.shape)}, the "
+                    f"example input is {want}{tuple(t.shape)}",
+                    "pass calibration arrays shaped and typed like the example inputs")
+
+
 def _pt2e_int8(module: torch.nn.Module, args, calibration) -> torch.nn.Module:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
+    _check_calibration(args, calibration)
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     ep, _ = tc.export(module, args)
     prepared = prepare_pt2e(ep.module(), quantizer)
     with torch.no_grad():
-        for sample in calibration:
-            prepared(*[torch.from_numpy(np.ascontiguousarray(a)) for a in sample])
+        for n, sample in enumerate(calibration):
+            try:
+                prepared(*[torch.from_numpy(np.ascontiguousarray(a)) for a in sample])
+            except Exception as e:  # noqa: BLE001 - the caller's data, not hal's bug
+                raise InvalidInputError(f"the model fails on calibration sample {n}: {brief(e)}",
+                                        "pass calibration data the model runs on") from None
     return convert_pt2e(prepared)
 
 
@@ -145,9 +168,43 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
     return TorchExecutable(info, device, module, program, recipe)
 
 
+def _claims(program, recipe: dict) -> tuple[str, list[tuple[tuple, str]]]:
+    """What the saved program really is: its precision and its user inputs'
+    (shape, dtype), read from the graph, not from ``hal.json``."""
+    quantized = any(n.op == "call_function" and "quantize_per" in str(n.target)
+                    for n in program.graph.nodes)
+    user = set(program.graph_signature.user_inputs)
+    ins, dtypes = [], {t.dtype for t in program.state_dict.values() if t.is_floating_point()}
+    for n in program.graph.nodes:
+        if n.op == "placeholder" and n.name in user and isinstance(n.meta.get("val"), torch.Tensor):
+            v = n.meta["val"]
+            ins.append((tuple(d if isinstance(d, int) else None for d in v.shape),
+                        str(v.dtype).removeprefix("torch.")))
+            if v.is_floating_point():
+                dtypes.add(v.dtype)
+    precision = ("int8-dynamic" if recipe.get("dynamic_int8_linear") is True else
+                 "int8" if quantized else "fp64" if dtypes == {torch.float64} else "fp32")
+    return precision, ins
+
+
 def load(artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
-    program = tc.load_program(artifact)
-    recipe = json.loads((artifact / "recipe.json").read_text())
+    program = tc.load_program(artifact, error=ArtifactError)
+    try:
+        recipe = json.loads((artifact / "recipe.json").read_text())
+    except (OSError, ValueError):
+        raise ArtifactError("the reference artifact has no readable recipe.json",
+                            "re-create it with hal compile") from None
+    if not isinstance(recipe, dict):
+        raise ArtifactError("the reference artifact's recipe.json is not an object",
+                            "re-create it with hal compile")
+    precision, ins = _claims(program, recipe)
+    if precision != info.precision:
+        raise ArtifactError(f"hal.json says {info.precision}, but the program is {precision}",
+                            "re-create the artifact with hal; do not edit .hal files")
+    claimed = [(tuple(s.shape), s.dtype) for s in info.inputs]
+    if ins and claimed != ins:
+        raise ArtifactError(f"hal.json's inputs {claimed} are not the program's {ins}",
+                            "re-create the artifact with hal; do not edit .hal files")
     module = program.module()
     if recipe.get("dynamic_int8_linear"):
         module = dynamic_int8(module)[0]

@@ -17,6 +17,7 @@ from hal import (Backend, CompileOptions, Device, DeviceUnavailableError,
 from hal.formats import Model
 
 from . import system as tpu_system
+from .buckets import KNOWN_OPTIONS
 
 PRECISIONS = ("fp32", "bf16")
 REFUSED = {
@@ -38,6 +39,7 @@ class TpuBackend(Backend):
     aliases = ("tpu",)
     requires = ("tensorflow",)
     extra = "tpu"
+    options = KNOWN_OPTIONS
 
     def version(self) -> str:
         tf = installed_version("tensorflow", "tensorflow-cpu", "tensorflow-tpu", "tf-nightly") or "?"

@@ -7,13 +7,18 @@ and import their frameworks only when used.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import contextvars
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import ModelFormatError, NoConversionPath
 from ..types import CompileOptions
@@ -142,6 +147,34 @@ def _identify_path(path: Path, formats: dict[str, Format]) -> Model:
         f"{path} is not a model format hal recognises",
         f"pass a file ending in one of {', '.join(known)}, or a SavedModel directory",
     )
+
+
+_scope: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("hal_scratch", default=None)
+
+
+@contextlib.contextmanager
+def scratch_scope() -> Iterator[None]:
+    """Remove every :func:`scratch_dir` made inside the block when it ends: the
+    core wraps each compile in one, so converted files never outlive it."""
+    token = _scope.set([])
+    try:
+        yield
+    finally:
+        for d in _scope.get() or ():
+            shutil.rmtree(d, ignore_errors=True)
+        _scope.reset(token)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temp dir for converted files. Inside a compile it lives until that
+    compile ends; outside one (a converter called directly), until exit."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    owned = _scope.get()
+    if owned is not None:
+        owned.append(d)
+    else:
+        atexit.register(shutil.rmtree, d, True)
+    return Path(d)
 
 
 def plan(source: str, targets: tuple[str, ...], converters: list[Converter]) -> list[Converter]:

@@ -7,12 +7,7 @@ quantization, ...) live with their backends.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
-import json
-import shutil
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +15,8 @@ import numpy as np
 
 from ..errors import CompileError, ModelFormatError, UsageError, brief
 from ..hookspecs import hookimpl
-from . import Converter, Format, Model, hash_path
+from . import Converter, Format, Model, hash_path, scratch_dir
+from .pt2 import load as safe_export_load
 
 
 def _type_names(obj: Any) -> set[str]:
@@ -87,47 +83,6 @@ def _fp_keras(m) -> bytes:
 
 
 # --- safe loaders -------------------------------------------------------------------
-def safe_export_load(path: Path):
-    """``torch.export.load`` after refusing any archive that would unpickle:
-    pickled weights/constants, custom or opaque objects, or the legacy format."""
-    try:
-        z = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ModelFormatError(f"{path} is not a .pt2 archive (not a zip, or truncated)",
-                               "re-export it with torch.export.save") from None
-    import io
-
-    import torch
-
-    with z:
-        names = z.namelist()
-        if z.testzip() is not None:
-            raise ModelFormatError(f"{path} is corrupt", "re-export it with torch.export.save")
-        unsafe = [n for n in names if "/custom_obj" in n or "/opaque_obj" in n]
-        for n in names:
-            if n.endswith("_config.json") and ("/weights/" in n or "/constants/" in n):
-                cfg = json.loads(z.read(n))
-                unsafe += [f"{n}:{k}" for k, m in cfg.get("config", {}).items() if m.get("use_pickle")]
-            elif n.endswith(".pt"):
-                # torch falls back to a full unpickle when weights_only fails: refuse first.
-                try:
-                    torch.load(io.BytesIO(z.read(n)), weights_only=True)
-                except Exception:  # noqa: BLE001
-                    unsafe.append(n)
-    if unsafe:
-        raise ModelFormatError(
-            f"{path} holds pickled objects ({unsafe[0]}); hal never unpickles model files",
-            "re-export with plain tensor weights (torch.export.save of a module without "
-            "custom objects)",
-        )
-
-    try:
-        return torch.export.load(str(path))
-    except Exception as e:  # noqa: BLE001 - any failure here is a bad file
-        raise ModelFormatError(f"{path} could not be read as an ExportedProgram ({e})",
-                               "re-export it with torch.export.save") from None
-
-
 def _load_onnx(path: Path):
     import onnx
 
@@ -183,18 +138,6 @@ def _is_saved_model_dir(path: Path) -> bool:
 
 
 # --- converters ---------------------------------------------------------------------
-_scratch: list[str] = []
-
-
-def scratch_dir(prefix: str) -> Path:
-    """A temp dir that lives until the process exits (converted files)."""
-    d = tempfile.mkdtemp(prefix=prefix)
-    if not _scratch:
-        atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _scratch])
-    _scratch.append(d)
-    return Path(d)
-
-
 def torch_example_args(model: Model) -> tuple:
     import torch
 
