@@ -62,32 +62,65 @@ class ReferenceBackend(Backend):
 
     def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
         if (artifact / "model.onnx").exists():
-            import onnx
-
-            return OnnxReferenceExecutable(info, device, onnx.load(str(artifact / "model.onnx")))
+            return _load_onnx(self, artifact / "model.onnx", info, device)
         from . import torch_flow
 
         return torch_flow.load(artifact, info, device)
 
 
 class OnnxReferenceExecutable(Executable):
-    """ONNX run by ``onnx.reference`` (numpy): slow, but an independent oracle."""
+    """ONNX at fp32 on ``onnx.reference`` with its faulty operators corrected
+    and Conv/pooling on torch kernels (see :mod:`.onnx_oracle`)."""
 
     def __init__(self, info: ExecutableInfo, device: Device, proto):
         super().__init__(info, device)
-        from onnx.reference import ReferenceEvaluator
+        import threading
+
+        from .onnx_oracle import evaluator
 
         self.proto = proto
-        self.session = ReferenceEvaluator(proto)
+        self.session = evaluator(proto, double=False)
         self.names = [s.name for s in info.inputs]
+        self._lock = threading.Lock()  # the evaluator's Python operators keep per-node state
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self.session.run(None, dict(zip(self.names, inputs)))]
+        with self._lock:
+            outs = self.session.run(None, dict(zip(self.names, inputs)))
+        return [np.asarray(o) for o in outs]
 
     def write_artifact(self, directory: Path) -> None:
         import onnx
 
         onnx.save(self.proto, str(directory / "model.onnx"))
+
+
+class OnnxOracleExecutable(OnnxReferenceExecutable):
+    """fp64: the corrected evaluator on the model rewritten to double, checked
+    on every call against onnxruntime running the original model. An answer
+    the two do not agree on is never returned (:class:`OracleDisagreement`)."""
+
+    def __init__(self, info: ExecutableInfo, device: Device, proto):
+        Executable.__init__(self, info, device)
+        from .onnx_oracle import OnnxOracle
+
+        self.proto = proto
+        self.oracle = OnnxOracle(proto)
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        from .onnx_oracle import OracleDisagreement
+
+        r = self.oracle.run(inputs)
+        if r.verdict == "disagree":
+            raise OracleDisagreement(
+                f"the fp64 ONNX oracle and onnxruntime disagree on this input ({r.detail})",
+                "no trustworthy answer exists here: one of onnx.reference or onnxruntime is "
+                "wrong on this model; report it with the model attached")
+        if r.verdict != "agree":
+            raise OracleDisagreement(
+                f"the fp64 ONNX oracle could not be cross-checked ({r.detail})",
+                "install onnxruntime (pip install onnxruntime); for an unchecked answer "
+                "compile at precision='fp32'")
+        return r.outputs
 
 
 def onnx_specs(proto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -96,6 +129,10 @@ def onnx_specs(proto) -> tuple[list[TensorSpec], list[TensorSpec]]:
     init = {i.name for i in proto.graph.initializer}
 
     def spec(v) -> TensorSpec:
+        if v.type.WhichOneof("value") != "tensor_type":
+            raise UnsupportedError(f"ONNX value {v.name!r} is a {v.type.WhichOneof('value')}; "
+                                   "hal passes tensors only",
+                                   "give the model tensor inputs and outputs")
         t = v.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
         return TensorSpec(v.name, dims, str(np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))))
@@ -104,14 +141,59 @@ def onnx_specs(proto) -> tuple[list[TensorSpec], list[TensorSpec]]:
             [spec(v) for v in proto.graph.output])
 
 
-def _compile_onnx(b: ReferenceBackend, model: Model, device: Device, options: CompileOptions):
-    if options.precision != "fp32":
-        raise UnsupportedError(
-            f"the reference backend runs ONNX models at fp32 only, not {options.precision}",
-            "pass the torch model for fp64/int8 on the reference backend, or use precision='fp32'")
-    ins, outs = onnx_specs(model.value)
-    info = ExecutableInfo(b.name, b.version(), device.target, device.kind, "fp32", ins, outs,
-                          conversion_path=["onnx.reference.ReferenceEvaluator"])
+_ONNX_PATH = {"fp32": "onnx.reference.ReferenceEvaluator (corrected LRN/BatchNorm/Softmax; "
+                      "torch Conv/pooling)",
+              "fp64": "onnx.reference.ReferenceEvaluator at fp64 (corrected ops; torch fp64 "
+                      "Conv/pooling), cross-checked against onnxruntime on every call"}
+
+
+def _executable(info: ExecutableInfo, device: Device, proto) -> Executable:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return OnnxReferenceExecutable(info, device, model.value)
+        if info.precision == "fp64":
+            return OnnxOracleExecutable(info, device, proto)
+        return OnnxReferenceExecutable(info, device, proto)
+
+
+def _compile_onnx(b: ReferenceBackend, model: Model, device: Device, options: CompileOptions):
+    if options.precision not in _ONNX_PATH:
+        raise UnsupportedError(
+            f"the reference backend runs ONNX models at fp32 and fp64 only, not {options.precision}",
+            "pass the torch model for int8 on the reference backend, or use precision='fp32'")
+    ins, outs = onnx_specs(model.value)
+    if options.precision == "fp64":
+        from .onnx_oracle import to_double
+
+        outs = onnx_specs(to_double(model.value))[1]
+    info = ExecutableInfo(b.name, b.version(), device.target, device.kind, options.precision,
+                          ins, outs, conversion_path=[_ONNX_PATH[options.precision]])
+    return _executable(info, device, model.value)
+
+
+def _load_onnx(b: ReferenceBackend, path: Path, info: ExecutableInfo, device: Device) -> Executable:
+    """The saved ONNX file, refused unless it is self-contained and has the
+    inputs ``hal.json`` claims (an artifact is untrusted input)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    from hal import ArtifactError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any failure here is a bad file
+        raise ArtifactError("the artifact's model.onnx is not readable ONNX",
+                            "re-create it with hal compile") from None
+    if any(uses_external_data(t) for t in proto.graph.initializer):
+        raise ArtifactError("the artifact's model.onnx points at external data files",
+                            "re-create it with hal compile (artifacts are self-contained)")
+    if info.precision not in _ONNX_PATH:
+        raise ArtifactError(f"hal.json says {info.precision}; ONNX on the reference backend is "
+                            "fp32 or fp64", "re-create the artifact with hal")
+    try:
+        ins, _ = onnx_specs(proto)
+    except UnsupportedError as e:
+        raise ArtifactError(str(e), "re-create the artifact with hal") from None
+    if [(s.shape, s.dtype) for s in ins] != [(tuple(s.shape), s.dtype) for s in info.inputs]:
+        raise ArtifactError("hal.json's inputs are not the model's",
+                            "re-create the artifact with hal; do not edit .hal files")
+    return _executable(info, device, proto)
