@@ -45,6 +45,7 @@ def _main(
         import warnings
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TORCH_LOGS", "-all")  # torch installs its own handler on import
 
         warnings.filterwarnings("ignore")
         for name in ("torchao", "torch", "tensorflow", "absl", "nncf", "openvino", "jax"):

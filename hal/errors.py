@@ -60,4 +60,7 @@ class CompileError(HalError):
 
 
 class ArtifactError(HalError):
-    """A saved .hal artifact is missing, truncated or from an unknown backend."""
+    """A saved .hal artifact is missing, truncated, edited, or from an unknown
+    backend: the file the caller passed is unusable, so it is an input error."""
+
+    exit_code = 2
