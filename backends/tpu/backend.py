@@ -99,9 +99,9 @@ class TpuBackend(Backend):
 
     def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
         self.require_runtime()
-        from .executable import read_meta
+        from .artifact import read_meta
 
-        meta = read_meta(artifact)
+        meta = read_meta(artifact, info)
         system = self._system(device)
         from . import flows
 

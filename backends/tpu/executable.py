@@ -1,5 +1,5 @@
 """The TPU executable: pads batches to a compiled bucket, runs the XLA program,
-profiles it, and writes/reads its artifact (SavedModel + program text)."""
+profiles it, and writes its artifact (see :mod:`.artifact`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from hal import ArtifactError, Device, Executable, ExecutableInfo, InvalidInputError
+from hal import Device, Executable, ExecutableInfo, InvalidInputError
 from hal.errors import brief
 
+from .artifact import META, PROGRAM_DIR, SAVED, WEIGHTS, write_weights
 from .buckets import Buckets, batch_of
-
-META = "tpu.json"
-SAVED = "saved_model"
-PROGRAM_DIR = "program"
 
 
 class TpuExecutable(Executable):
@@ -118,8 +115,19 @@ class TpuExecutable(Executable):
 
     # --- artifact ------------------------------------------------------------------------------
     def write_artifact(self, directory: Path) -> None:
-        """SavedModel + per-bucket StableHLO and HLO text + tpu.json."""
-        self.program.save(str(directory / SAVED))
+        """Per-bucket StableHLO and HLO text + tpu.json, and the program: for
+        torch its weights (data; the StableHLO is the program), else a SavedModel."""
+        meta = dict(self.meta, buckets=self.buckets.to_dict())
+        if self.meta["kind"] == "torch":
+            import tensorflow as tf
+
+            params = self.program.module.params
+            meta["param_dtypes"] = [v.dtype.name for v in params]
+            # bfloat16 is stored as float32 (exact); load casts it back
+            write_weights(directory / WEIGHTS, [np.asarray(
+                (tf.cast(v, tf.float32) if v.dtype == tf.bfloat16 else v).numpy()) for v in params])
+        else:
+            self.program.save(str(directory / SAVED))
         prog = directory / PROGRAM_DIR
         prog.mkdir()
         for n in self.buckets.sizes:
@@ -128,13 +136,4 @@ class TpuExecutable(Executable):
                 shlo = self.program.ir(n, "stablehlo")
             (prog / f"b{n}.stablehlo.mlir").write_text(shlo)
             (prog / f"b{n}.hlo.txt").write_text(self.program.ir(n, "hlo"))
-        meta = dict(self.meta, buckets=self.buckets.to_dict())
         (directory / META).write_text(json.dumps(meta, indent=1))
-
-
-def read_meta(artifact: Path) -> dict[str, Any]:
-    try:
-        return json.loads((artifact / META).read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"the tpu artifact has no readable {META} ({type(e).__name__})",
-                            "re-create it with hal compile") from None

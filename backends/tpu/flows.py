@@ -8,6 +8,7 @@ failures (unsupported ops, shape errors) surface here, not at the first call.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,12 +17,15 @@ import numpy as np
 from hal import (ArtifactError, CompileOptions, Device, ExecutableInfo, HalError,
                  InvalidInputError, NoConversionPath, TensorSpec, UnsupportedError,
                  UsageError)
-from hal.errors import brief
 from hal.formats import Model
 
+from .. import tf_graph_guard as guard
+from . import artifact as A
 from . import programs as P
+from .artifact import PROGRAM_DIR, SAVED
 from .buckets import Buckets, batch_of, parse_options, plan
-from .executable import PROGRAM_DIR, SAVED, TpuExecutable
+from .executable import TpuExecutable
+from .torch_lower import Lowered
 
 XLA_TARGET = {"hardware": "XLA:TPU (one core, TPUStrategy)", "emulated": "XLA:CPU (emulated TPU)"}
 
@@ -241,38 +245,53 @@ def compile_saved_model(backend, model: Model, device: Device, options: CompileO
 
 
 # --- load ----------------------------------------------------------------------------------------
+_BF16 = re.compile(r"[<x]bf16>")
+DT_BFLOAT16 = 14  # tensorflow.core.framework.types_pb2.DT_BFLOAT16
+
+
+def _claimed_precision(info: ExecutableInfo, kind: str, has_bf16: bool) -> None:
+    """hal.json's precision must be what the program computes in."""
+    if info.precision == "bf16" and (kind == "savedmodel" or not has_bf16):
+        raise A.bad("program has no bfloat16 computation, but hal.json claims bf16")
+    if info.precision == "fp32" and kind == "torch" and has_bf16:
+        raise A.bad("program computes in bfloat16, but hal.json claims fp32")
+
+
 def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: dict[str, Any],
          system) -> TpuExecutable:
+    """Rebuild the executable from a checked artifact: ``meta`` is
+    :func:`.artifact.read_meta`'s, the SavedModel (if any) passes the graph guard."""
     buckets = Buckets.from_dict(meta["buckets"])
     base = [tuple(s) for s in meta["in_shapes"]]
-    lowered = {int(n): d for n, d in meta.get("lowered", {}).items()}
-    if meta["kind"] == "torch":
-        nonportable = [n for n, d in lowered.items() if not d["portable"]]
-        if nonportable and meta["platform"] != _platform(device):
-            raise ArtifactError(
-                f"this artifact's StableHLO holds custom calls lowered for {meta['platform']}, "
-                f"so it cannot run on {device.target}", "recompile the model for this target")
 
     def specs(n: int):
         return P.tf_specs(_shapes(base, n, buckets.batched), meta["in_dtypes"], meta["in_names"])
 
     strategy = system.strategy if system is not None else None
-    if meta["kind"] != "torch":  # torch programs carry HIGHEST precision in their StableHLO
+    stablehlo: dict[int, str] = {}
+    if meta["kind"] == "torch":
+        lowered: dict[int, Lowered] = {}
+        for n in buckets.sizes:
+            text = A.read_text(artifact / PROGRAM_DIR / f"b{n}.stablehlo.mlir",
+                               f"StableHLO of batch bucket {n}")
+            guard.check_stablehlo_text(text, ArtifactError, f"the tpu artifact's StableHLO (bucket "
+                                       f"{n})", "re-create the artifact with hal compile")
+            low = Lowered.from_dict(meta["lowered"][str(n)], text)
+            low.portable = "custom_call" not in text  # the text decides, not the claim
+            lowered[n] = low
+        _claimed_precision(info, "torch", any(_BF16.search(t.text) for t in lowered.values()))
+        if not all(low.portable for low in lowered.values()) and meta["platform"] != _platform(device):
+            raise ArtifactError(
+                f"this artifact's StableHLO holds custom calls lowered for {meta['platform']}, "
+                f"so it cannot run on {device.target}", "recompile the model for this target")
+        weights = A.read_weights(artifact / A.WEIGHTS, meta)
+        program = P.rebuild_torch(weights, lowered, meta["param_names"], specs, meta["platform"],
+                                  strategy)
+        stablehlo = {n: low.text for n, low in lowered.items()}
+    else:
         full_fp32(device, info.precision)
-    try:
-        program = P.restore(str(artifact / SAVED), buckets.sizes, specs, strategy)
-    except (OSError, KeyError, ValueError) as e:
-        raise ArtifactError(f"the tpu artifact's SavedModel could not be restored "
-                            f"({brief(e, 160, typed=True)})",
-                            "re-create it with hal compile") from None
-    stablehlo = {}
-    for n in buckets.sizes:
-        hlo = artifact / PROGRAM_DIR / f"b{n}.hlo.txt"
-        if hlo.is_file():
-            program.remember_ir(n, "hlo", hlo.read_text())
-        shlo = artifact / PROGRAM_DIR / f"b{n}.stablehlo.mlir"
-        if meta["kind"] == "torch" and shlo.is_file():
-            stablehlo[n] = shlo.read_text()
+        program, report = P.restore(str(artifact / SAVED), buckets.sizes, specs, strategy)
+        _claimed_precision(info, meta["kind"], DT_BFLOAT16 in report.dtypes)
     info.device, info.device_kind = device.target, device.kind
     info.extra["xla_target"] = XLA_TARGET[device.kind]
     return TpuExecutable(info, device, program, buckets, meta, stablehlo)

@@ -7,8 +7,11 @@ and one ``tf.function(jit_compile=True)`` per batch bucket (attribute ``b<n>``).
   policy for bf16).
 * SavedModels: the function calls the serving signature.
 
-The module is what ``tf.saved_model.save`` writes and ``tf.saved_model.load``
-restores (no pickle). On a TPU every call goes through the one-core
+Keras and SavedModel executables are saved with ``tf.saved_model.save``; a
+torch executable is saved as data (its StableHLO text and weights) and rebuilt
+by :func:`rebuild_torch`. Every SavedModel is checked by
+:mod:`hal_backends.tf_graph_guard` before ``tf.saved_model.load`` sees it: a
+TensorFlow graph is code. On a TPU every call goes through the one-core
 ``TPUStrategy`` and variables are created under its scope.
 """
 
@@ -21,8 +24,10 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from hal import CompileError, UnsupportedError
+from hal import ArtifactError, CompileError, HalError, ModelFormatError, UnsupportedError
 from hal.errors import brief
+
+from .. import tf_graph_guard as guard
 
 from .torch_lower import Lowered
 
@@ -125,8 +130,7 @@ def load_signature(path: str, strategy) -> tuple[tf.Module, str, list[tf.TensorS
     """Load a SavedModel and pick its serving signature. Returns the holder
     module, the signature key, its input specs (in keyword order) and output keys."""
     mod = tf.Module(name="hal_tpu_savedmodel")
-    with _scope(strategy):
-        mod.saved = tf.saved_model.load(path)
+    mod.saved, _ = load_checked(path, strategy, ModelFormatError, f"the SavedModel at {path}")
     sigs = dict(getattr(mod.saved, "signatures", {}) or {})
     if not sigs:
         raise UnsupportedError(f"the SavedModel at {path} has no signatures",
@@ -221,19 +225,59 @@ class Program:
         tf.saved_model.save(self.module, path)
 
 
+def load_checked(path: str, strategy, error: type[HalError], what: str
+                 ) -> tuple[Any, guard.GraphReport]:
+    """``tf.saved_model.load`` after :func:`tf_graph_guard.check_saved_model`
+    passed (returned with what it saw); a failure of the load itself is one
+    ``error`` too."""
+    report = guard.check_saved_model(path, error, what)
+    try:
+        with _scope(strategy):
+            return tf.saved_model.load(path), report
+    except Exception as e:  # noqa: BLE001 - a damaged SavedModel fails in many ways
+        raise error(f"{what} could not be loaded ({brief(e, 160, typed=True)})",
+                    "export it again (a complete SavedModel directory, variables included)") from None
+
+
+def _traced(fn: Callable, what: str) -> Callable:
+    """Trace ``fn`` now, so that a program that does not fit its signature is
+    an ArtifactError at load, not an error at the first call."""
+    try:
+        fn.get_concrete_function()
+    except Exception as e:  # noqa: BLE001 - TF raises many types while tracing
+        raise ArtifactError(f"{what} does not trace ({brief(e, 160, typed=True)})",
+                            "re-create the artifact with hal compile") from None
+    return fn
+
+
 def restore(path: str, sizes: tuple[int, ...], specs: Callable[[int], list[tf.TensorSpec]],
-            strategy=None) -> Program:
-    """``tf.saved_model.load`` the module and re-wrap each bucket's function in
-    ``tf.function(jit_compile=True)``, so it is XLA-compiled exactly as built."""
-    with _scope(strategy):
-        mod = tf.saved_model.load(path)
+            strategy=None) -> tuple[Program, guard.GraphReport]:
+    """Check and ``tf.saved_model.load`` the module, then re-wrap each bucket's
+    function in ``tf.function(jit_compile=True)``, so it is XLA-compiled exactly
+    as built. Returns the program and what the graph check saw."""
+    what = "the tpu artifact's SavedModel"
+    mod, report = load_checked(path, strategy, ArtifactError, what)
     fns: dict[int, Any] = {}
     for n in sizes:
         restored = getattr(mod, f"b{n}", None)
-        if restored is None:
-            raise KeyError(f"b{n}")
-        fns[n] = _rewrap(restored, specs(n))
-    return Program(mod, fns, strategy)
+        if restored is None or not callable(restored):
+            raise ArtifactError(f"{what} has no function b{n} for batch bucket {n}",
+                                "re-create the artifact with hal compile")
+        fns[n] = _traced(_rewrap(restored, specs(n)), f"{what}'s function b{n}")
+    return Program(mod, fns, strategy), report
+
+
+def rebuild_torch(weights: dict[str, tuple[np.ndarray, str]], lowered: dict[int, Lowered],
+                  names: list[str], specs: Callable[[int], list[tf.TensorSpec]], platform: str,
+                  strategy=None) -> Program:
+    """A torch executable from data: the weights as variables and each bucket's
+    StableHLO through XLA's call-module op, exactly as compile built it."""
+    mod = torch_module(weights, strategy)
+    program = Program(mod, {}, strategy)
+    for n, low in lowered.items():
+        program.add(n, _traced(call_module_fn(mod, low, names, specs(n), platform),
+                               f"the tpu artifact's StableHLO for batch bucket {n}"))
+    return program
 
 
 def _rewrap(restored, specs: list[tf.TensorSpec]) -> Callable:

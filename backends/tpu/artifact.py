@@ -1,0 +1,172 @@
+"""The tpu artifact's files, read as untrusted data.
+
+* ``tpu.json``: what load needs (kind, input names/shapes/dtypes, batch
+  buckets; for torch the call layout of each bucket's StableHLO module). Every
+  field is type-checked here and checked against ``hal.json``'s inputs, so a
+  damaged or lying file is one ArtifactError, never a KeyError or TypeError.
+* torch: ``weights.npz`` (numpy arrays, read without pickle) and
+  ``program/b<n>.stablehlo.mlir``: data, rebuilt into XLA's call-module op.
+* Keras and SavedModel: ``saved_model/``, checked by
+  :mod:`hal_backends.tf_graph_guard` before TensorFlow loads it.
+
+Pure Python and numpy: no framework.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hal import ArtifactError, ExecutableInfo
+
+META = "tpu.json"
+SAVED = "saved_model"
+PROGRAM_DIR = "program"
+WEIGHTS = "weights.npz"
+KINDS = ("torch", "keras", "savedmodel")
+#: TensorFlow dtype names a weight may have (bfloat16 is stored as float32).
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8", "int16", "int32", "int64",
+                 "uint8", "bool")
+FIX = "re-create the artifact with hal compile (it was damaged or not written by hal)"
+
+
+def bad(what: str) -> ArtifactError:
+    return ArtifactError(f"the tpu artifact's {what}", FIX)
+
+
+def _need(d: dict, key: str, types: type | tuple[type, ...], where: str = META) -> Any:
+    if key not in d:
+        raise bad(f"{where} lacks {key!r}")
+    v, allowed = d[key], types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+        raise bad(f"{where} field {key!r} is a {type(v).__name__}")
+    return v
+
+
+def _ints(v: Any, where: str, lo: int = 0) -> list[int]:
+    if not isinstance(v, list) or not all(type(x) is int and x >= lo for x in v):
+        raise bad(f"{META} field {where} is not a list of integers ≥ {lo}")
+    return v
+
+
+def _strs(v: Any, where: str) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise bad(f"{META} field {where} is not a list of strings")
+    return v
+
+
+def _dtype(name: Any, where: str) -> str:
+    if name == "bfloat16":
+        return name
+    try:
+        dt = np.dtype(name if isinstance(name, str) else "?invalid")
+    except TypeError:
+        raise bad(f"{META} field {where} has an unknown dtype {str(name)[:30]!r}") from None
+    if dt.kind not in "biuf" or dt.name != name:
+        raise bad(f"{META} field {where} has dtype {str(name)[:30]!r}, not a tensor dtype")
+    return name
+
+
+def read_meta(artifact: Path, info: ExecutableInfo) -> dict[str, Any]:
+    """``tpu.json``, every field checked, and consistent with ``info``."""
+    try:
+        d = json.loads((artifact / META).read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise bad(f"{META} is missing or not JSON ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise bad(f"{META} is not a JSON object")
+    kind = _need(d, "kind", str)
+    if kind not in KINDS:
+        raise bad(f"{META} has kind {kind[:30]!r}, not one of {', '.join(KINDS)}")
+    b = _need(d, "buckets", dict)
+    sizes = _ints(_need(b, "sizes", list, f"{META} buckets"), "buckets.sizes")
+    _need(b, "batched", bool, f"{META} buckets")
+    if not sizes or sizes != sorted(set(sizes)) or len(sizes) > 64 or sizes[-1] > 1 << 20:
+        raise bad(f"{META} has batch buckets {str(sizes)[:60]} (want a short increasing list)")
+    names = _strs(_need(d, "in_names", list), "in_names")
+    shapes = _need(d, "in_shapes", list)
+    dtypes = [_dtype(x, "in_dtypes") for x in _strs(_need(d, "in_dtypes", list), "in_dtypes")]
+    for i, s in enumerate(shapes):
+        _ints(s, f"in_shapes[{i}]")
+    if not (len(names) == len(shapes) == len(dtypes) == len(info.inputs)):
+        raise bad(f"{META} describes {len(names)} input(s), hal.json {len(info.inputs)}")
+    for spec, shape, dt in zip(info.inputs, shapes, dtypes):
+        if spec.dtype != dt or len(spec.shape) != len(shape) or \
+                any(x is not None and x != y for x, y in zip(spec.shape, shape)):
+            raise bad(f"{META} input {spec.name!r} ({dt} {shape}) disagrees with hal.json "
+                      f"({spec.dtype} {list(spec.shape)})")
+    if kind == "torch":
+        _check_torch(d, sizes, len(names))
+    elif kind == "savedmodel":
+        _need(d, "signature", str)
+        _strs(_need(d, "out_keys", list), "out_keys")
+    return d
+
+
+def _check_torch(d: dict[str, Any], sizes: list[int], n_inputs: int) -> None:
+    params = _strs(_need(d, "param_names", list), "param_names")
+    pdt = _strs(_need(d, "param_dtypes", list), "param_dtypes")
+    if len(pdt) != len(params) or any(x not in WEIGHT_DTYPES for x in pdt):
+        raise bad(f"{META} field param_dtypes does not give one weight dtype per parameter")
+    if _need(d, "platform", str) not in ("TPU", "CPU"):
+        raise bad(f"{META} names platform {d['platform'][:20]!r}")
+    lowered = _need(d, "lowered", dict)
+    if set(lowered) != {str(n) for n in sizes}:
+        raise bad(f"{META} has StableHLO call layouts for buckets {sorted(lowered)[:8]}, "
+                  f"not {sizes}")
+    known = set(params)
+    for n, low in lowered.items():
+        where = f"lowered[{n}]"
+        if not isinstance(low, dict):
+            raise bad(f"{META} field {where} is not an object")
+        args = _need(low, "args", list, where)
+        for a in args:
+            ok = isinstance(a, list) and len(a) == 2 and (
+                (a[0] == "input" and type(a[1]) is int and 0 <= a[1] < n_inputs)
+                or (a[0] == "param" and isinstance(a[1], str) and a[1] in known))
+            if not ok:
+                raise bad(f"{META} field {where}.args holds {str(a)[:40]}, not an input index or "
+                          "a known parameter")
+        outs = _need(low, "out_shapes", list, where)
+        for i, s in enumerate(outs):
+            _ints(s, f"{where}.out_shapes[{i}]")
+        odt = _strs(_need(low, "out_dtypes", list, where), f"{where}.out_dtypes")
+        if len(odt) != len(outs) or any(x not in WEIGHT_DTYPES for x in odt):
+            raise bad(f"{META} field {where}.out_dtypes does not give one dtype per output")
+        _need(low, "portable", bool, where)
+
+
+def write_weights(path: Path, arrays: list[np.ndarray]) -> None:
+    np.savez(path, **{f"p{i}": a for i, a in enumerate(arrays)})
+
+
+def read_weights(path: Path, meta: dict[str, Any]) -> dict[str, tuple[np.ndarray, str]]:
+    """The weights by parameter name, with their TensorFlow dtype; numpy reads
+    them with ``allow_pickle=False``, so an object array is refused, not run."""
+    names, dtypes = meta["param_names"], meta["param_dtypes"]
+    want = {f"p{i}" for i in range(len(names))}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if set(z.files) != want:
+                raise bad(f"{WEIGHTS} holds {len(z.files)} array(s), {META} lists {len(names)}")
+            arrays = [z[f"p{i}"] for i in range(len(names))]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise bad(f"{WEIGHTS} is missing or unreadable ({type(e).__name__})") from None
+    out = {}
+    for name, dt, a in zip(names, dtypes, arrays):
+        stored = "float32" if dt == "bfloat16" else dt
+        if a.dtype.name != stored:
+            raise bad(f"{WEIGHTS} stores {name!r} as {a.dtype.name}, {META} says {dt}")
+        out[name] = (a, dt)
+    return out
+
+
+def read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise bad(f"{what} is missing or not text ({type(e).__name__})") from None
