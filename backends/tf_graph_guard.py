@@ -105,6 +105,26 @@ def check_saved_model(path: str | Path, error: type[HalError], what: str,
     return report
 
 
+def load_saved_model(path: str | Path, error: type[HalError], what: str, scope=None
+                     ) -> tuple[object, GraphReport]:
+    """``tf.saved_model.load`` (inside ``scope``, e.g. a distribution strategy's)
+    only after :func:`check_saved_model` passed; returns the loaded object and
+    what the check saw. A failure of the load itself is one ``error`` too."""
+    import contextlib
+
+    import tensorflow as tf
+
+    from hal.errors import brief
+
+    report = check_saved_model(path, error, what)
+    try:
+        with scope if scope is not None else contextlib.nullcontext():
+            return tf.saved_model.load(str(path)), report
+    except Exception as e:  # noqa: BLE001 - a damaged SavedModel fails in many ways
+        raise error(f"{what} could not be loaded ({brief(e, 160, typed=True)})",
+                    "export it again (a complete SavedModel directory, variables included)") from None
+
+
 def _allowed(op: str, registry) -> str | None:
     """None when ``op`` may run anywhere, else why not."""
     if op in STATEFUL_OK:

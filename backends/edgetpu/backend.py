@@ -12,7 +12,7 @@ from hal.backend import installed_version
 from pathlib import Path
 
 from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device, Executable,
-                 ExecutableInfo, UnsupportedError)
+                 ExecutableInfo, ModelFormatError, UnsupportedError)
 from hal.formats import Model
 
 from . import compiler, devices
@@ -88,6 +88,9 @@ class EdgeTpuBackend(Backend):
         self.require_runtime()
         opts = EdgeTpuOptions.parse(options.options)
         conv = convert.to_int8(model, options)
+        graph.check_ops(conv.tflite, ModelFormatError if model.format == "tflite" else CompileError,
+                        "the given TFLite model" if model.format == "tflite" else
+                        "the converted TFLite model")
         g = graph.read_graph(conv.tflite)
         notes = list(conv.notes)
         files = Artifacts(conv.tflite, None)
@@ -156,15 +159,42 @@ class EdgeTpuBackend(Backend):
         self.require_runtime()
         try:
             files, opts = read_artifacts(artifact)
-        except (OSError, KeyError, TypeError, ValueError) as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise ArtifactError(f"the edgetpu artifact is incomplete ({devices.short(e)})",
                                 "recompile the model") from None
+        self._check_artifact(files, opts, info)
         if device.kind == "hardware" and files.compiled is not None:
             from . import graph
 
             self._check_precompiled(graph.read_graph(files.compiled), device)
         info.device, info.device_kind = device.target, device.kind
         return EdgeTpuExecutable(info, device, files, opts)
+
+    @staticmethod
+    def _check_artifact(files, opts, info: ExecutableInfo) -> None:
+        """Before any interpreter sees them: only builtin and Edge TPU ops, and
+        int8 as hal.json claims (float tensors only where allow_float_ops said so,
+        exactly as compile decides)."""
+        from . import graph
+
+        fix = "recompile the model (the artifact was damaged or not written by hal)"
+        if info.precision != "int8":
+            raise ArtifactError(f"the edgetpu artifact claims precision {info.precision}; the Edge "
+                                "TPU runs only int8", fix)
+        if files.int8 is None and files.compiled is None:
+            raise ArtifactError("the edgetpu artifact holds no TFLite model", fix)
+        for label, data in (("int8 TFLite", files.int8), ("compiled TFLite", files.compiled)):
+            if data is None:
+                continue
+            what = f"the edgetpu artifact's {label}"
+            graph.check_ops(data, ArtifactError, what)
+            try:
+                report = graph.mapping_report(data)
+            except ModelFormatError as e:
+                raise ArtifactError(f"{what}: {e.what}", fix) from None
+            if report.float_tensors and not opts.allow_float_ops:
+                raise ArtifactError(f"{what} has float tensors ({report.float_tensors[0]}, ...) but "
+                                    "is stored as a full-int8 model (no allow_float_ops)", fix)
 
 
 def check_runtime(need: int, compiler_version: str | None, runtime: int | None) -> None:

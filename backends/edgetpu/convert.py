@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hal import CompileError, CompileOptions, NoConversionPath, UsageError
+from hal import CompileError, CompileOptions, ModelFormatError, NoConversionPath, UsageError
 from hal.formats import Model
 
 from .devices import short
@@ -216,7 +216,10 @@ def saved_model_to_int8(model: Model, options: CompileOptions) -> Converted:
 
     example = example_arrays(model, options)
     batches = calibration_batches(options, example)
-    loaded = tf.saved_model.load(str(model.value))
+    from .. import tf_graph_guard
+
+    loaded, _ = tf_graph_guard.load_saved_model(model.value, ModelFormatError,
+                                                f"the SavedModel at {model.value}")
     sig = loaded.signatures.get("serving_default")
     if sig is None:
         raise CompileError(f"{model.value} has no serving_default signature",

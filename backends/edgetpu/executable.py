@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from hal import (DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec, UnsupportedError,
-                 UsageError)
+from hal import (ArtifactError, DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec,
+                 UnsupportedError, UsageError)
 from hal.types import Device
 
 from . import devices
@@ -203,12 +203,38 @@ class EdgeTpuExecutable(Executable):
         (directory / META_FILE).write_text(json.dumps({"options": asdict(self.opts)}))
 
 
+#: edgetpu.json's option fields and the types each may hold.
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "raw_io": (bool,), "num_threads": (int, type(None)), "allow_float_ops": (bool,),
+    "min_runtime_version": (int, type(None))}
+
+
 def read_artifacts(directory: Path) -> tuple[Artifacts, EdgeTpuOptions]:
+    """The artifact's files; ``edgetpu.json`` is untrusted, so every field is
+    checked and a bad one is an ArtifactError, never a KeyError or TypeError."""
     def read(name: str) -> bytes | None:
         p = directory / name
-        return p.read_bytes() if p.exists() else None
+        return p.read_bytes() if p.is_file() else None
 
-    meta = json.loads((directory / META_FILE).read_text())
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"the edgetpu artifact's {META_FILE} {what}",
+                             "recompile the model (the artifact was damaged or not written by hal)")
+
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (ValueError, RecursionError) as e:
+        raise bad(f"is not JSON ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("options"), dict):
+        raise bad("is not an object with an 'options' object")
+    opts = meta["options"]
+    unknown = sorted(str(k)[:30] for k in opts if k not in _OPTION_TYPES)
+    if unknown:
+        raise bad(f"has unknown option(s) {unknown[:4]}")
+    for k, v in opts.items():
+        types = _OPTION_TYPES[k]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types) \
+                or (type(v) is int and v < (1 if k == "num_threads" else 0)):
+            raise bad(f"has option {k}={str(v)[:30]}, not a valid {k}")
     log = directory / LOG_FILE
-    return (Artifacts(read(INT8_FILE), read(COMPILED_FILE), log.read_text() if log.exists() else None),
-            EdgeTpuOptions(**meta["options"]))
+    return (Artifacts(read(INT8_FILE), read(COMPILED_FILE), log.read_text() if log.is_file() else None),
+            EdgeTpuOptions(**opts))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hal import ModelFormatError
+from hal import HalError, ModelFormatError
 
 #: ops the Edge TPU executes (coral.ai/docs/edgetpu/models-intro, "Supported operations").
 EDGETPU_OPS = frozenset({
@@ -25,6 +25,11 @@ EDGETPU_OPS = frozenset({
     "STRIDED_SLICE", "SUB", "SUM", "SQUARED_DIFFERENCE", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
 })
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+#: custom ops hal lets an interpreter see: the Edge TPU's own, and SSD
+#: post-processing, which LiteRT's built-in resolver implements (pure arithmetic;
+#: Coral's detection models end in it). Flex ops (TensorFlow ops inside TFLite)
+#: and every other custom op are refused before any interpreter is built.
+CUSTOM_OPS_OK = frozenset({EDGETPU_CUSTOM_OP, "TFLite_Detection_PostProcess"})
 FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
 EIGHT_BIT = frozenset({"INT8", "UINT8"})
 
@@ -129,6 +134,38 @@ def read_graph(data: bytes) -> Graph:
         raise ModelFormatError(f"the TFLite flatbuffer could not be read ({type(e).__name__}: {e})",
                                "re-convert the model; the file may be truncated") from None
     return Graph(tensors, ops, ins, outs, model.SubgraphsLength())
+
+
+def check_ops(data: bytes, error: type[HalError], what: str) -> None:
+    """Refuse a TFLite model that names a Flex op (``SELECT_TF_OPS``: a
+    TensorFlow op such as ``WriteFile`` run by TensorFlow inside TFLite) or a
+    custom op outside :data:`CUSTOM_OPS_OK`, in any subgraph: what a custom op
+    does is whatever code a runtime registered under its name."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise error(f"{what} is not a TFLite flatbuffer (no TFL3 identifier)", "pass a .tflite file")
+    try:
+        model = fb.Model.GetRootAs(data, 0)
+        custom = CUSTOM_OPS_OK
+        names = []
+        for i in range(model.OperatorCodesLength()):
+            oc = model.OperatorCodes(i)
+            if max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()) == fb.BuiltinOperator.CUSTOM:
+                names.append((oc.CustomCode() or b"").decode("utf-8", "replace"))
+    except Exception as e:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere
+        raise error(f"{what}: the TFLite flatbuffer could not be read ({type(e).__name__})",
+                    "re-convert the model; the file may be truncated") from None
+    flex = sorted({n for n in names if n.startswith("Flex")})
+    if flex:
+        raise error(f"{what} holds TensorFlow (Flex) op(s) {', '.join(flex[:4])}: TensorFlow code "
+                    "inside TFLite, which hal never runs",
+                    "convert with TFLITE_BUILTINS(_INT8) only, without SELECT_TF_OPS")
+    other = sorted({n for n in names if n not in custom})
+    if other:
+        raise error(f"{what} holds custom op(s) {', '.join(repr(n[:40]) for n in other[:4])}; hal "
+                    f"runs only builtin ops and {', '.join(sorted(custom))}",
+                    "convert the model with builtin TFLite ops only")
 
 
 # --- the mapping report ---------------------------------------------------------------

@@ -227,16 +227,8 @@ class Program:
 
 def load_checked(path: str, strategy, error: type[HalError], what: str
                  ) -> tuple[Any, guard.GraphReport]:
-    """``tf.saved_model.load`` after :func:`tf_graph_guard.check_saved_model`
-    passed (returned with what it saw); a failure of the load itself is one
-    ``error`` too."""
-    report = guard.check_saved_model(path, error, what)
-    try:
-        with _scope(strategy):
-            return tf.saved_model.load(path), report
-    except Exception as e:  # noqa: BLE001 - a damaged SavedModel fails in many ways
-        raise error(f"{what} could not be loaded ({brief(e, 160, typed=True)})",
-                    "export it again (a complete SavedModel directory, variables included)") from None
+    """``tf.saved_model.load`` under the strategy's scope, after the graph guard."""
+    return guard.load_saved_model(path, error, what, _scope(strategy))
 
 
 def _traced(fn: Callable, what: str) -> Callable:
