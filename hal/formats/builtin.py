@@ -186,6 +186,10 @@ def _keras_to_tflite(model: Model, options) -> bytes:
 def _saved_model_to_tflite(model: Model, options) -> bytes:
     import tensorflow as tf
 
+    # the converter loads the SavedModel (runs its initializers): check its graph first
+    from hal_backends.tf_graph_guard import check_saved_model
+
+    check_saved_model(model.value, ModelFormatError, f"the SavedModel at {model.value}")
     return tf.lite.TFLiteConverter.from_saved_model(str(model.value)).convert()
 
 
