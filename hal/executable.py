@@ -13,6 +13,7 @@ import os
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
+from math import isfinite
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,7 +130,13 @@ def as_numpy(x: Any, what: str) -> np.ndarray:
         return np.asarray(x)
     mod = type(x).__module__ or ""
     if mod.startswith("torch") and hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
+        try:
+            return x.detach().cpu().resolve_conj().resolve_neg().numpy()
+        except (TypeError, RuntimeError) as e:  # e.g. bfloat16, which numpy has no type for
+            raise InvalidInputError(
+                f"{what} is a torch {str(x.dtype).removeprefix('torch.')} tensor that numpy cannot "
+                f"hold ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})",
+                "convert it to the model's dtype first (e.g. .float()), or pass a numpy array") from None
     if hasattr(x, "numpy") and callable(x.numpy):  # tf.Tensor, jax.Array
         return np.asarray(x.numpy())
     raise InvalidInputError(
@@ -145,7 +152,7 @@ class Executable:
         self.info = info
         self.device = device
         self._keepalive: list[Any] = []  # e.g. the temp dir an artifact was unpacked to
-        self._fast: list[tuple[np.dtype, tuple, int]] | None = None  # check_inputs' hot path
+        self._fast: list[tuple[np.dtype | None, tuple, int, int]] | None = None  # check_inputs' hot path
 
     # --- implemented by backends -------------------------------------------------
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -197,22 +204,32 @@ class Executable:
         return self.infer(self.check_inputs(tuple(inputs)))
 
     def check_inputs(self, inputs: tuple) -> list[np.ndarray]:
-        """Count, dtype, shape and (by default) NaN/Inf, with one clear error each.
+        """Count, dtype, shape and (by default) NaN/Inf, with one clear error
+        each; returns the arrays as ``infer`` takes them (see :func:`conform`).
 
-        The common case (numpy arrays of the right dtype) takes a fast path: the
-        checks sit on the hot path of every ``exe(x)``."""
+        The common case (C-contiguous, aligned numpy arrays of the exact dtype)
+        takes a fast path of attribute checks and one reduction: the checks sit
+        on the hot path of every ``exe(x)``."""
         fast = self._fast
         if fast is None:
             fast = self._fast = [_fast_spec(s) for s in self.info.inputs]
         if len(inputs) == len(fast):
             finite = self.info.check_finite
-            for a, (dt, shape, start) in zip(inputs, fast):
+            for a, (dt, shape, start, check) in zip(inputs, fast):
+                # dtype identity: numpy's built-in native dtypes are singletons, so
+                # this also proves native byte order
                 if type(a) is not np.ndarray or a.dtype is not dt or len(a.shape) != len(shape) \
                         or (a.shape[start:] != shape[start:] if start >= 0 else
                             any(d is not None and d != n for d, n in zip(shape, a.shape))):
                     break
-                # a finite sum proves a finite array; an Inf sum may be overflow, so recheck
-                if finite and dt.kind == "f" and not np.isfinite(a.sum()) and not np.isfinite(a).all():
+                flags = a.flags
+                if not (flags.c_contiguous and flags.aligned):
+                    break
+                # a finite sum proves a float32/64 array finite (NaN and Inf propagate);
+                # an Inf sum may be overflow of finite values, so the slow path decides.
+                # Narrower floats overflow too easily to sum: they get the full check.
+                if finite and check and not (isfinite(_sum(a, None)) if check == 1
+                                             else np.isfinite(a).all()):
                     break
             else:
                 return list(inputs)
@@ -225,29 +242,8 @@ class Executable:
                 f"expected {len(specs)} input(s) {[s.name for s in specs]}, got {len(inputs)}",
                 "pass one array per model input, in order",
             )
-        arrays = []
-        for x, spec in zip(inputs, specs):
-            a = as_numpy(x, f"input {spec.name!r}")
-            if a.dtype != spec.dtype and a.dtype.name != spec.dtype:
-                raise InvalidInputError(
-                    f"input {spec.name!r} has dtype {a.dtype.name}, the model takes {spec.dtype}",
-                    f"convert it with .astype(np.{spec.dtype})",
-                )
-            if a.ndim != len(spec.shape) or any(
-                d is not None and d != n for d, n in zip(spec.shape, a.shape)
-            ):
-                raise InvalidInputError(
-                    f"input {spec.name!r} has shape {tuple(a.shape)}, the model takes "
-                    f"{_fmt_shape(spec.shape)}",
-                    "reshape the input, or recompile with example inputs of this shape",
-                )
-            if self.info.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise InvalidInputError(
-                    f"input {spec.name!r} contains NaN or Inf",
-                    "clean the input, or compile with check_finite=False to pass it through",
-                )
-            arrays.append(a)
-        return arrays
+        return [conform(as_numpy(x, f"input {spec.name!r}"), spec, self.info.check_finite)
+                for x, spec in zip(inputs, specs)]
 
     def profile(self, *inputs: Any, **kwargs: Any):
         """Latency percentiles and throughput; see :func:`hal.profile.profile`."""
@@ -265,12 +261,67 @@ class Executable:
                 f"inputs={[_fmt_shape(s.shape) for s in i.inputs]}>")
 
 
-def _fast_spec(spec: TensorSpec) -> tuple[np.dtype, tuple, int]:
-    """(dtype, shape, start): ``a.shape[start:]`` must equal ``shape[start:]``;
-    start is 0 for static shapes, 1 for a dynamic batch only, -1 otherwise."""
+def conform(a: np.ndarray, spec: TensorSpec, check_finite: bool) -> np.ndarray:
+    """One input as every backend's ``infer`` receives it, or one InvalidInputError.
+
+    The contract: a base ``np.ndarray`` of exactly ``spec``'s dtype in native
+    byte order, C-contiguous and aligned, of a shape the spec admits, finite
+    unless ``check_finite`` is off. It may be read-only and may be the caller's
+    own memory: backends never write into it, and it is valid only during the
+    call, so a backend that keeps a reference keeps a copy. Views, Fortran
+    order, unaligned and byte-swapped arrays are copied here once."""
+    name = spec.name
+    if a.dtype != spec.dtype and a.dtype.name != spec.dtype:  # '>f4' is named float32
+        raise InvalidInputError(
+            f"input {name!r} has dtype {a.dtype.name}, the model takes {spec.dtype}",
+            f"convert it with .astype(np.{spec.dtype})",
+        )
+    if a.ndim != len(spec.shape) or any(
+        d is not None and d != n for d, n in zip(spec.shape, a.shape)
+    ):
+        raise InvalidInputError(
+            f"input {name!r} has shape {tuple(a.shape)}, the model takes "
+            f"{_fmt_shape(spec.shape)}",
+            "reshape the input, or recompile with example inputs of this shape",
+        )
+    try:
+        want = np.dtype(spec.dtype)  # the singleton numpy uses for its own arrays
+    except TypeError:  # a name numpy cannot parse here: the array's dtype, natively ordered
+        want = a.dtype.newbyteorder("=")
+    if type(a) is not np.ndarray:  # np.matrix, masked arrays: their data, as a plain array
+        a = np.asarray(a)
+    if a.dtype is not want or not (a.flags.c_contiguous and a.flags.aligned):
+        a = np.require(a, want, ("C_CONTIGUOUS", "ALIGNED"))
+    if check_finite and _floating(a.dtype) and not np.isfinite(a).all():
+        raise InvalidInputError(
+            f"input {name!r} contains NaN or Inf",
+            "clean the input, or compile with check_finite=False to pass it through",
+        )
+    return a
+
+
+_sum = np.add.reduce
+
+
+def _floating(dt: np.dtype) -> bool:
+    """numpy floats and ml_dtypes' (bfloat16, float8_*), which numpy calls kind 'V'."""
+    return dt.kind == "f" or (dt.kind == "V" and dt.name.startswith(("bfloat", "float")))
+
+
+def _fast_spec(spec: TensorSpec) -> tuple[np.dtype | None, tuple, int, int]:
+    """(dtype, shape, start, check): ``a.shape[start:]`` must equal ``shape[start:]``;
+    start is 0 for static shapes, 1 for a dynamic batch only, -1 otherwise. check:
+    0 not a float, 1 float32/64 (one sum proves finiteness), 2 a narrower float
+    (the full check). A dtype numpy cannot name here (bfloat16 without ml_dtypes)
+    is None: every call takes the slow path."""
     dyn = [i for i, d in enumerate(spec.shape) if d is None]
     start = 0 if not dyn else 1 if dyn == [0] else -1
-    return np.dtype(spec.dtype), tuple(spec.shape), start
+    try:
+        dt = np.dtype(spec.dtype)
+    except TypeError:
+        return None, tuple(spec.shape), start, 0
+    check = 0 if not _floating(dt) else 1 if dt.kind == "f" and dt.itemsize >= 4 else 2
+    return dt, tuple(spec.shape), start, check
 
 
 def _fmt_shape(shape: tuple) -> str:
