@@ -1,14 +1,18 @@
 """The OpenVINO executable: a lean run path, per-layer profiling, throughput mode.
 
-``infer`` runs on one infer request bound at construction, feeding inputs as
-zero-copy tensors and copying only the outputs out. Profiling and throughput
-each compile their own variant lazily (``PERF_COUNT``, ``THROUGHPUT`` hint) so
-that ordinary runs never pay for counters or extra streams.
+``infer`` takes an idle infer request from a pool (one is made at construction,
+more on demand while other threads hold the rest: an infer request serves one
+call at a time), feeds small inputs by copying them into the request's own
+buffers and large ones as zero-copy tensors over the caller's memory, and copies
+the outputs out. Profiling and throughput each compile their own variant lazily
+(``PERF_COUNT``, ``THROUGHPUT`` hint) so that ordinary runs never pay for
+counters or extra streams.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,15 @@ def runtime_error(core, device: Device, e: BaseException, doing: str) -> HalErro
                     "check the inputs, or recompile the model")
 
 
+class _Slot:
+    """One infer request and the buffers pre-bound to it; serves one call at a time."""
+
+    __slots__ = ("req", "in_views", "out_views")
+
+    def __init__(self, req, in_views: list, out_views: list | None):
+        self.req, self.in_views, self.out_views = req, in_views, out_views
+
+
 class OpenVINOExecutable(Executable):
     def __init__(self, info: ExecutableInfo, device: Device, core, ov_model, compiled,
                  config: dict[str, str]):
@@ -55,32 +68,31 @@ class OpenVINOExecutable(Executable):
         self.ov_model = ov_model        # the (quantized) model: saved as IR
         self.compiled = compiled
         self.config = config            # compile properties, without CACHE_DIR
-        self._req = compiled.create_infer_request()
         self._n_out = len(compiled.outputs)
         self._tensor = self._o.ov.Tensor
         self._infer_kw = self._o.infer_kwargs
         self._variants: dict[str, Any] = {}
-        self._bind()
+        self._lock = threading.Lock()   # compiling a variant
+        # idle requests; list.pop/append are atomic, so taking one needs no lock
+        self._idle: list[_Slot] = [self._slot()]
 
     # --- run ------------------------------------------------------------------------
-    def _bind(self) -> None:
-        """Pre-bind the request: small static inputs are copied into the
-        request's own input buffers (cheaper than wrapping each array in a
+    def _slot(self) -> _Slot:
+        """A new infer request, pre-bound: small static inputs are copied into
+        the request's own input buffers (cheaper than wrapping each array in a
         shared tensor), large ones are shared zero-copy; static outputs are read
         through views fetched once. A warm-up call checks the views stay put."""
         ins, outs = self.info.inputs, self.info.outputs
-        static_in = all(None not in s.shape for s in ins)
-        req = self._req
-        self._in_views: list = [None] * len(ins)
-        self._out_views = None
-        if not static_in:
-            return
+        req = self.compiled.create_infer_request()
+        in_views: list = [None] * len(ins)
+        if not all(None not in s.shape for s in ins):
+            return _Slot(req, in_views, None)
         try:
             for i, s in enumerate(ins):
                 buf = req.get_input_tensor(i).data
                 buf[...] = 0  # the warm-up below runs on defined values
                 if buf.nbytes <= COPY_MAX_BYTES:
-                    self._in_views[i] = buf
+                    in_views[i] = buf
             req.infer(**self._infer_kw)
             if all(None not in s.shape for s in outs):
                 views = [req.get_output_tensor(i).data for i in range(self._n_out)]
@@ -88,39 +100,59 @@ class OpenVINOExecutable(Executable):
                 if all(v.__array_interface__["data"][0] ==
                        req.get_output_tensor(i).data.__array_interface__["data"][0]
                        for i, v in enumerate(views)):
-                    self._out_views = views
+                    return _Slot(req, in_views, views)
         except (RuntimeError, TypeError, ValueError):
-            self._in_views, self._out_views = [None] * len(ins), None
+            in_views = [None] * len(ins)
+        return _Slot(req, in_views, None)
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        req = self._req
         try:
-            for i, a in enumerate(inputs):
-                view = self._in_views[i]
-                if view is not None:
-                    np.copyto(view, a)
-                else:
-                    if not (a.flags.c_contiguous and a.flags.writeable):
-                        a = np.array(a, order="C")
-                    req.set_input_tensor(i, self._tensor(a, shared_memory=True))
-            req.infer(**self._infer_kw)
-            if self._out_views is not None:
-                return [v.copy() for v in self._out_views]
-            return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+            try:
+                slot = self._idle.pop()
+            except IndexError:  # every request is busy in another thread: one more
+                slot = self._slot()
+            try:
+                return self._run(slot, inputs)
+            finally:
+                self._idle.append(slot)
         except RuntimeError as e:
             raise runtime_error(self.core, self.device, e, "inference") from None
 
+    def _run(self, slot: _Slot, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        req = slot.req
+        # A shared tensor does not keep its array alive once set on the request:
+        # hold every tensor until infer returns (a temporary copy freed mid-call
+        # is what made views and read-only inputs read freed memory).
+        shared = []
+        for i, a in enumerate(inputs):
+            view = slot.in_views[i]
+            if view is not None:
+                np.copyto(view, a)
+                continue
+            if not (a.flags.c_contiguous and a.flags.writeable):
+                # OpenVINO shares only writable C-contiguous memory (it never writes inputs)
+                a = np.array(a, order="C")
+            t = self._tensor(a, shared_memory=True)
+            shared.append(t)
+            req.set_input_tensor(i, t)
+        req.infer(**self._infer_kw)
+        if slot.out_views is not None:
+            return [v.copy() for v in slot.out_views]
+        return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+
     # --- variants compiled on demand -------------------------------------------------
     def _variant(self, name: str, extra: dict[str, str]):
-        if name not in self._variants:
-            cfg = {**self.config, **extra}
-            try:
-                cm = self.core.compile_model(self.ov_model, self.device.id, cfg)  # no persistent cache
-            except RuntimeError as e:
-                raise runtime_error(self.core, self.device, e, f"compiling the {name} variant") from None
-            build.verify(cm, self.info.precision, self.device, cfg)
-            self._variants[name] = cm
-        return self._variants[name]
+        with self._lock:  # two threads asking at once compile it once
+            if name not in self._variants:
+                cfg = {**self.config, **extra}
+                try:
+                    cm = self.core.compile_model(self.ov_model, self.device.id, cfg)  # no persistent cache
+                except RuntimeError as e:
+                    raise runtime_error(self.core, self.device, e,
+                                        f"compiling the {name} variant") from None
+                build.verify(cm, self.info.precision, self.device, cfg)
+                self._variants[name] = cm
+            return self._variants[name]
 
     def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
         cm = self._variant("profiling", {"PERF_COUNT": "YES"})
