@@ -49,6 +49,12 @@ def run_example(module: torch.nn.Module, args) -> list[torch.Tensor]:
             return flatten(module(*args))
     except Exception as e:  # noqa: BLE001
         shapes = [tuple(a.shape) for a in args]
+        if "Guard failed" in str(e):  # a torch.export program specialised to other shapes
+            raise InvalidInputError(
+                f"this exported program only takes the input shapes it was exported with, not "
+                f"{shapes} ({brief(e)})",
+                "re-export it with dynamic_shapes (e.g. {0: torch.export.Dim('batch')}) to take "
+                "other batch sizes, or pass inputs of the exported shape") from None
         raise InvalidInputError(
             f"the model fails on example inputs of shape {shapes}: {brief(e)}",
             "pass example inputs of the shape and dtype the model takes") from None

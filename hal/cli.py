@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -280,6 +281,15 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
     """Latency percentiles, throughput and whatever the backend adds (per-layer times, memory, energy)."""
     inputs = _inputs(input)
     exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json)
+    if batch_size and model.suffix != ".hal" and _static_batch(exe) not in (None, batch_size):
+        # the model was compiled at its own batch: compile it again at the one asked for
+        from .profile import random_inputs
+
+        specs = [replace(s, shape=(None,) + tuple(s.shape[1:])) if s.shape else s
+                 for s in exe.info.inputs]
+        inputs = tuple(a[:batch_size] for a in random_inputs(specs, batch_size))
+        exe = _executable(model, exe.info.device, precision, inputs, calibration, option, no_cache,
+                          as_json)
     probe_result = _probe(exe, probe, precision) if probe else None
     kw = dict(iterations=None if duration else iterations, warmup=warmup, duration_s=duration,
               batch_size=batch_size, mode=mode)
@@ -318,6 +328,12 @@ def conformance(
                    junit_path=junit_path, html_path=html_path, export_goldens=export_goldens,
                    goldens=goldens, timeout_s=timeout, jobs=jobs, console=out)
     raise typer.Exit(code)
+
+
+def _static_batch(exe) -> int | None:
+    """The one batch size the executable takes, or None if its batch is dynamic."""
+    shapes = [s.shape for s in exe.info.inputs if s.shape]
+    return shapes[0][0] if shapes and all(sh[0] == shapes[0][0] for sh in shapes) else None
 
 
 def _probe(exe, probe: str, precision: str) -> dict:

@@ -59,8 +59,9 @@ def _batched(exe, arrays: list[np.ndarray], batch_size: int | None) -> list[np.n
             continue
         if spec.shape and spec.shape[0] not in (None, batch_size):
             raise InvalidInputError(
-                f"this executable was compiled for batch {spec.shape[0]}, not {batch_size}",
-                f"recompile with example inputs of batch {batch_size}",
+                f"this executable takes batch {spec.shape[0]} only, not {batch_size}",
+                f"compile with example inputs of batch {batch_size} (`hal profile MODEL --batch-size "
+                f"{batch_size}` does this for a model file), or export the model with a dynamic batch",
             )
         reps = -(-batch_size // a.shape[0])
         out.append(np.concatenate([a] * reps, axis=0)[:batch_size])
