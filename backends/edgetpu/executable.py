@@ -1,17 +1,24 @@
 """An int8 TFLite bound to an Edge TPU (libedgetpu delegate) or to its emulator
-(the same int8 model on the LiteRT CPU interpreter)."""
+(the same int8 model on the LiteRT CPU interpreter).
+
+A LiteRT interpreter serves one call at a time (it refuses ``invoke`` while
+another thread is inside it, and its tensors are shared state), so the emulator
+keeps a pool of interpreters, one more made whenever every one is busy; on
+hardware the one interpreter over the device's delegate takes calls in turn.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hal import (ArtifactError, DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec,
-                 UnsupportedError, UsageError)
+from hal import (ArtifactError, DeviceUnavailableError, Executable, ExecutableInfo, HalError,
+                 TensorSpec, UnsupportedError, UsageError)
 from hal.types import Device
 
 from . import devices
@@ -54,7 +61,8 @@ class Artifacts:
 def _quantizer(scale: float, zp: int, dtype: np.dtype):
     """round(x / scale) + zero_point, saturated, as TFLite's QUANTIZE. Works in
     buffers kept between calls: a fresh array of an image's size costs more in
-    page faults than the arithmetic (set_tensor copies, so reuse is safe)."""
+    page faults than the arithmetic (set_tensor copies, so reuse is safe). The
+    buffers are state: each interpreter slot has its own quantizer."""
     lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
     bufs: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -98,6 +106,16 @@ def _affine(detail: dict) -> tuple[float, int] | None:
     return float(scales[0]), int(np.asarray(qp.get("zero_points", [0]))[0])
 
 
+@dataclass
+class _Slot:
+    """One interpreter and its input (index, quantizer) / output (index,
+    dequantizer) pairs; serves one call at a time."""
+
+    it: Any
+    ins: list
+    outs: list
+
+
 class EdgeTpuExecutable(Executable):
     def __init__(self, info: ExecutableInfo, device: Device, files: Artifacts, opts: EdgeTpuOptions):
         super().__init__(info, device)
@@ -112,27 +130,43 @@ class EdgeTpuExecutable(Executable):
                 f"to run on {device.target}",
                 "recompile on a machine with edgetpu_compiler" if hardware
                 else "emulate the int8 TFLite from before edgetpu_compiler")
-        self._model = model  # the interpreter reads this buffer in place
+        self._model = model  # the interpreters read this buffer in place
         self._delegate = self._open_delegate() if hardware else None
-        try:
-            self._it = Interpreter(model_content=model, num_threads=opts.num_threads,
-                                   experimental_delegates=[self._delegate] if self._delegate else None)
-            self._it.allocate_tensors()
-        except Exception as e:  # noqa: BLE001 - libedgetpu reports version/device errors here
-            raise self._failure(e, "prepare the model") from None
-        self._in, self._out = [], []
+        self._interpreter = Interpreter
+        first = self._slot()
+        self._it = first.it  # for inspection (details, ops); runs go through the pool
         ins, outs = [], []
-        for d in self._it.get_input_details():
+        for d in first.it.get_input_details():
             qp = None if opts.raw_io else _affine(d)
-            self._in.append((d["index"], _quantizer(*qp, np.dtype(d["dtype"])) if qp else None))
             ins.append(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]),
                                   "float32" if qp else np.dtype(d["dtype"]).name))
-        for d in self._it.get_output_details():
+        for d in first.it.get_output_details():
             qp = None if opts.raw_io else _affine(d)
-            self._out.append((d["index"], _dequantizer(*qp) if qp else None))
             outs.append(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]),
                                    "float32" if qp else np.dtype(d["dtype"]).name))
         info.inputs, info.outputs = ins, outs
+        # idle slots (list.pop/append are atomic); on hardware one slot behind a lock
+        self._idle: list[_Slot] = [first]
+        self._hw_lock = threading.Lock() if hardware else None
+
+    def _slot(self) -> _Slot:
+        """A new interpreter with its own (de)quantizers."""
+        try:
+            it = self._interpreter(model_content=self._model, num_threads=self.opts.num_threads,
+                                   experimental_delegates=[self._delegate] if self._delegate
+                                   else None)
+            it.allocate_tensors()
+        except Exception as e:  # noqa: BLE001 - libedgetpu reports version/device errors here
+            raise self._failure(e, "prepare the model") from None
+        raw = self.opts.raw_io
+        ins, outs = [], []
+        for d in it.get_input_details():
+            qp = None if raw else _affine(d)
+            ins.append((d["index"], _quantizer(*qp, np.dtype(d["dtype"])) if qp else None))
+        for d in it.get_output_details():
+            qp = None if raw else _affine(d)
+            outs.append((d["index"], _dequantizer(*qp) if qp else None))
+        return _Slot(it, ins, outs)
 
     def _open_delegate(self):
         try:
@@ -156,19 +190,36 @@ class EdgeTpuExecutable(Executable):
                 f"{self.device.target} failed to {doing}" + (" (its device node is gone)" if gone
                                                               else "") + f": {msg}",
                 "reconnect the Edge TPU, then hal.load / hal.compile the model again")
+        if doing == "run":  # the model was accepted: a failure now is not "unsupported"
+            return HalError(f"LiteRT failed to run the model on the CPU: {msg}",
+                            "check the model runs with ai_edge_litert.interpreter")
         return UnsupportedError(f"LiteRT could not {doing} on the CPU: {msg}",
                                 "check the model runs with ai_edge_litert.interpreter")
 
     # --- running ---------------------------------------------------------------------
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        it = self._it
-        for (index, q), a in zip(self._in, inputs):
-            it.set_tensor(index, q(a) if q is not None else a)
+        if self._hw_lock is not None:  # one Edge TPU: calls take turns on its interpreter
+            with self._hw_lock:
+                return self._run(self._idle[0], inputs)
+        try:
+            slot = self._idle.pop()
+        except IndexError:  # every interpreter is busy in another thread: one more
+            slot = self._slot()
+        try:
+            return self._run(slot, inputs)
+        finally:
+            self._idle.append(slot)
+
+    def _run(self, slot: _Slot, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        it = slot.it
+        for (index, q), a in zip(slot.ins, inputs):
+            it.set_tensor(index, q(a) if q is not None else a)  # set_tensor copies
         try:
             it.invoke()
         except Exception as e:  # noqa: BLE001 - e.g. a USB stick unplugged between runs
             raise self._failure(e, "run") from None
-        return [dq(it.get_tensor(i)) if dq is not None else it.get_tensor(i) for i, dq in self._out]
+        # get_tensor returns a copy: the caller owns every output
+        return [dq(it.get_tensor(i)) if dq is not None else it.get_tensor(i) for i, dq in slot.outs]
 
     def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
         un = {
