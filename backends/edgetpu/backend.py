@@ -88,7 +88,7 @@ class EdgeTpuBackend(Backend):
         self.require_runtime()
         opts = EdgeTpuOptions.parse(options.options)
         conv = convert.to_int8(model, options)
-        graph.check_ops(conv.tflite, ModelFormatError if model.format == "tflite" else CompileError,
+        graph.check_model(conv.tflite, ModelFormatError if model.format == "tflite" else CompileError,
                         "the given TFLite model" if model.format == "tflite" else
                         "the converted TFLite model")
         g = graph.read_graph(conv.tflite)
@@ -187,7 +187,7 @@ class EdgeTpuBackend(Backend):
             if data is None:
                 continue
             what = f"the edgetpu artifact's {label}"
-            graph.check_ops(data, ArtifactError, what)
+            graph.check_model(data, ArtifactError, what)
             try:
                 report = graph.mapping_report(data)
             except ModelFormatError as e:

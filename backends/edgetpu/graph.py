@@ -136,36 +136,65 @@ def read_graph(data: bytes) -> Graph:
     return Graph(tensors, ops, ins, outs, model.SubgraphsLength())
 
 
-def check_ops(data: bytes, error: type[HalError], what: str) -> None:
-    """Refuse a TFLite model that names a Flex op (``SELECT_TF_OPS``: a
-    TensorFlow op such as ``WriteFile`` run by TensorFlow inside TFLite) or a
-    custom op outside :data:`CUSTOM_OPS_OK`, in any subgraph: what a custom op
-    does is whatever code a runtime registered under its name."""
+def check_model(data: bytes, error: type[HalError], what: str) -> None:
+    """Refuse, before any interpreter sees it, a TFLite model that names a Flex
+    op (``SELECT_TF_OPS``: a TensorFlow op such as ``WriteFile`` run by
+    TensorFlow inside TFLite) or a custom op outside :data:`CUSTOM_OPS_OK`, in
+    any subgraph (a custom op is whatever code a runtime registered under its
+    name), or whose indices or names are out of range or not UTF-8 (LiteRT's
+    Python layer would raise IndexError/UnicodeDecodeError on them)."""
     from ai_edge_litert import schema_py_generated as fb
 
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise error(f"{what} is not a TFLite flatbuffer (no TFL3 identifier)", "pass a .tflite file")
     try:
         model = fb.Model.GetRootAs(data, 0)
-        custom = CUSTOM_OPS_OK
         names = []
         for i in range(model.OperatorCodesLength()):
             oc = model.OperatorCodes(i)
             if max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()) == fb.BuiltinOperator.CUSTOM:
-                names.append((oc.CustomCode() or b"").decode("utf-8", "replace"))
+                names.append((oc.CustomCode() or b"").decode("utf-8"))
+        damage = _damage(model, fb)
     except Exception as e:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere
         raise error(f"{what}: the TFLite flatbuffer could not be read ({type(e).__name__})",
                     "re-convert the model; the file may be truncated") from None
+    if damage:
+        raise error(f"{what} is damaged: {damage}", "re-convert the model")
     flex = sorted({n for n in names if n.startswith("Flex")})
     if flex:
         raise error(f"{what} holds TensorFlow (Flex) op(s) {', '.join(flex[:4])}: TensorFlow code "
                     "inside TFLite, which hal never runs",
                     "convert with TFLITE_BUILTINS(_INT8) only, without SELECT_TF_OPS")
-    other = sorted({n for n in names if n not in custom})
+    other = sorted({n for n in names if n not in CUSTOM_OPS_OK})
     if other:
         raise error(f"{what} holds custom op(s) {', '.join(repr(n[:40]) for n in other[:4])}; hal "
-                    f"runs only builtin ops and {', '.join(sorted(custom))}",
+                    f"runs only builtin ops and {', '.join(sorted(CUSTOM_OPS_OK))}",
                     "convert the model with builtin TFLite ops only")
+
+
+def _damage(model, fb) -> str | None:
+    """The first out-of-range index or undecodable name, in any subgraph."""
+    n_codes, n_buffers = model.OperatorCodesLength(), model.BuffersLength()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        n = sg.TensorsLength()
+        for i in range(n):
+            t = sg.Tensors(i)
+            (t.Name() or b"").decode("utf-8")
+            if not 0 <= t.Buffer() < max(n_buffers, 1):
+                return f"tensor {i} of subgraph {s} names buffer {t.Buffer()}"
+        for what, idx in (("input", sg.InputsAsNumpy() if sg.InputsLength() else []),
+                          ("output", sg.OutputsAsNumpy() if sg.OutputsLength() else [])):
+            if any(not 0 <= int(x) < n for x in idx):
+                return f"a subgraph {s} {what} names a tensor outside its {n}"
+        for j in range(sg.OperatorsLength()):
+            op = sg.Operators(j)
+            if not 0 <= op.OpcodeIndex() < n_codes:
+                return f"op {j} of subgraph {s} names operator code {op.OpcodeIndex()}"
+            for arr, length in ((op.InputsAsNumpy, op.InputsLength), (op.OutputsAsNumpy, op.OutputsLength)):
+                if length() and any(not -1 <= int(x) < n for x in arr()):
+                    return f"op {j} of subgraph {s} names a tensor outside its {n}"
+    return None
 
 
 # --- the mapping report ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,28 @@ KINDS = ("torch", "keras", "savedmodel")
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "float64", "int8", "int16", "int32", "int64",
                  "uint8", "bool")
 FIX = "re-create the artifact with hal compile (it was damaged or not written by hal)"
+
+
+@dataclass
+class Lowered:
+    """One bucket's StableHLO module and how to call it."""
+
+    text: str
+    #: the call-module arguments in order: ("param", state name) or ("input", index)
+    args: list[tuple[str, Any]]
+    out_shapes: list[tuple[int, ...]]
+    out_dtypes: list[str]
+    #: True when the module holds no custom calls, so no platform check is needed.
+    portable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"args": [list(a) for a in self.args], "out_shapes": [list(s) for s in self.out_shapes],
+                "out_dtypes": self.out_dtypes, "portable": self.portable}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], text: str) -> Lowered:
+        return cls(text, [tuple(a) for a in d["args"]], [tuple(s) for s in d["out_shapes"]],
+                   list(d["out_dtypes"]), bool(d["portable"]))
 
 
 def bad(what: str) -> ArtifactError:

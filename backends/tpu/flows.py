@@ -25,7 +25,7 @@ from . import programs as P
 from .artifact import PROGRAM_DIR, SAVED
 from .buckets import Buckets, batch_of, parse_options, plan
 from .executable import TpuExecutable
-from .torch_lower import Lowered
+from .artifact import Lowered
 
 XLA_TARGET = {"hardware": "XLA:TPU (one core, TPUStrategy)", "emulated": "XLA:CPU (emulated TPU)"}
 

@@ -29,7 +29,7 @@ from hal.errors import brief
 
 from .. import tf_graph_guard as guard
 
-from .torch_lower import Lowered
+from .artifact import Lowered
 
 
 def _scope(strategy):

@@ -14,7 +14,6 @@ import contextlib
 import copy
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,34 +25,13 @@ from hal.formats.builtin import export_static
 from hal.formats import Model
 
 from .. import torch_common as tc
+from .artifact import Lowered
 
 #: MLIR dialects XLA's call-module op accepts; anything else cannot run on XLA.
 XLA_DIALECTS = ("builtin", "func", "stablehlo", "chlo", "sdy", "shardy")
 #: ops whose fp32 accuracy depends on the platform's default matmul precision
 #: (a TPU's default uses bf16 passes); fp32 programs ask for HIGHEST explicitly.
 PRECISION_OPS = ("stablehlo.dot_general", "stablehlo.dot", "stablehlo.convolution")
-
-
-@dataclass
-class Lowered:
-    """One bucket's StableHLO module and how to call it."""
-
-    text: str
-    #: the call-module arguments in order: ("param", state name) or ("input", index)
-    args: list[tuple[str, Any]]
-    out_shapes: list[tuple[int, ...]]
-    out_dtypes: list[str]
-    #: True when the module holds no custom calls, so no platform check is needed.
-    portable: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"args": [list(a) for a in self.args], "out_shapes": [list(s) for s in self.out_shapes],
-                "out_dtypes": self.out_dtypes, "portable": self.portable}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], text: str) -> Lowered:
-        return cls(text, [tuple(a) for a in d["args"]], [tuple(s) for s in d["out_shapes"]],
-                   list(d["out_dtypes"]), bool(d["portable"]))
 
 
 class _Flat(torch.nn.Module):
