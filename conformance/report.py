@@ -8,6 +8,9 @@ import io
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from .models import MODELS
 from .policy import FLOWS, POLICY
@@ -40,6 +43,39 @@ def summary_line(r: Report) -> str:
     return (f"{s['cells']} cells ({s['runnable']} runnable): {', '.join(parts) or 'none'}"
             + (f" in {dur:.0f}s" if dur is not None else "")
             + ("" if r.complete else " [INCOMPLETE]"))
+
+
+class NotRun(NamedTuple):
+    """Something the run could not test: a device, a backend, a plugin, or the run itself."""
+
+    what: str
+    kind: str  # the device's kind, or "backend" / "plugin" / "run"
+    problem: str  # "unavailable", "backend error", "failed to load", "error"
+    why: str
+
+    def line(self) -> str:
+        dev = self.kind not in ("backend", "plugin", "run")
+        return f"{self.problem}{f' ({self.kind})' if dev else ''}: {self.why}"
+
+
+def not_run(r: Report) -> list[NotRun]:
+    """What the run could not test: unavailable devices with the backend's reason,
+    backends and plugins that failed, errors outside any cell. The terminal, JSON and
+    HTML reports all show this list."""
+    out = []
+    for name, b in sorted(r.backends.items()):
+        for d in b.get("devices", []):
+            if not d.get("available"):
+                out.append(NotRun(d["target"], str(d.get("kind") or "device"), "unavailable",
+                                  d.get("reason") or "no reason given"))
+        if b.get("error"):
+            out.append(NotRun(name, "backend", "backend error", str(b["error"])))
+    for p in r.plugins:
+        if p.get("error") and not str(p["error"]).startswith("disabled"):
+            out.append(NotRun(f"plugin {p['name']}", "plugin", "failed to load", str(p["error"])))
+    for e in r.errors:
+        out.append(NotRun("run", "run", "error", e))
+    return out
 
 
 # --- rich -------------------------------------------------------------------------------
@@ -94,18 +130,7 @@ def rich_tables(r: Report):
         for c in problems:
             pt.add_row(c.id, Text(c.result, style=STYLE[c.result]), c.message[:400])
         out.append(pt)
-    other = []
-    for name, b in r.backends.items():
-        for d in b.get("devices", []):
-            if not d.get("available"):
-                other.append((d["target"], f"unavailable ({d.get('kind')}): {d.get('reason')}"))
-        if b.get("error"):
-            other.append((name, f"backend error: {b['error']}"))
-    for p in r.plugins:
-        if p.get("error") and not str(p["error"]).startswith("disabled"):
-            other.append((f"plugin {p['name']}", f"failed to load: {p['error']}"))
-    for e in r.errors:
-        other.append(("run", e))
+    other = [(n.what, n.line()) for n in not_run(r)]
     if other:
         ot = Table(title="not run", title_justify="left")
         ot.add_column("what")
@@ -163,6 +188,12 @@ def write_junit(r: Report, path: str | Path) -> None:
 
 
 # --- HTML -------------------------------------------------------------------------------
+#: type sizes for the plots: readable at the size the page shows them, not 6-point ticks
+_RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
+       "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 13}
+_OK, _BAD = "#1a7f37", "#cf222e"
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -172,132 +203,341 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def plot_errors(r: Report) -> str | None:
-    """Relative max error per cell (log scale), one marker per flow, with the
-    float flows' limits drawn in."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def judged_value(c: CellResult) -> float | None:
+    """The number a cell is judged on in its flow's plot: max|err|/max|ref| for the
+    float flows, top-1 agreement for the int8 flows (whose error size is not judged)."""
+    return c.rel_max_err if POLICY[c.precision].max_rel_err is not None else c.top1_agreement
+
+
+def plot_flow(r: Report, flow: str) -> str | None:
+    """:func:`flow_figure` as a base64 PNG, or ``None`` when the flow has no judged cell."""
+    fig = flow_figure(r, flow)
+    return None if fig is None else _png(fig)
+
+
+def flow_figure(r: Report, flow: str):
+    """One flow's cells against that flow's own rule, one row per device · model: a float
+    flow's relative error (log scale) against its limit, an int8 flow's top-1 agreement
+    against its minimum. Each flow gets its own plot so that no point is drawn against a
+    limit that does not judge it."""
     from .results import _order
 
-    cells = sorted((c for c in r.cells if c.rel_max_err is not None), key=_order)
+    tol = POLICY[flow]
+    cells = sorted((c for c in r.cells if c.precision == flow and c.precision in POLICY
+                    and judged_value(c) is not None), key=_order)
     if not cells:
         return None
-    fig, ax = plt.subplots(figsize=(max(8, len(cells) * 0.18), 4.5))
-    colors = dict(zip(FLOWS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for i, c in enumerate(cells):
-        y = max(c.rel_max_err, 1e-12)
-        ax.scatter(i, y, color=colors[c.precision], marker="o" if c.result == "pass" else "x",
-                   s=28, label=c.precision)
+    plt = _pyplot()
+    is_float = tol.max_rel_err is not None
+    with plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(5.4, 1.3 + 0.3 * len(cells)))
+        ys = list(range(len(cells)))[::-1]  # the first cell on top, as in the matrix
+        if is_float:
+            vals = [max(judged_value(c), 1e-12) for c in cells]
+            limit = tol.max_rel_err
+            lo = 10 ** np.floor(np.log10(min(vals + [limit])) - 0.5)
+            hi = 10 ** np.ceil(np.log10(max(vals + [limit])) + 0.5)
+            ax.set_xscale("log")
+            ax.axvspan(limit, hi, color=_BAD, alpha=0.07, lw=0)
+            ax.set_xlabel("max |out − ref| / max |ref|   (log scale; smaller is better)")
+            rule = f"limit {limit:g}"
+        else:
+            vals = [100 * judged_value(c) for c in cells]
+            limit = 100 * tol.min_top1
+            lo, hi = min(vals + [limit]) - 1.0, 100.5
+            ax.axvspan(lo, limit, color=_BAD, alpha=0.07, lw=0)
+            ax.set_xlabel("top-1 agreement with the fp64 oracle, %   (larger is better)")
+            rule = f"minimum {limit:g}%"
+        ax.set_xlim(lo, hi)
+        if not is_float:  # no tick past 100%
+            ax.set_xticks([t for t in ax.get_xticks() if lo <= t <= 100])
+        for y, v, c in zip(ys, vals, cells):
+            ok = c.result == "pass"
+            ax.scatter(v, y, s=55, marker="o" if ok else "X", color=_OK if ok else _BAD, zorder=3)
+        ax.axvline(limit, color=_BAD, ls="--", lw=1.3, zorder=2)
+        ax.text(limit, len(cells) - 0.45, f" {rule}", color=_BAD, va="bottom", ha="left")
+        ax.set_yticks(ys)
+        ax.set_yticklabels([f"{c.device}  {c.model}" for c in cells])
+        ax.set_ylim(-0.7, len(cells) + 0.2)
+        for i in range(1, len(cells)):  # a rule between devices
+            if cells[i].device != cells[i - 1].device:
+                ax.axhline(ys[i] + 0.5, color="#999", lw=0.6)
+        ax.grid(axis="x", alpha=0.3)
+        failing = sum(c.result != "pass" for c in cells)
+        ax.set_title(f"{flow}: {len(cells) - failing} of {len(cells)} pass"
+                     + (f", {failing} {'does' if failing == 1 else 'do'} not" if failing else ""),
+                     loc="left")
+        return fig
+
+
+def plot_errors(r: Report) -> dict[str, str]:
+    """One plot per flow that has judged cells (see :func:`plot_flow`), in flow order."""
+    out = {}
     for p in FLOWS:
-        lim = POLICY[p].max_rel_err
-        if lim is not None and any(c.precision == p for c in cells):
-            ax.axhline(lim, color=colors[p], ls="--", lw=0.8)
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    keys = [p for p in FLOWS if p in uniq]
-    ax.legend([uniq[k] for k in keys], keys, fontsize=8, loc="upper left")
-    ax.set_yscale("log")
-    ax.set_ylabel("max |out − ref| / max |ref|")
-    ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels([c.id for c in cells], rotation=90, fontsize=6)
-    ax.set_title("error per cell (× = not a pass; dashed: the flow's limit)")
-    return _png(fig)
+        img = plot_flow(r, p)
+        if img:
+            out[p] = img
+    return out
 
 
 def plot_latency(r: Report) -> str | None:
-    """p50 latency per device, one bar group per model, one bar per flow."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    """p50 latency per device (a grid of panels, three to a row), one bar group per model,
+    one bar per flow, on one shared log axis."""
     cells = [c for c in r.cells if c.latency_p50_ms is not None]
     if not cells:
         return None
+    plt = _pyplot()
     devices = sorted({c.device for c in cells})
     flows = [p for p in FLOWS if any(c.precision == p for c in cells)]
     models = [m for m in MODELS if any(c.model == m for c in cells)]
-    fig, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 3.8), squeeze=False,
-                             sharey=True)
-    w = 0.8 / max(1, len(flows))
-    for ax, dev in zip(axes[0], devices):
-        for j, p in enumerate(flows):
-            vals = [next((c.latency_p50_ms for c in cells if c.device == dev and c.model == m
-                          and c.precision == p), np.nan) for m in models]
-            ax.bar(np.arange(len(models)) + j * w, vals, w, label=p)
-        kind = next(c.device_kind for c in cells if c.device == dev)
-        ax.set_title(f"{dev} ({kind})", fontsize=9)
-        ax.set_xticks(np.arange(len(models)) + w * (len(flows) - 1) / 2)
-        ax.set_xticklabels(models, rotation=45, fontsize=7)
-        ax.set_yscale("log")
-    axes[0][0].set_ylabel("p50 latency, ms (batch 1)")
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle("latency per backend device")
-    return _png(fig)
+    models += sorted({c.model for c in cells} - set(models))
+    colors = dict(zip(FLOWS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    ncols = min(3, len(devices))
+    nrows = -(-len(devices) // ncols)
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6),
+                                 squeeze=False, sharey=True)
+        w = 0.8 / max(1, len(flows))
+        x = np.arange(len(models))
+        for ax, dev in zip(axes.flat, devices):
+            for j, p in enumerate(flows):
+                vals = [next((c.latency_p50_ms for c in cells if c.device == dev and c.model == m
+                              and c.precision == p), np.nan) for m in models]
+                ax.bar(x + j * w, vals, w, label=p, color=colors[p])
+            kind = next(c.device_kind for c in cells if c.device == dev)
+            ax.set_title(f"{dev} ({kind})")
+            ax.set_xticks(x + w * (len(flows) - 1) / 2)
+            ax.set_xticklabels(models, rotation=30, ha="right")
+            ax.set_yscale("log")
+            ax.grid(axis="y", alpha=0.3)
+        for ax in axes.flat[len(devices):]:
+            ax.set_visible(False)
+        for row in axes:
+            row[0].set_ylabel("p50 latency, ms (batch 1)")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in flows]
+        fig.legend(handles, flows, loc="upper center", ncol=len(flows), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
+        return _png(fig)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;font-size:14px}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f0f0f0}td.l{text-align:left}.pass{background:#d9f2d9}.fail{background:#f8c6c6}
-.unsupported{color:#888}.error{background:#fbeec0}.crash,.timeout{background:#ecd0f2}"""
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;font-size:15px;color:#1f2328;max-width:1500px}
+h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f3f4f6}td.l,th.l{text-align:left}td.nw{white-space:nowrap}tr.grp td{border-top:2px solid #8c959f}
+.pass{background:#dafbe1}.fail{background:#ffcecb;font-weight:600}.unsupported{color:#8c959f}
+.error{background:#fff1c2}.crash,.timeout{background:#f2d5ff}
+.verdict{font-size:1.25em;font-weight:600;padding:.5em .8em;border-radius:6px;display:inline-block}
+.verdict.ok{background:#dafbe1;color:#116329}.verdict.bad{background:#ffcecb;color:#82071e}
+.meta,.note{color:#57606a}.scroll{overflow-x:auto}img{max-width:100%;height:auto}
+.plots{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.plots figure{margin:0;flex:0 1 calc(50% - 1em)}
+figcaption{color:#57606a;max-width:640px}
+td.path{min-width:26em}td.path small{color:#57606a}td.msg{min-width:20em}table.cells{font-size:13px}nav a{margin-right:1em}code{font-size:.95em}"""
+
+
+def _kb(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _tip(c: CellResult) -> str:
+    """A matrix cell's hover text: the result, the numbers behind it, any message."""
+    parts = [f"{c.id}: {c.result}"]
+    if c.rel_max_err is not None:
+        parts.append(f"max|err|/max|ref| {c.rel_max_err:.3g}")
+    if c.snr_db is not None:
+        parts.append(f"SNR {c.snr_db:.1f} dB")
+    if c.top1_agreement is not None:
+        parts.append(f"top-1 {c.top1_agreement:.2%}")
+    if c.accuracy is not None:
+        parts.append(f"accuracy {c.accuracy:.2%}")
+    return " · ".join(parts) + (f"\n{c.message}" if c.message else "")
 
 
 def write_html(r: Report, path: str | Path) -> None:
+    """One self-contained page for a person deciding what to trust: the verdict, what
+    did not pass, the matrix, what was not run and why, one plot per flow against its
+    own rule, latency, every runnable cell, the unsupported ones grouped by reason, and
+    the policy."""
     e = html.escape
+    s = r.summary()
     flows = [p for p in FLOWS if any(c.precision == p for c in r.cells)]
-    out = [f"<!doctype html><meta charset='utf-8'><title>hal conformance</title><style>{_CSS}</style>",
-           f"<h1>hal conformance</h1><p>{e(summary_line(r))}</p>",
-           f"<p>oracle: {e(str(r.oracle.get('device', '?')))} at {e(str(r.oracle.get('precision', '')))} "
-           f"({e(str(r.oracle.get('version', '')))}; {e(str(r.oracle.get('source', '')))}) · "
-           f"hal {e(str(r.meta.get('hal_version')))} · host {e(str(r.meta.get('host')))} · "
-           f"started {e(str(r.meta.get('started')))}</p>", "<h2>results</h2><table><tr><th>device</th>"
-           "<th>kind</th><th>model</th>" + "".join(f"<th>{p}</th>" for p in flows) + "</tr>"]
+    problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != "pass"]
+    skipped = not_run(r)
+    bad = not r.passed
+    verdict = (f"{len(problems)} of {s['runnable']} runnable cells did not pass"
+               + (f"; {len(r.errors)} error(s) outside cells" if r.errors else "")
+               if bad else f"every runnable cell passed ({s['runnable']} of {s['cells']})")
+    oracle = r.oracle
+    out = [f"<!doctype html><html lang=en><meta charset='utf-8'><title>hal conformance</title>"
+           f"<style>{_CSS}</style>",
+           "<h1>hal conformance</h1>",
+           f"<p class='verdict {'bad' if bad else 'ok'}'>{'FAIL' if bad else 'PASS'}: {e(verdict)}</p>",
+           f"<p>{e(summary_line(r))}</p>",
+           f"<p class=meta>oracle: {e(str(oracle.get('device', '?')))} at "
+           f"{e(str(oracle.get('precision', '')))} ({e(str(oracle.get('version', '')))}; "
+           f"{e(str(oracle.get('source', '')))}) · hal {e(str(r.meta.get('hal_version')))} · "
+           f"host {e(str(r.meta.get('host')))} ({e(str(r.meta.get('machine', '')))}, "
+           f"{e(str(r.meta.get('cpu_count', '?')))} CPUs) · started {e(str(r.meta.get('started')))}</p>",
+           "<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
+               ("results", "results"), ("not-run", f"not run ({len(skipped)})"),
+               ("plots", "error per flow"), ("latency", "latency"), ("cells", "every runnable cell"),
+               ("unsupported", f"unsupported ({s['unsupported']})"), ("policy", "policy"))) + "</nav>"]
+    if problems:
+        out.append(f"<h2 id=problems>did not pass ({len(problems)})</h2><table><tr><th class=l>cell</th>"
+                   "<th class=l>result</th><th class=l>why</th></tr>")
+        for c in problems:
+            out.append(f"<tr><td class='l nw'>{e(c.id)}</td><td class='l {c.result}'>{c.result}</td>"
+                       f"<td class=l>{e(c.message)}</td></tr>")
+        out.append("</table>")
+
+    # the matrix
+    out.append("<h2 id=results>results</h2><p class=note>float flows (fp32, fp16, bf16): max|err| / "
+               "max|ref| against the fp64 oracle · int8 flows: top-1 agreement with the oracle · "
+               "– unsupported (hover a cell for its numbers and message)</p>"
+               "<table><tr><th class=l>device</th><th class=l>kind</th><th class=l>model</th>"
+               + "".join(f"<th>{p}</th>" for p in flows) + "<th>p50 ms</th></tr>")
     rows: dict[tuple, dict[str, CellResult]] = defaultdict(dict)
     for c in r.cells:
         rows[(c.device, c.device_kind, c.model)][c.precision] = c
     order = list(MODELS)
+    last = None
     for key in sorted(rows, key=lambda k: (k[0], order.index(k[2]) if k[2] in order else 99)):
-        out.append(f"<tr><td class=l>{e(key[0])}</td><td class=l>{e(key[1])}</td><td class=l>{e(key[2])}</td>")
+        first = key[0] != last
+        last = key[0]
+        out.append(f"<tr class='{'grp' if first else ''}'><td class='l nw'>{e(key[0]) if first else ''}"
+                   f"</td><td class=l>{e(key[1]) if first else ''}</td><td class=l>{e(key[2])}</td>")
         for p in flows:
             c = rows[key].get(p)
             if c is None:
                 out.append("<td></td>")
             else:
-                out.append(f"<td class={c.result} title='{e(c.message)}'>{e(MARK[c.result])} "
+                out.append(f"<td class='{c.result} nw' title='{e(_tip(c))}'>{e(MARK[c.result])} "
                            f"{e(headline(c))}</td>")
-        out.append("</tr>")
+        timed = [rows[key][p] for p in flows if p in rows[key] and rows[key][p].latency_p50_ms is not None]
+        out.append(f"<td class=nw>{_fmt(timed[0].latency_p50_ms if timed else None, '.3f')}"
+                   + (f" <span class=note>{timed[0].precision}</span>"
+                      if timed and timed[0].precision != "fp32" else "") + "</td></tr>")
     out.append("</table>")
-    for title, img in (("error per cell", plot_errors(r)), ("latency per backend", plot_latency(r))):
-        if img:
-            out.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{img}'>")
-    cols = ["id", "result", "device_kind", "max_abs_err", "mean_abs_err", "snr_db", "top1_agreement",
-            "accuracy", "compile_time_s", "artifact_size_bytes", "latency_p50_ms", "conversion_path",
-            "message"]
-    out.append("<h2>every cell</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
-    for c in sorted(r.cells, key=lambda c: c.id):
+
+    # what was not run
+    out.append(f"<h2 id=not-run>not run ({len(skipped)})</h2>")
+    if skipped:
+        out.append("<p class=note>devices, backends and plugins that no cell could test here, "
+                   "each with the reason it gave</p><table><tr><th class=l>what</th>"
+                   "<th class=l>kind</th><th class=l>status</th><th class=l>why</th></tr>")
+        for n in skipped:
+            out.append(f"<tr><td class='l nw'>{e(n.what)}</td><td class=l>{e(n.kind)}</td>"
+                       f"<td class='l nw'>{e(n.problem)}</td><td class=l>{e(n.why)}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>every device of every installed backend was tested.</p>")
+
+    # plots
+    imgs = plot_errors(r)
+    out.append("<h2 id=plots>error per flow, against that flow's own rule</h2><p class=note>"
+               "each flow is judged by its own rule, so each has its own plot: float flows by "
+               "max|err| / max|ref| against their limit (log scale), int8 flows by top-1 agreement "
+               "against their minimum (their error size is not judged). Green ●: pass · red ✕: "
+               "not a pass · shaded: outside the rule. Cells that did not run have no point.</p>")
+    if imgs:
+        out.append("<div class=plots>")
+        for p, img in imgs.items():
+            t = POLICY[p]
+            rule = (f"max|err| ≤ {t.max_rel_err:g}·max|ref|, SNR ≥ {t.min_snr_db:g} dB, "
+                    if t.max_rel_err is not None else "")
+            rule += f"top-1 ≥ {t.min_top1:.1%}"
+            if t.max_accuracy_drop_pts is not None:
+                rule += f", accuracy drop ≤ {t.max_accuracy_drop_pts:g} pt"
+            out.append(f"<figure data-flow='{e(p)}'><img alt='{e(p)} cells against the {e(p)} rule' "
+                       f"src='data:image/png;base64,{img}'><figcaption>{e(p)} rule: {e(rule)}"
+                       "</figcaption></figure>")
+        out.append("</div>")
+    else:
+        out.append("<p>no cell produced numbers to plot.</p>")
+    lat = plot_latency(r)
+    out.append("<h2 id=latency>latency per device</h2><p class=note>p50 of batch-1 calls after "
+               "warm-up. Emulated devices run the device's artifact on the host, so their latency "
+               "is the host's, not the device's.</p>")
+    out.append(f"<img alt='p50 latency per device' src='data:image/png;base64,{lat}'>" if lat
+               else "<p>no latency was measured.</p>")
+
+    # every runnable cell
+    cols = [("cell · conversion path", "id"), ("result", "result"),
+            ("max|err|<br>/ max|ref|", "rel_max_err"), ("max|err|", "max_abs_err"),
+            ("mean|err|", "mean_abs_err"), ("SNR<br>dB", "snr_db"), ("top-1", "top1_agreement"),
+            ("accuracy", "accuracy"), ("compile<br>s", "compile_time_s"),
+            ("artifact", "artifact_size_bytes"), ("p50<br>ms", "latency_p50_ms"), ("message", "message")]
+    runnable = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable]
+    if not any(c.message for c in runnable):
+        cols.pop()
+    out.append(f"<h2 id=cells>every runnable cell ({len(runnable)})</h2><div class=scroll><table class=cells><tr>"
+               + "".join(f"<th{' class=l' if k in ('id', 'message') else ''}>{t}</th>"
+                         for t, k in cols) + "</tr>")
+    for c in runnable:
         tds = []
-        for k in cols:
+        for _, k in cols:
             v = getattr(c, k)
-            if k == "conversion_path":
-                v = " → ".join(v)
+            if k == "id":
+                tds.append(f"<td class='l path'>{e(v)}<br><small>{e(' → '.join(c.conversion_path))}"
+                           "</small></td>")
+                continue
+            if k == "artifact_size_bytes":
+                v = _kb(v)
+            elif k in ("top1_agreement", "accuracy") and v is not None:
+                v = f"{v:.2%}"
+            elif k == "snr_db" and v is None and c.max_abs_err == 0:
+                v = "exact"
             elif isinstance(v, float):
-                v = f"{v:.4g}"
-            cls = c.result if k == "result" else ("l" if k in ("id", "message", "conversion_path") else "")
+                v = f"{v:.3g}"
+            cls = {"result": f"l {c.result}", "message": "l msg"}.get(k, "nw")
             tds.append(f"<td class='{cls}'>{e('' if v is None else str(v))}</td>")
         out.append("<tr>" + "".join(tds) + "</tr>")
-    out.append("</table><h2>tolerance policy</h2><table><tr><th>flow</th><th>max err / max|ref|</th>"
-               "<th>min SNR dB</th><th>min top-1</th><th>max accuracy drop (pts)</th><th>why</th></tr>")
+    out.append("</table></div>")
+
+    # unsupported, grouped by reason: every combination is in the report, none silently absent
+    groups: dict[tuple[str, str], list[CellResult]] = defaultdict(list)
+    for c in r.cells:
+        if not c.runnable:
+            groups[(c.device, c.message)].append(c)
+    out.append(f"<h2 id=unsupported>unsupported ({s['unsupported']})</h2>")
+    if groups:
+        out.append("<p class=note>cells the backend declined before compiling or at compile time, "
+                   "with its reason; these are honest refusals, not failures</p><table><tr>"
+                   "<th class=l>device</th><th class=l>flow</th><th class=l>models</th>"
+                   "<th class=l>reason</th></tr>")
+        for (dev, msg), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], _flow_index(kv[1][0]))):
+            fl = sorted({c.precision for c in cs}, key=lambda p: FLOWS.index(p) if p in FLOWS else 99)
+            ms = [m for m in order if any(c.model == m for c in cs)]
+            ms += sorted({c.model for c in cs} - set(ms))
+            out.append(f"<tr><td class='l nw'>{e(dev)}</td><td class='l nw'>{e(', '.join(fl))}</td>"
+                       f"<td class=l>{e(', '.join(ms))}</td><td class=l>{e(msg)}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>none.</p>")
+
+    out.append("<h2 id=policy>tolerance policy</h2><table><tr><th class=l>flow</th>"
+               "<th>max err / max|ref|</th><th>min SNR dB</th><th>min top-1</th>"
+               "<th>max accuracy drop (pts)</th><th class=l>why</th></tr>")
     for p in FLOWS:
         t = POLICY[p]
         out.append(f"<tr><td class=l>{p}</td><td>{_fmt(t.max_rel_err, 'g', '—')}</td>"
                    f"<td>{_fmt(t.min_snr_db, 'g', '—')}</td><td>{t.min_top1:.1%}</td>"
                    f"<td>{_fmt(t.max_accuracy_drop_pts, 'g', '—')}</td><td class=l>{e(t.why)}</td></tr>")
-    out.append("</table>")
-    if r.errors:
-        out.append("<h2>errors outside cells</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in r.errors) + "</ul>")
+    out.append("</table></html>")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(out), encoding="utf-8")
+
+
+def _flow_index(c: CellResult) -> int:
+    return FLOWS.index(c.precision) if c.precision in FLOWS else 99

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,7 +133,11 @@ class JsonSink:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # not mkstemp, whose 0600 would make the report unreadable to anyone else: 0666 less
+    # the umask, as any file the user writes (O_EXCL and a random name keep it private
+    # to this writer until the rename)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, allow_nan=False, default=_jsonable)

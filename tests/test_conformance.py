@@ -213,7 +213,125 @@ def test_junit_and_html(reference_run, tmp_path):
     assert len(root.findall(".//testcase")) == 3
     write_html(report, tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "reference:cpu/mlp/fp32" in html
+    # one plot per flow that ran (fp32, int8-dynamic; fp16 is unsupported) and the latency
+    assert html.count("data:image/png;base64,") == 3 and "reference:cpu/mlp/fp32" in html
+    assert "data-flow='fp32'" in html and "data-flow='int8-dynamic'" in html
+    assert "data-flow='fp16'" not in html
+
+
+# --- the HTML report of the committed full run -------------------------------------------
+@pytest.fixture(scope="module")
+def host_report():
+    """reports/conformance-cpu-host.json: a real run of every installed backend on the CPU
+    host, with all five flows judged and seven devices that could not run here."""
+    return Report.from_dict(json.loads((ROOT / "reports" / "conformance-cpu-host.json").read_text()))
+
+
+def _section(page: str, anchor: str) -> str:
+    return page.split(f"<h2 id={anchor}>", 1)[1].split("<h2", 1)[0]
+
+
+def test_html_lists_what_was_not_run(host_report, tmp_path):
+    import html as h
+
+    from hal_conformance.report import write_html
+
+    absent = [(d["target"], d["reason"]) for b in host_report.backends.values()
+              for d in b["devices"] if not d["available"]]
+    assert len(absent) >= 5, "the committed run should have devices it could not run"
+    d = host_report.to_dict()
+    d["plugins"] = d["plugins"] + [{"name": "broken", "source": "hal_broken", "loaded": False,
+                                    "error": "ImportError: no module named 'nothing'", "backends": []}]
+    d["errors"] = ["backend z: the worker did not start: exit status 3"]
+    r = Report.from_dict(d)
+    write_html(r, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    section = _section(page, "not-run")
+    for target, reason in absent:
+        assert f">{h.escape(target)}<" in section and h.escape(reason) in section, target
+    assert "plugin broken" in section and h.escape("no module named 'nothing'") in section
+    assert "the worker did not start: exit status 3" in section
+    assert section.startswith(f"not run ({len(absent) + 2})")
+    # an error outside the cells fails the run, and the page says so first
+    assert "class='verdict bad'>FAIL" in page
+
+
+def test_html_plots_each_flow_against_its_own_rule(host_report):
+    """Float flows: relative error on a log axis against the flow's limit. int8 flows:
+    top-1 agreement against the minimum, never against a float flow's error limit."""
+    from hal_conformance.policy import FLOWS
+    from hal_conformance.report import flow_figure, judged_value
+    from hal_conformance.results import _order
+
+    for flow in FLOWS:
+        fig = flow_figure(host_report, flow)
+        cells = sorted((c for c in host_report.cells if c.precision == flow and c.result == "pass"),
+                       key=_order)
+        assert fig is not None and cells, flow
+        ax = fig.axes[0]
+        xs = [float(pc.get_offsets()[0][0]) for pc in ax.collections if len(pc.get_offsets())]
+        limits = {float(ln.get_xdata()[0]) for ln in ax.get_lines()
+                  if len(set(map(float, ln.get_xdata()))) == 1 and ln.get_linestyle() == "--"}
+        tol = POLICY[flow]
+        if tol.max_rel_err is not None:
+            assert ax.get_xscale() == "log"
+            assert limits == {tol.max_rel_err}
+            assert xs == pytest.approx([c.rel_max_err for c in cells])
+        else:
+            assert ax.get_xscale() == "linear" and "top-1" in ax.get_xlabel()
+            assert limits == {100 * tol.min_top1}
+            assert xs == pytest.approx([100 * c.top1_agreement for c in cells])
+            assert all(judged_value(c) == c.top1_agreement for c in cells)
+        for lab in ax.get_yticklabels() + ax.get_xticklabels():
+            assert lab.get_fontsize() >= 10, "tick labels must be readable"
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_html_shows_a_failing_cell(host_report, tmp_path):
+    """A cell that broke the policy is the first thing on the page and a red ✕ in its
+    flow's plot (here an fp32 cell with fp16-sized error)."""
+    from hal_conformance.report import flow_figure, write_html
+
+    d = host_report.to_dict()
+    bad = next(c for c in d["cells"] if c["precision"] == "fp32" and c["result"] == "pass")
+    bad.update(result="fail", rel_max_err=2e-3, message="max|err| 2e-03 of max|ref| > 1e-04")
+    r = Report.from_dict(d)
+    write_html(r, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "class='verdict bad'>FAIL: 1 of 75 runnable cells did not pass" in page
+    assert bad["id"] in _section(page, "problems") and "2e-03 of max|ref|" in _section(page, "problems")
+    ax = flow_figure(r, "fp32").axes[0]
+    assert ax.get_title(loc="left").endswith("19 of 20 pass, 1 does not")
+    marks = [pc for pc in ax.collections if len(pc.get_offsets())
+             and float(pc.get_offsets()[0][0]) == pytest.approx(2e-3)]
+    from matplotlib.colors import to_rgb
+
+    from hal_conformance.report import _BAD
+
+    assert len(marks) == 1 and tuple(marks[0].get_facecolor()[0][:3]) == pytest.approx(to_rgb(_BAD))
+
+
+def test_reports_are_readable_by_others(reference_run, tmp_path):
+    """Reports are ordinary files (0666 less the umask), not mkstemp's private 0600."""
+    from hal_conformance.report import write_html, write_junit
+    from hal_conformance.results import write_json_atomic
+
+    _, report, _ = reference_run
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "r.json", report.to_dict())
+        write_html(report, tmp_path / "r.html")
+        write_junit(report, tmp_path / "r.xml")
+        os.umask(0o077)
+        write_json_atomic(tmp_path / "private.json", report.to_dict())
+    finally:
+        os.umask(old)
+    for name in ("r.json", "r.html", "r.xml"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private.json", "r.html", "r.json", "r.xml"]
 
 
 def test_unknown_filters_are_usage_errors():
