@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class BackendStatus:
 
 
 _probed: dict[str, BackendStatus] = {}
+_log = logging.getLogger("hal")
 
 
 def backend_status(b: Backend, refresh: bool = False) -> BackendStatus:
@@ -209,7 +211,7 @@ def _native(a: np.ndarray) -> np.ndarray:
     """C-contiguous, native byte order: what converters and quantizers expect."""
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else np.array(a, order="C")  # ascontiguousarray makes 0-d 1-d
 
 
 def compile(
@@ -238,7 +240,8 @@ def compile(
     calib = _samples(calibration, "calibration")
     if precision == "int8" and not calib:
         raise UsageError("int8 (static) needs calibration data",
-                         "pass calibration=[x1, x2, ...] (representative inputs) or use int8-dynamic")
+                         "pass representative inputs (hal.compile(calibration=[x1, x2, ...]) or "
+                         "`--calibration FILE.npy` at the CLI), or use int8-dynamic")
     if options is not None and not isinstance(options, dict):
         raise UsageError(f"options is a {type(options).__name__}, not a dict",
                          "pass options={'name': value, ...} (see the backend's docs)")
@@ -269,6 +272,7 @@ def compile(
     exe = _compile_on(b, dev, src, precision, calib, options, cache, cache_dir, check_finite)
     if why:
         exe.info.notes.append(why)
+        _log.info(why)
     return exe
 
 

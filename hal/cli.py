@@ -27,7 +27,9 @@ from .plugins import load as load_plugins
 from .plugins import registry
 from .types import PRECISIONS
 
+# plain click help: typer's rich panels print "<bool>" after every flag
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Compile, run and profile models on whatever accelerator is here.")
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -160,16 +162,21 @@ def _executable(model: Path, target: str, precision: str, inputs, calibration: O
         f"compiling {model.name} for {target} at {precision}"
         + (f" (calibrating on {len(calib)} samples)" if calib else "") + " …")
     with spinner:  # api.compile checks the precision name itself
-        return api.compile(model, target, precision, example_inputs=inputs, calibration=calib,
-                           options=_options(option), cache=not no_cache)
+        exe = api.compile(model, target, precision, example_inputs=inputs, calibration=calib,
+                          options=_options(option), cache=not no_cache)
+    if target == "auto" and not quiet:  # say which device auto chose, and why
+        for n in exe.info.notes:
+            if n.startswith("auto:"):
+                err.print(f"[dim]{escape(n)}[/]", highlight=False)
+    return exe
 
 
-ModelArg = typer.Argument(..., help="Model file: .onnx, .pt2, .tflite, .xml (OpenVINO IR), .keras, a SavedModel dir, or a compiled .hal.")
-TargetOpt = typer.Option("auto", "--target", "-t", help="Device target (see `hal devices`), or auto.")
-PrecisionOpt = typer.Option("fp32", "--precision", "-p", help=f"One of {', '.join(PRECISIONS)}.")
-InputOpt = typer.Option(None, "--input", "-i", help=".npy/.npz input(s), in model input order.")
-CalibOpt = typer.Option(None, "--calibration", "-c", help=".npy/.npz, first axis = samples (int8).")
-OptionOpt = typer.Option(None, "--option", help="Backend option KEY=VALUE (repeatable).")
+ModelArg = typer.Argument(..., metavar="MODEL", help="Model file: .onnx, .pt2, .tflite, .xml (OpenVINO IR), .keras, a SavedModel dir, or a compiled .hal.")
+TargetOpt = typer.Option("auto", "--target", "-t", metavar="TARGET", help="Device target (see `hal devices`), or auto.")
+PrecisionOpt = typer.Option("fp32", "--precision", "-p", metavar="PRECISION", help=f"One of {', '.join(PRECISIONS)}.")
+InputOpt = typer.Option(None, "--input", "-i", metavar="FILE", help=".npy/.npz input(s), in model input order.")
+CalibOpt = typer.Option(None, "--calibration", "-c", metavar="FILE", help=".npy/.npz, first axis = samples (int8).")
+OptionOpt = typer.Option(None, "--option", metavar="KEY=VALUE", help="Backend option KEY=VALUE (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output only.")
 NoCacheOpt = typer.Option(False, "--no-cache", help="Bypass the compile cache.")
 
@@ -229,8 +236,8 @@ def compile_(model: Path = ModelArg, target: str = TargetOpt, precision: str = P
         return
     i = exe.info
     out.print(f"[bold]{output}[/]: {i.backend} on {i.device} ({i.device_kind}), {i.precision}, "
-              f"{(i.artifact_size_bytes or 0) / 1e3:.1f} kB, compiled in {i.compile_time_s:.2f}s"
-              + (" (cache hit)" if i.cache_hit else ""))
+              f"{output.stat().st_size / 1e3:.1f} kB file ({(i.artifact_size_bytes or 0) / 1e3:.1f} kB "
+              f"unpacked), compiled in {i.compile_time_s:.2f}s" + (" (cache hit)" if i.cache_hit else ""))
     out.print("path: " + " → ".join(i.conversion_path))
     for n in i.notes:
         out.print(f"note: {n}")
