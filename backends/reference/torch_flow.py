@@ -28,15 +28,29 @@ class TorchExecutable(Executable):
         self.recipe = recipe or {}
         self.cast = tc.DTYPES["fp64"] if info.precision == "fp64" else None
 
+    #: whether the module writes into its inputs (x.sub_(), ReLU(inplace=True) first):
+    #: None until the first call, which runs on copies and reads the version counters
+    _writes_inputs: bool | None = None
+
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        args = [torch.from_numpy(a) for a in inputs]
-        if self.cast is not None:
-            args = [a.to(self.cast) if a.is_floating_point() else a for a in args]
+        # Inputs are the caller's memory, maybe read-only (hal.executable.conform): a
+        # module that writes into them gets copies. A write first seen later (data-
+        # dependent) switches to copies from the next call on.
+        known = self._writes_inputs
+        src = [torch.from_numpy(a if known is False and a.flags.writeable else a.copy())
+               for a in inputs]
+        args = src if self.cast is None else [
+            a.to(self.cast) if a.is_floating_point() else a for a in src]
         with torch.inference_mode():
             out = self.module(*args)
+        if known is not True and (known is None or any(t._version for t in src)):
+            self._writes_inputs = any(t._version for t in src)
+        # fresh results are inference tensors; anything else (an input passed through,
+        # a view of one, a weight) is copied so that the caller owns what it gets
         if isinstance(out, torch.Tensor):
-            return [out.numpy()]
-        return [t.numpy() for t in tc.flatten(out)]
+            return [out.numpy() if out.is_inference() else out.detach().clone().numpy()]
+        return [t.numpy() if t.is_inference() else t.detach().clone().numpy()
+                for t in tc.flatten(out)]
 
     def write_artifact(self, directory: Path) -> None:
         if self.program is None:
