@@ -133,8 +133,8 @@ def _allowed(op: str, registry) -> str | None:
     if od is None:
         return f"uses op {op!r}, which this TensorFlow does not know"
     if op in DENIED or any(p in op for p in DENIED_PARTS) or od.is_stateful:
-        return (f"uses op {op}, which can read or write files, run Python or keep hidden state; "
-                "hal loads only graphs of computation and variables")
+        return (f"uses op {op}, which is outside hal's allow-list (it can touch files, run "
+                "Python or keep state beyond variables)")
     return None
 
 
@@ -239,6 +239,8 @@ def _check_meta_graph(mg, report: GraphReport) -> None:
                 (op in RESTORE_OPS and in_restore and not in_save):
             return
         why = _allowed(op, registry)
+        if why and op in SAVE_OPS | RESTORE_OPS:
+            why = f"uses checkpoint op {op} where more than the saver's own function reaches it"
         if why:
             raise _Refused(f"{why} ({where})")
 

@@ -175,6 +175,25 @@ def test_guard_allows_real_models_and_the_saver(good_sm, root):
         assert {"SaveV2", "RestoreV2", "VarHandleOp"} <= report.ops  # inside the saver: allowed
 
 
+def test_saver_function_reached_from_serving_is_refused(good_sm, tmp_path):
+    """SaveV2 is allowed only where nothing but the saver reaches it: point the
+    serving signature's call at the saver's save function and it is refused."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = shutil.copytree(good_sm, tmp_path / "sm")
+    proto = saved_model_pb2.SavedModel.FromString((sm / "saved_model.pb").read_bytes())
+    mg = proto.meta_graphs[0]
+    save_fn = next(f.signature.name for f in mg.graph_def.library.function
+                   if "traced_save" in f.signature.name)
+    serving = mg.signature_def["serving_default"].outputs["y"].name.split(":")[0]
+    node = next(n for n in mg.graph_def.node if n.name == serving)
+    node.attr["f"].func.name = save_fn
+    (sm / "saved_model.pb").write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelFormatError, match="checkpoint op .* saver's own function") as e:
+        guard.check_saved_model(sm, ModelFormatError, "the SavedModel")
+    one_line(e)
+
+
 # --- .hal artifacts ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def keras_exe():
