@@ -1,11 +1,22 @@
 """CUDA executables: one GPU, or a batch split across several (``cuda:*``).
 
 Imports torch; loaded by the backend only inside ``compile``/``load``.
+
+Many threads may call one executable. Launches take turns under one process-wide
+lock, because what a launch touches is shared: torch's fp32/TF32 switches (which
+``fp32_mode`` flips around each forward) are process-global, a CUDA-graph
+replica's static input and output buffers serve every call, and ``torch.compile``
+may recompile for a new shape. Graph outputs are copied on the GPU before the
+lock is let go; the GPU work and the copies back to the host overlap across
+threads. Each call runs on its GPUs' default streams, so that work queued from
+different threads on the shared buffers runs in the order it was queued.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +25,7 @@ import torch
 
 from hal import (CompileError, Executable, ExecutableInfo, InvalidInputError, TensorSpec,
                  UnsupportedError)
-from hal.executable import as_numpy
+from hal.executable import as_numpy, conform
 
 from .. import torch_common as tc
 from . import nvml
@@ -24,6 +35,7 @@ from .runtime import Replica, oom_guard
 TIMER_NOTE = ("device timer: CUDA events around the forward pass on inputs already on the GPU; "
               "host↔device copies are not included (exe(x) includes them)")
 ENERGY_MIN_S = 0.5  # the NVML energy counter needs a window well above its update period
+_LAUNCH = threading.Lock()  # see the module docstring
 
 
 def _on_cuda(x: Any) -> bool:
@@ -31,11 +43,15 @@ def _on_cuda(x: Any) -> bool:
 
 
 def _stage(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host array → device tensor; a tensor already on ``device`` is used as is."""
+    """Host array → device tensor (a copy: the model may write into it). A tensor
+    already on ``device`` is copied there too, so the caller's tensor is never
+    written. From pageable host memory the copy has left the array once this
+    returns, so a temporary host copy may be dropped right after."""
     if isinstance(a, torch.Tensor):
-        return a.detach().to(device, non_blocking=True)
+        t = a.detach().to(device, non_blocking=True)
+        return t.clone() if t.data_ptr() == a.data_ptr() else t
     if not (a.flags.writeable and a.flags.c_contiguous):
-        a = np.array(a)  # torch.from_numpy wants writable, contiguous memory
+        a = np.array(a, order="C")  # torch.from_numpy wants writable memory
     return torch.from_numpy(a).to(device, non_blocking=True)
 
 
@@ -65,19 +81,20 @@ class CudaExecutable(Executable):
         (no round trip through the host); tensors on another GPU are refused."""
         if not any(_on_cuda(x) for x in inputs) or len(inputs) != len(self.info.inputs):
             return super().check_inputs(inputs)
-        return [self._check_one(x if _on_cuda(x) else as_numpy(x, f"input {spec.name!r}"), spec)
+        check = self.info.check_finite
+        return [self._check_cuda(x, spec) if _on_cuda(x) else
+                conform(as_numpy(x, f"input {spec.name!r}"), spec, check)
                 for x, spec in zip(inputs, self.info.inputs)]
 
-    def _check_one(self, x, spec: TensorSpec):
-        """The core's dtype/shape/finiteness checks, for a CUDA tensor or a host array."""
-        if _on_cuda(x):
-            mine = [r.device.index for r in self.replicas]
-            if x.device.index not in mine:
-                here = f"cuda:{mine[0]}"
-                raise InvalidInputError(
-                    f"input {spec.name!r} is on {x.device}, but this executable runs on {here}",
-                    f"move it with .to('{here}'), or compile for target 'cuda:{x.device.index}'")
-            x = x.detach()
+    def _check_cuda(self, x, spec: TensorSpec):
+        """The core's dtype/shape/finiteness checks, for a CUDA tensor."""
+        mine = [r.device.index for r in self.replicas]
+        if x.device.index not in mine:
+            here = f"cuda:{mine[0]}"
+            raise InvalidInputError(
+                f"input {spec.name!r} is on {x.device}, but this executable runs on {here}",
+                f"move it with .to('{here}'), or compile for target 'cuda:{x.device.index}'")
+        x = x.detach()
         dt = str(x.dtype).removeprefix("torch.")
         if dt != spec.dtype:
             raise InvalidInputError(f"input {spec.name!r} has dtype {dt}, the model takes {spec.dtype}",
@@ -89,8 +106,7 @@ class CudaExecutable(Executable):
                 f"input {spec.name!r} has shape {tuple(x.shape)}, the model takes {want}",
                 "reshape the input, or recompile with example inputs of this shape")
         if self.info.check_finite and str(dt).startswith(("float", "bfloat")):
-            finite = bool(torch.isfinite(x).all()) if _on_cuda(x) else bool(np.isfinite(x).all())
-            if not finite:
+            if not bool(torch.isfinite(x).all()):
                 raise InvalidInputError(f"input {spec.name!r} contains NaN or Inf",
                                         "clean the input, or compile with check_finite=False")
         return x
@@ -118,8 +134,13 @@ class CudaExecutable(Executable):
                 for i, r in enumerate(self.replicas[:n])]
 
     def infer(self, inputs: list) -> list[np.ndarray]:
-        with oom_guard("running the model", self.replicas[0].device.index):
-            per_gpu = self._launch(inputs)
+        with oom_guard("running the model", self.replicas[0].device.index), ExitStack() as streams:
+            for r in self.replicas:
+                streams.enter_context(torch.cuda.stream(torch.cuda.default_stream(r.device)))
+            with _LAUNCH:
+                per_gpu = self._launch(inputs)
+                if self.recipe.cuda_graphs:  # the next replay overwrites the graph's outputs
+                    per_gpu = [[o.clone() for o in outs] for outs in per_gpu]
             host = [[o.cpu() for o in outs] for outs in per_gpu]
         if len(host) == 1:
             return [o.numpy() for o in host[0]]
@@ -135,12 +156,20 @@ class CudaExecutable(Executable):
 
     # --- profiling --------------------------------------------------------------------
     def _resident(self, inputs: list):
-        """A zero-argument call that runs the model on inputs staged once."""
+        """A zero-argument call that runs the model on inputs staged once (each
+        launch under the launch lock, as in ``infer``)."""
         if self.multi:
-            return lambda: self._launch(inputs)
+            def run():
+                with _LAUNCH:
+                    return self._launch(inputs)
+            return run
         r = self.replicas[0]
         xs = [_stage(a, r.device) for a in inputs]
-        return lambda: r.forward(xs)
+
+        def run_one():
+            with _LAUNCH:
+                return r.forward(xs)
+        return run_one
 
     def _sync(self) -> None:
         for r in self.replicas:
