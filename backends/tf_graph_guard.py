@@ -56,7 +56,11 @@ RESTORE_OPS = frozenset({"RestoreV2", "Restore", "RestoreSlice"})
 CUSTOM_CALLS_OK = frozenset({"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape",
                              "tf.call_tf_function"})
 
-_CUSTOM_CALL = re.compile(r"custom_call\s*@([\w.$\-]+)|call_target_name\s*=\s*\"([^\"]*)\"")
+#: a custom-call op, and the two ways its target is written (``@target`` / ``@"target"``
+#: in the pretty form, ``call_target_name = "target"`` in the generic one)
+_CC_OP = re.compile(r"\b(?:stablehlo|mhlo)\.custom_call\b")
+_CC_TARGET = re.compile(r"custom_call\"?\s*@(?:\"([^\"]*)\"|([\w.$\-]+))|"
+                        r"call_target_name\s*=\s*\"([^\"]*)\"")
 
 
 @dataclass
@@ -247,6 +251,8 @@ def _check_meta_graph(mg, report: GraphReport) -> None:
     for n in mg.graph_def.node:
         free = n.name not in other_n
         check(n.op, f"graph node {n.name!r}", free and n.name in save_n, free and n.name in rest_n)
+        if n.op == "XlaCallModule":
+            check_stablehlo(n.attr["module"].s, f"graph node {n.name!r}")
     for name, f in lib.items():
         free = name not in other_f
         for n in f.node_def:
@@ -283,8 +289,10 @@ def check_stablehlo(module: bytes | str, where: str) -> None:
                                    f"({where})") from None
         else:
             text = module.decode("utf-8", "replace")
-    for m in _CUSTOM_CALL.finditer(text):
-        target = m.group(1) or m.group(2)
+    targets = [next(g for g in m.groups() if g is not None) for m in _CC_TARGET.finditer(text)]
+    if len(_CC_OP.findall(text)) > len(targets):
+        raise _Refused(f"makes an XLA custom call whose target hal cannot read ({where})")
+    for target in targets:
         if target not in CUSTOM_CALLS_OK:
             raise _Refused(f"makes XLA custom call {target[:60]!r}, which runs native code outside "
                            f"StableHLO ({where})")
@@ -308,7 +316,10 @@ def _inside(root: Path, p: Path) -> bool:
 def _check_files(root: Path, sm) -> None:
     """Assets and variables must lie inside the SavedModel's directory, and a
     graph with variables must come with its checkpoint."""
-    for name in ("saved_model.pb", "variables", "assets", "fingerprint.pb"):
+    names = ["saved_model.pb", "variables", "assets", "fingerprint.pb"]
+    if (root / "variables").is_dir():
+        names += [f"variables/{p.name}" for p in (root / "variables").iterdir()]
+    for name in names:
         p = root / name
         if (p.exists() or p.is_symlink()) and not _inside(root, p):
             raise _Refused(f"has {name} pointing outside its directory")

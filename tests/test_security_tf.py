@@ -269,6 +269,9 @@ def test_lying_precision_is_refused(keras_exe, torch_bf16_exe, tmp_path):
     k = craft.repack_hal(keras_exe.save(tmp_path / "k.hal"), tmp_path / "k2.hal", meta=claim("bf16"))
     with pytest.raises(ArtifactError, match="claims bf16"):
         hal.load(k)
+    k = craft.repack_hal(tmp_path / "k.hal", tmp_path / "k3.hal", meta=claim("int8"))
+    with pytest.raises(ArtifactError, match="claims precision int8"):
+        hal.load(k)
     t = craft.repack_hal(torch_bf16_exe.save(tmp_path / "t.hal"), tmp_path / "t2.hal",
                          meta=claim("fp32"))
     with pytest.raises(ArtifactError, match="claims fp32"):
@@ -317,16 +320,29 @@ def test_bad_tpu_json_is_one_artifact_error(torch_bf16_exe, tmp_path, case):
     assert "tpu.json" in one_line(e)
 
 
-def test_torch_weights_are_read_without_pickle(torch_bf16_exe, tmp_path):
+def test_torch_weights_are_checked_data(torch_bf16_exe, tmp_path):
+    """weights.npz is read without pickle, and every weight must have the shape
+    and dtype the StableHLO takes (else XLA would fail at the first call)."""
     import io
 
-    buf = io.BytesIO()
-    np.savez(buf, p0=np.array([craft.Payload(tmp_path / "pwned")], dtype=object),
-             p1=np.zeros(3, np.float32))
-    bad = craft.repack_hal(torch_bf16_exe.save(tmp_path / "t.hal"), tmp_path / "w.hal",
-                           replace={"artifact/weights.npz": buf.getvalue()})
-    with pytest.raises(ArtifactError, match="weights.npz"):
-        hal.load(bad)
+    def npz(**arrays) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    src = torch_bf16_exe.save(tmp_path / "t.hal")
+    w = np.load(io.BytesIO(dict((i.filename, b) for i, b in craft.members(src))["artifact/weights.npz"]))
+    honest = {k: w[k] for k in w.files}
+    cases = {"pickle": dict(honest, p0=np.array([craft.Payload(tmp_path / "pwned")], dtype=object)),
+             "shape": dict(honest, p0=np.zeros(7, np.float32)),
+             "dtype": dict(honest, p0=honest["p0"].astype(np.float64)),
+             "missing": {"p0": honest["p0"]}}
+    for case, arrays in cases.items():
+        bad = craft.repack_hal(src, tmp_path / f"{case}.hal",
+                               replace={"artifact/weights.npz": npz(**arrays)})
+        with pytest.raises(ArtifactError, match="weights.npz|StableHLO takes") as e:
+            hal.load(bad)
+        one_line(e)
     assert written(tmp_path) == []
 
 

@@ -242,12 +242,15 @@ def test_padding_to_power_of_two_buckets(keras_model):
         [[8, 8], [8, 8], [3, 4]]
 
 
-def test_keras_bf16(keras_model):
+def test_keras_bf16(keras_model, tmp_path):
     exe = hal.compile(keras_model, EMU, precision="bf16", example_inputs=(kbatch(2),), cache=False)
     x = kbatch(2, seed=5)
     ref = keras_model(x).numpy().astype(np.float64)
     assert FP32_REL < rel_err(exe(x), ref) < BF16_REL
     assert "bf16" in exe.program.ir(2, "hlo")
+    again = hal.load(exe.save(tmp_path / "k16.hal"))  # the bf16 claim is checked against the graph
+    assert again.info.precision == "bf16"
+    np.testing.assert_array_equal(again(x), exe(x))
 
 
 def test_saved_model_fp32_and_reload(keras_model, keras_fp32, tmp_path):

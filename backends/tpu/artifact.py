@@ -15,6 +15,7 @@ Pure Python and numpy: no framework.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,49 @@ def _check_torch(d: dict[str, Any], sizes: list[int], n_inputs: int) -> None:
         if len(odt) != len(outs) or any(x not in WEIGHT_DTYPES for x in odt):
             raise bad(f"{META} field {where}.out_dtypes does not give one dtype per output")
         _need(low, "portable", bool, where)
+
+
+_MAIN = re.compile(r"func\.func\s+(?:public\s+)?@main\(")
+_ARG = re.compile(r"%[\w.$-]+\s*:\s*tensor<([^>]*)>")
+#: MLIR element types → the dtype names tpu.json and the weights use
+_MLIR_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64",
+                "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "ui8": "uint8",
+                "i1": "bool"}
+
+
+def main_signature(text: str) -> list[tuple[tuple[int, ...], str]] | None:
+    """The (shape, dtype) of each argument of the module's ``@main``, or None
+    when there is no static signature to read."""
+    m = _MAIN.search(text)
+    if m is None:
+        return None
+    depth, i = 1, m.end()
+    while depth and i < len(text):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        i += 1
+    out = []
+    for t in _ARG.findall(text[m.end():i - 1]):
+        *dims, elem = t.split("x") if "x" in t else [t]
+        if elem not in _MLIR_DTYPES or not all(d.isdigit() for d in dims):
+            return None
+        out.append((tuple(int(d) for d in dims), _MLIR_DTYPES[elem]))
+    return out
+
+
+def check_call_layout(n: int, low: Lowered, weights: dict[str, tuple[np.ndarray, str]],
+                      inputs: list[tuple[tuple[int, ...], str]]) -> None:
+    """Each argument the call-module op passes (weight or input) must have the
+    shape and dtype the StableHLO's ``@main`` declares; XLA would otherwise
+    fail at the first call, not at load."""
+    sig = main_signature(low.text)
+    if sig is None or len(sig) != len(low.args):
+        raise bad(f"StableHLO of batch bucket {n} does not declare the {len(low.args)} static "
+                  "argument(s) tpu.json lists")
+    for (kind, v), (shape, dtype) in zip(low.args, sig):
+        got = ((tuple(weights[v][0].shape), weights[v][1]) if kind == "param" else inputs[v])
+        if got != (shape, dtype):
+            raise bad(f"{kind} {v!r} of batch bucket {n} is {got[1]} {list(got[0])}, its StableHLO "
+                      f"takes {dtype} {list(shape)}")
 
 
 def write_weights(path: Path, arrays: list[np.ndarray]) -> None:

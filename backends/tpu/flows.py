@@ -251,6 +251,8 @@ DT_BFLOAT16 = 14  # tensorflow.core.framework.types_pb2.DT_BFLOAT16
 
 def _claimed_precision(info: ExecutableInfo, kind: str, has_bf16: bool) -> None:
     """hal.json's precision must be what the program computes in."""
+    if info.precision not in ("fp32", "bf16"):
+        raise A.bad(f"hal.json claims precision {info.precision}, which the tpu backend never builds")
     if info.precision == "bf16" and (kind == "savedmodel" or not has_bf16):
         raise A.bad("program has no bfloat16 computation, but hal.json claims bf16")
     if info.precision == "fp32" and kind == "torch" and has_bf16:
@@ -285,6 +287,10 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: di
                 f"this artifact's StableHLO holds custom calls lowered for {meta['platform']}, "
                 f"so it cannot run on {device.target}", "recompile the model for this target")
         weights = A.read_weights(artifact / A.WEIGHTS, meta)
+        for n, low in lowered.items():
+            A.check_call_layout(n, low, weights, [(tuple(s), d) for s, d in
+                                                  zip(_shapes(base, n, buckets.batched),
+                                                      meta["in_dtypes"])])
         program = P.rebuild_torch(weights, lowered, meta["param_names"], specs, meta["platform"],
                                   strategy)
         stablehlo = {n: low.text for n, low in lowered.items()}

@@ -24,6 +24,7 @@ from hal.errors import brief
 from hal.formats.builtin import export_static
 from hal.formats import Model
 
+from .. import tf_graph_guard as guard
 from .. import torch_common as tc
 from .artifact import Lowered
 
@@ -153,6 +154,9 @@ def lower(module: torch.nn.Module, args: tuple[torch.Tensor, ...], precision: st
         except Exception as e:  # noqa: BLE001 - the lowering raises whatever the op raised
             raise _lowering_error(e) from None
         text, portable = _finish(low, precision == "fp32")
+        # the same check load applies, so that every artifact compile writes also loads
+        guard.check_stablehlo_text(text, UnsupportedError, "the StableHLO lowering",
+                                   "replace the torch op that lowers to this custom call")
         call: list[tuple[str, Any]] = []
         for sig in low.input_signature:
             if sig.input_spec.is_user_input:
