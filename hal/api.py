@@ -19,6 +19,7 @@ from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInp
                      UsageError, brief)
 from .executable import Executable, ExecutableInfo, as_numpy, read_artifact, write_hal
 from .plugins import registry
+from .profile import random_inputs
 from .types import CompileOptions, Device, Requirements, check_precision
 
 try:
@@ -184,13 +185,29 @@ def select(model: _formats.Model, req: Requirements,
         return b, d, (f"auto: {d.target} measured {t:.3f} ms p50 ≤ {req.max_latency_ms} ms "
                       f"among {len(cands)} candidate(s)")
     if req.prefer == "power":
-        cands.sort(key=lambda bd: (bd[1].power_w is None, bd[1].power_w or 0, -bd[1].rank))
+        order = lambda bd: (bd[1].power_w is None, bd[1].power_w or 0, -bd[1].rank)  # noqa: E731
     else:
-        cands.sort(key=lambda bd: -bd[1].rank)
+        order = lambda bd: -bd[1].rank  # noqa: E731
+    cands.sort(key=order)
+    tied = [bd for bd in cands if order(bd) == order(cands[0])]
+    skipped = f"; skipped {'; '.join(why_not)}" if why_not else ""
+    if len(tied) > 1 and measure is not None:
+        # rank is a plugin's own claim: between equals, measure instead of trusting the order
+        timed = []
+        for b, d in tied:
+            try:
+                timed.append((measure(b, d), b, d))
+            except HalError as e:
+                why_not.append(f"{d.target}: {brief(e, 120)}")
+        if timed:
+            t, b, d = min(timed, key=lambda x: x[0])
+            seen = ", ".join(f"{dd.target} {tt:.3f} ms" for tt, _, dd in timed)
+            return b, d, (f"auto: {d.target} ({d.name}) measured fastest ({seen} p50) among "
+                          f"{len(tied)} equally ranked device(s) that run {precision}{skipped}")
     b, d = cands[0]
     return b, d, (f"auto: {d.target} ({d.name}) is the {'lowest-power' if req.prefer == 'power' else 'highest-ranked'} "
-                  f"available hardware device that runs {precision} "
-                  f"({len(cands)} candidate(s){'; skipped ' + '; '.join(why_not) if why_not else ''})")
+                  f"(rank {d.rank}) available hardware device that runs {precision} "
+                  f"({len(cands)} candidate(s){skipped})")
 
 
 # --- compile / load -------------------------------------------------------------------
@@ -262,10 +279,10 @@ def compile(
                              "state the precision once")
         def measure(b, d):  # compile (cached) and time a short run on each candidate
             exe = _compile_on(b, d, src, precision, calib, options, cache, cache_dir, check_finite)
-            return exe.profile(*src.example_inputs, iterations=20, warmup=3,
-                               extras=False).latency_ms["p50"]
+            xs = src.example_inputs or tuple(random_inputs(exe.info.inputs))
+            return exe.profile(*xs, iterations=20, warmup=3, extras=False).latency_ms["p50"]
 
-        b, dev, why = select(src, req, measure if src.example_inputs else None)
+        b, dev, why = select(src, req, measure)
     else:
         b, dev = resolve(target)
         why = None

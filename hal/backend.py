@@ -8,25 +8,15 @@ lazily so that listing plugins never pays for, or breaks on, a framework.
 
 from __future__ import annotations
 
-import importlib.util
-from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
 
 from .errors import DeviceUnavailableError, UnsupportedError, UsageError
 from .executable import Executable, ExecutableInfo
 from .formats import Model
+from .packages import install_hint, installed_version, missing
 from .types import CompileOptions, Device
 
-
-def installed_version(*dists: str) -> str | None:
-    """Version of the first of ``dists`` that is installed (no import), else None.
-    Runtimes ship under several names (tensorflow / tensorflow-cpu / tf-nightly)."""
-    for name in dists:
-        try:
-            return _dist_version(name)
-        except PackageNotFoundError:
-            continue
-    return None
+__all__ = ["Backend", "installed_version"]
 
 
 class Backend:
@@ -40,8 +30,12 @@ class Backend:
     #: bare target names this backend answers besides its own name
     #: (e.g. "cpu", "cuda", "movidius"); devices list them in ``Device.aliases``.
     aliases: tuple[str, ...] = ()
-    #: Python modules the runtime needs, and the pip extra that installs them.
+    #: Python modules the runtime needs (checked without importing them) ...
     requires: tuple[str, ...] = ()
+    #: ... and what installs them: ``install`` is a pip requirement of the plugin's
+    #: own (``"hal-npu-plugin[runtime]"``); ``extra`` names one of hal's own extras
+    #: (built-in backends). With neither, the hint names the modules' PyPI names.
+    install: str | None = None
     extra: str | None = None
     #: the ``options={...}`` keys this backend understands, each with what it does.
     #: The core refuses any other key before ``compile`` runs, the same way for
@@ -50,10 +44,9 @@ class Backend:
 
     def missing_runtime(self) -> str | None:
         """Why the runtime cannot be used, or ``None`` when it can."""
-        absent = [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
+        absent = missing(self.requires)
         if absent:
-            hint = f"pip install 'hal-accel[{self.extra}]'" if self.extra else f"install {', '.join(absent)}"
-            return f"{', '.join(absent)} not installed ({hint})"
+            return f"{', '.join(absent)} not installed ({install_hint(absent, self.extra, self.install)})"
         return None
 
     def version(self) -> str:
@@ -84,7 +77,7 @@ class Backend:
         why = self.missing_runtime()
         if why:
             raise DeviceUnavailableError(f"the {self.name} backend cannot run: {why}",
-                                         f"pip install 'hal-accel[{self.extra or self.name}]'")
+                                         install_hint(missing(self.requires), self.extra, self.install))
 
     def check_options(self, options: dict) -> None:
         """Refuse keys this backend does not declare in :attr:`options`."""

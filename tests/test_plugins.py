@@ -60,3 +60,41 @@ def test_importing_hal_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_auto_measures_between_equally_ranked_devices(site, tmp_path):
+    """Rank is a plugin's own claim: a third-party rank-0 CPU device must not win
+    `auto` over the reference CPU (also rank 0) by load order; hal measures both."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("onnxruntime", reason="the example plugin runs on onnxruntime")
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU()).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 16),), str(path), dynamo=True)
+    info = hal_json(site, "compile", str(path), "-t", "auto", "-o", str(tmp_path / "m.hal"),
+                    HAL_PLUGINS="reference,example")
+    why = [n for n in info["notes"] if n.startswith("auto:")]
+    assert why and "measured fastest" in why[0], info["notes"]
+    assert "example:cpu" in why[0] and "reference:cpu" in why[0]
+
+
+def test_install_hints_name_what_to_pip_install():
+    from hal import Backend
+
+    class Npu(Backend):
+        name, requires, install = "npu-x", ("hal_no_such_runtime_mod",), "hal-npu-plugin[runtime]"
+
+    class Bare(Backend):
+        name, requires = "bare-x", ("ai_no_such_runtime",)
+
+    assert "pip install 'hal-npu-plugin[runtime]'" in Npu().missing_runtime()
+    assert "pip install ai-no-such-runtime" in Bare().missing_runtime()
+    assert Backend().missing_runtime() is None
+
+
+def test_torch_to_tflite_is_an_ordinary_converter():
+    import hal
+    from hal.formats import plan
+
+    pytest.importorskip("litert_torch", reason="litert-torch (the edgetpu extra) is not installed")
+    chain = plan("torch.nn", ("tflite",), hal.registry().converters)
+    assert [c.name for c in chain] == ["litert_torch.convert"]

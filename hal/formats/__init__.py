@@ -11,7 +11,6 @@ import atexit
 import contextlib
 import contextvars
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import ModelFormatError, NoConversionPath
+from ..packages import install_hint, missing
 from ..types import CompileOptions
 
 #: file suffixes that are Python pickles: never loaded.
@@ -43,7 +43,9 @@ class Format:
     #: value → bytes that change whenever the model changes (cache key).
     fingerprint: Callable[[Any], bytes] | None = None
     requires: tuple[str, ...] = ()
+    #: what installs ``requires``: hal's extra, or a plugin's own pip requirement
     extra: str | None = None
+    install: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,11 @@ class Converter:
     convert: Callable[["Model", CompileOptions], Any]
     requires: tuple[str, ...] = ()
     extra: str | None = None
+    install: str | None = None
     cost: int = 1
 
     def missing(self) -> list[str]:
-        return [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
+        return missing(self.requires)
 
 
 @dataclass
@@ -134,12 +137,10 @@ def _identify_path(path: Path, formats: dict[str, Format]) -> Model:
         hit = (fmt.sniff(path) if fmt.sniff else False) or (
             path.is_file() and fmt.suffixes and name.endswith(fmt.suffixes))
         if hit:
-            if fmt.requires and (missing := [m for m in fmt.requires
-                                             if importlib.util.find_spec(m) is None]):
-                raise NoConversionPath(
-                    f"reading {fmt.name} models needs {', '.join(missing)}",
-                    f"pip install 'hal-accel[{fmt.extra}]'" if fmt.extra else f"install {missing}",
-                )
+            absent = missing(fmt.requires)
+            if absent:
+                raise NoConversionPath(f"reading {fmt.name} models needs {', '.join(absent)}",
+                                       install_hint(absent, fmt.extra, fmt.install))
             value = fmt.load(path) if fmt.load else path
             return Model(fmt.name, value, path=path)
     known = sorted({s for f in formats.values() for s in f.suffixes})
@@ -189,9 +190,11 @@ def plan(source: str, targets: tuple[str, ...], converters: list[Converter]) -> 
     hypothetical = _bfs(source, targets, converters)
     if hypothetical is not None:
         needs = sorted({m for c in hypothetical for m in c.missing()})
-        extras = sorted({c.extra for c in hypothetical if c.missing() and c.extra})
-        fix = (f"pip install 'hal-accel[{','.join(extras)}]'" if extras
-               else f"install {', '.join(needs)}")
+        lacking = [c for c in hypothetical if c.missing()]
+        extras = sorted({c.extra for c in lacking if c.extra and not c.install})
+        fix = "; ".join([install_hint([], ",".join(extras))] * bool(extras) +
+                        [install_hint(c.missing(), None, c.install) for c in lacking
+                         if c.install or not c.extra])
         raise NoConversionPath(
             f"converting {source} to {' or '.join(targets)} needs {', '.join(needs)} "
             f"({' → '.join(c.name for c in hypothetical)})",

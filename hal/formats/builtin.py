@@ -177,6 +177,20 @@ def _to_onnx(model: Model, options) -> Any:
     return prog.model_proto
 
 
+def _torch_to_tflite(model: Model, options) -> bytes:
+    """A float TFLite flatbuffer by litert-torch (weights and compute as in the
+    source, fp32 here); a backend that wants int8 quantizes on its own terms."""
+    import litert_torch
+
+    module = model.value.eval() if model.format == "torch.nn" else model.value.module()
+    try:
+        edge = litert_torch.convert(module, torch_example_args(model))
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"litert_torch.convert failed: {brief(e)}",
+                           "check the model exports with torch.export first") from None
+    return bytes(edge.model_content())
+
+
 def _keras_to_tflite(model: Model, options) -> bytes:
     import tensorflow as tf
 
@@ -227,6 +241,9 @@ def register_converters(register):
                        requires=("torch", "onnx", "onnxscript"), extra="cpu", cost=2))
     register(Converter("torch.onnx.export", "torch.export", "onnx", _to_onnx,
                        requires=("torch", "onnx", "onnxscript"), extra="cpu"))
+    for source in ("torch.nn", "torch.export"):
+        register(Converter("litert_torch.convert", source, "tflite", _torch_to_tflite,
+                           requires=("torch", "litert_torch"), extra="edgetpu", cost=2))
     register(Converter("keras.export", "keras", "savedmodel", _keras_to_saved_model,
                        requires=("tensorflow",), extra="tpu"))
     register(Converter("TFLiteConverter.from_keras_model", "keras", "tflite", _keras_to_tflite,
