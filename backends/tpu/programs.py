@@ -218,9 +218,6 @@ class Program:
             self._ir[(n, stage)] = fn.experimental_get_compiler_ir(*fn.input_signature)(stage=stage)
         return self._ir[(n, stage)]
 
-    def remember_ir(self, n: int, stage: str, text: str) -> None:
-        self._ir[(n, stage)] = text
-
     def save(self, path: str) -> None:
         tf.saved_model.save(self.module, path)
 
