@@ -101,6 +101,11 @@ class OpenVINOBackend(Backend):
             compiled = _compile(core, ov_model, device, config,
                                 hal_cache.cache_dir() if hal_cache.enabled(True) else None)
         facts = build.verify(compiled, info.precision, device, config)
+        real = [[(s.shape, s.dtype) for s in specs] for specs in _specs(compiled)]
+        claimed = [[(s.shape, s.dtype) for s in specs] for specs in (info.inputs, info.outputs)]
+        if real != claimed:  # hal.json is untrusted: the compiled model decides
+            raise ArtifactError(f"hal.json's inputs/outputs {claimed} are not the model's {real}",
+                                "re-create the artifact with hal; do not edit .hal files")
         info.extra.update(facts, loaded_from=source, config=config,
                           execution_devices=_exec_devices(compiled))
         from .executable import OpenVINOExecutable
