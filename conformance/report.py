@@ -303,6 +303,10 @@ def plot_latency(r: Report) -> str | None:
     colors = dict(zip(FLOWS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     ncols = min(3, len(devices))
     nrows = -(-len(devices) // ncols)
+    lat = [c.latency_p50_ms for c in cells if c.latency_p50_ms > 0]
+    # a log axis only where the values span more than a decade and a half; its bars then
+    # start a decade below the fastest, so that no bar's length is an accident of the axis
+    log = bool(lat) and max(lat) / min(lat) > 30
     with plt.rc_context(_RC):
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6),
                                  squeeze=False, sharey=True)
@@ -317,12 +321,16 @@ def plot_latency(r: Report) -> str | None:
             ax.set_title(f"{dev} ({kind})")
             ax.set_xticks(x + w * (len(flows) - 1) / 2)
             ax.set_xticklabels(models, rotation=30, ha="right")
-            ax.set_yscale("log")
+            if log:
+                ax.set_yscale("log")
             ax.grid(axis="y", alpha=0.3)
+        if log:  # shared axis: set once, from every device's values
+            axes.flat[0].set_ylim(10 ** np.floor(np.log10(min(lat)) - 1),
+                                  max(lat) * 1.6)
         for ax in axes.flat[len(devices):]:
             ax.set_visible(False)
         for row in axes:
-            row[0].set_ylabel("p50 latency, ms (batch 1)")
+            row[0].set_ylabel("p50 latency, ms (batch 1" + (", log scale)" if log else ")"))
         handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in flows]
         fig.legend(handles, flows, loc="upper center", ncol=len(flows), frameon=False,
                    bbox_to_anchor=(0.5, 1.0))
@@ -377,7 +385,8 @@ def write_html(r: Report, path: str | Path) -> None:
     bad = not r.passed
     verdict = (f"{len(problems)} of {s['runnable']} runnable cells did not pass"
                + (f"; {len(r.errors)} error(s) outside cells" if r.errors else "")
-               if bad else f"every runnable cell passed ({s['runnable']} of {s['cells']})")
+               if bad else f"all {s['runnable']} runnable cells passed"
+               + (f"; {s['unsupported']} unsupported" if s['unsupported'] else ""))
     oracle = r.oracle
     out = [f"<!doctype html><html lang=en><meta charset='utf-8'><title>hal conformance</title>"
            f"<style>{_CSS}</style>",
