@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hal import cache as hal_cache
 from hal.formats import Model
 
 from . import build, compat, devices
-from .convert import read_ir, short
+from .convert import read_ir, short, take_notes
 
 
 class OpenVINOBackend(Backend):
@@ -40,10 +41,11 @@ class OpenVINOBackend(Backend):
     def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
         self.require_runtime()
         build.check_options(options.options)
-        o = compat.api()
-        core = o.core()
+        core = _core()
         precision = options.precision
+        notes = take_notes(model.value)  # what a converter had to say (a fallback, a kept input)
         ov_model = _static_shapes(model.value, options.example_inputs, copy=not model.path_taken)
+        _check_ports(ov_model)
         path = []
         if precision == "int8":
             ov_model, step = build.quantize_int8(ov_model, options.calibration or [], options.options)
@@ -53,7 +55,7 @@ class OpenVINOBackend(Backend):
             path.append(step)
         config = build.config_for(precision, device, options.options)
         compiled = _compile(core, ov_model, device, config, options.cache_dir)
-        facts = build.verify(compiled, precision, device, config)
+        facts = build.verify(compiled, precision, device, config, model=ov_model)
         path.append(f"Core.compile_model({device.id}, "
                     + ", ".join(f"{k}={v}" for k, v in config.items()) + ")")
         ins, outs = _specs(compiled)
@@ -61,6 +63,7 @@ class OpenVINOBackend(Backend):
                               ins, outs, conversion_path=path, options=dict(options.options),
                               extra={"config": config, **facts,
                                      "execution_devices": _exec_devices(compiled)})
+        info.notes.extend(notes)
         if precision == "int8-dynamic":
             info.notes.append("int8-dynamic: weights are stored int8; FullyConnected activations are "
                               "quantized per call by the CPU plugin; convolutions compute in fp32 "
@@ -100,7 +103,7 @@ class OpenVINOBackend(Backend):
         if compiled is None:
             compiled = _compile(core, ov_model, device, config,
                                 hal_cache.cache_dir() if hal_cache.enabled(True) else None)
-        facts = build.verify(compiled, info.precision, device, config)
+        facts = build.verify(compiled, info.precision, device, config, model=ov_model)
         real = [[(s.shape, s.dtype) for s in specs] for specs in _specs(compiled)]
         claimed = [[(s.shape, s.dtype) for s in specs] for specs in (info.inputs, info.outputs)]
         if real != claimed:  # hal.json is untrusted: the compiled model decides
@@ -114,6 +117,27 @@ class OpenVINOBackend(Backend):
 
 
 # --- helpers ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _core():
+    """One Core per process: a fresh one loads every device plugin again on its
+    first query (0.2 s per compile here); Core's compile_model is thread-safe."""
+    return compat.api().core()
+
+
+def _check_ports(ov_model) -> None:
+    """OpenVINO's Python API hands bf16 tensors over as float16-typed bits, so a
+    bf16 input or output would be fed or read as wrong numbers: refuse it."""
+    bf16 = [p.get_any_name() if p.get_names() else f"#{i}"
+            for i, p in enumerate(list(ov_model.inputs) + list(ov_model.outputs))
+            if p.get_element_type().get_type_name() == "bf16"]
+    if bf16:
+        raise UnsupportedError(
+            f"the model has bfloat16 inputs/outputs {bf16}, which OpenVINO's Python API cannot "
+            "exchange with numpy (it passes their bits as float16)",
+            "give the model float32 (or float16) inputs and outputs, casting inside it, or "
+            "run it on another target")
+
+
 def _compile(core, ov_model, device: Device, config: dict[str, str], cache_dir):
     from .executable import runtime_error, vanished
 
@@ -127,8 +151,8 @@ def _compile(core, ov_model, device: Device, config: dict[str, str], cache_dir):
         if isinstance(err, DeviceUnavailableError):
             raise err from None
         raise CompileError(f"OpenVINO could not compile the model for {device.target}: {short(e)}",
-                           "check the model's ops are supported by this device's plugin, "
-                           "or target openvino:CPU") from None
+                           "check the model's ops are supported by this device's plugin"
+                           + ("" if device.id == "CPU" else ", or target openvino:CPU")) from None
 
 
 def _static_shapes(ov_model, example_inputs, copy: bool):

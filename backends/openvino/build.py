@@ -149,10 +149,10 @@ def _tokens(v: str) -> list[str]:
     return [t for t in v.replace(",", " ").split() if t]
 
 
-def runtime_precisions(compiled) -> Counter | None:
-    """(layer type, precision) counts of the compiled runtime graph, or None
-    where the plugin does not annotate it."""
-    seen: Counter = Counter()
+def runtime_layers(compiled) -> list[tuple[str, set[str], list[str]]] | None:
+    """(layer type, precisions, original op names) per layer of the compiled
+    runtime graph, or None where the plugin does not annotate it."""
+    out = []
     try:
         for op in compiled.get_runtime_model().get_ordered_ops():
             rt = op.get_rt_info()
@@ -163,11 +163,46 @@ def runtime_precisions(compiled) -> Counter | None:
             if layer not in ("Const", "Input", "Output", "Parameter", "Result"):
                 if "outputPrecisions" in rt:
                     precs |= set(_tokens(rt["outputPrecisions"].astype(str)))
-            for p in precs:
-                seen[(layer, p)] += 1
+            names = (rt["originalLayersNames"].astype(str).split(",")
+                     if "originalLayersNames" in rt else [])
+            out.append((layer, precs, [n for n in names if n]))
     except Exception:  # noqa: BLE001 - some plugins (e.g. MYRIAD) expose no runtime graph
         return None
-    return seen or None
+    return out or None
+
+
+def runtime_precisions(compiled) -> Counter | None:
+    """(layer type, precision) counts of the compiled runtime graph, or None
+    where the plugin does not annotate it."""
+    layers = runtime_layers(compiled)
+    return None if layers is None else Counter((l, p) for l, ps, _ in layers for p in ps)
+
+
+def model_types(ov_model) -> dict[str, set[str]]:
+    """Each op of the model (by friendly name) with the element types it takes
+    and gives: where a model is fp16 or bf16 *by itself*."""
+    out: dict[str, set[str]] = {}
+    for op in ov_model.get_ordered_ops():
+        ts = {op.get_output_element_type(i).get_type_name() for i in range(op.get_output_size())}
+        ts |= {op.get_input_element_type(i).get_type_name() for i in range(op.get_input_size())}
+        out[op.get_friendly_name()] = ts
+    return out
+
+
+def _lowered(layers, own: dict[str, set[str]] | None) -> list[tuple[str, str]]:
+    """(layer, precision) of every layer at f16/bf16 that the model does not ask
+    for itself. With ``own`` (the source model's op types), a layer is the
+    model's when every source op fused into it has that type (a layer of
+    plugin-inserted ops only: when the model declares the type at all)."""
+    declared = {t for ts in (own or {}).values() for t in ts} & {"f16", "bf16"}
+    out = []
+    for layer, precs, names in layers:
+        known = [n for n in names if own and n in own]
+        for p in sorted(precs & {"f16", "bf16"}):
+            if p in declared and all(p in own[n] for n in known):
+                continue
+            out.append((layer, p))
+    return out
 
 
 def _hint(compiled) -> str | None:
@@ -178,18 +213,25 @@ def _hint(compiled) -> str | None:
         return None
 
 
-def verify(compiled, precision: str, device: Device, config: dict[str, str]) -> dict[str, Any]:
+def verify(compiled, precision: str, device: Device, config: dict[str, str],
+           model=None) -> dict[str, Any]:
     """Raise CompileError unless the compiled model really runs at ``precision``;
-    return what was checked (for ``ExecutableInfo.extra``)."""
-    seen = runtime_precisions(compiled)
+    return what was checked (for ``ExecutableInfo.extra``). With the source
+    ``model``, f16/bf16 layers that the model itself is typed in (an fp16 ONNX
+    model, a Cast to float16) are the model's, not a plugin down-conversion."""
+    layers = runtime_layers(compiled)
     hint = _hint(compiled)
     facts: dict[str, Any] = {"inference_precision_hint": hint}
-    if seen is None:
+    if layers is None:
         facts["runtime_precisions"] = "not reported by this plugin"
         return facts
+    seen = Counter((l, p) for l, ps, _ in layers for p in ps)
     facts["runtime_precisions"] = sorted({p for _, p in seen})
-    low = {p for (_, p) in seen if p in ("bf16", "f16")}
-    where = lambda ps: sorted({l for (l, p) in seen if p in ps})[:6]  # noqa: E731
+    lowered = _lowered(layers, model_types(model) if model is not None else None)
+    if model is not None and len(lowered) < sum(len(ps & {"f16", "bf16"}) for _, ps, _ in layers):
+        facts["model_low_precision"] = "the model itself is typed f16/bf16 in places"
+    low = {p for _, p in lowered}
+    where = lambda ps: sorted({l for (l, p) in lowered if p in ps})[:6]  # noqa: E731
     fix = f"report it; or compile with precision='{'bf16' if 'bf16' in low else 'fp16'}' if that is acceptable"
     if precision in ("fp32", "int8", "int8-dynamic") and "INFERENCE_PRECISION_HINT" in config and low:
         raise CompileError(

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hal import CompileError, HalError, ModelFormatError
 from hal.formats import Model
 from hal.formats.builtin import scratch_dir, torch_example_args
@@ -53,7 +55,7 @@ def fingerprint(ov_model) -> bytes:
 
 
 # --- converters -> openvino.model ----------------------------------------------------
-def _convert(source: Any, what: str, **kwargs) -> Any:
+def _convert(source: Any, what: str, fix: str | None = None, **kwargs) -> Any:
     o = compat.api()
     try:
         return o.convert(source, **kwargs)
@@ -61,8 +63,31 @@ def _convert(source: Any, what: str, **kwargs) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - the converter's own failure
         raise CompileError(f"ov.convert_model could not convert the {what}: {short(e)}",
-                           "check that every op is supported by OpenVINO's frontend, or export "
-                           "the model to ONNX and pass that") from None
+                           fix or "check that every op is supported by OpenVINO's frontend, or "
+                           "export the model to ONNX and pass that") from None
+
+
+#: where a conversion leaves notes for ``ExecutableInfo.notes`` (model rt_info)
+NOTES = "hal_notes"
+
+
+def add_note(ov_model, text: str) -> None:
+    n = len(take_notes(ov_model, keep=True))
+    ov_model.set_rt_info(text, [NOTES, str(n)])
+
+
+def take_notes(ov_model, keep: bool = False) -> list[str]:
+    """The notes a converter attached to the model (removed unless ``keep``)."""
+    rt = ov_model.get_rt_info()
+    if NOTES not in list(rt.keys()):
+        return []
+    out, i = [], 0
+    while ov_model.has_rt_info([NOTES, str(i)]):
+        out.append(ov_model.get_rt_info([NOTES, str(i)]).astype(str))
+        i += 1
+    if not keep:
+        del rt[NOTES]
+    return out
 
 
 def from_torch(model: Model, options) -> Any:
@@ -83,14 +108,72 @@ def from_exported(model: Model, options) -> Any:
     return _convert(model.value, "ExportedProgram")
 
 
-def from_onnx(model: Model, options) -> Any:
-    if model.path is not None:  # keeps external-data files next to the .onnx
-        return _convert(str(model.path), "ONNX model")
-    import onnx
+_ONNX_FIX = ("OpenVINO's ONNX frontend does not support an op or attribute in this model: check "
+             "OpenVINO's supported-ONNX-operator list, or run it on another target (e.g. 'cpu')")
 
-    path = scratch_dir("hal-ov-onnx-") / "model.onnx"
-    onnx.save(model.value, str(path))
-    return _convert(str(path), "ONNX model")
+
+def from_onnx(model: Model, options) -> Any:
+    """``ov.convert_model`` on the file; where it refuses a model that
+    ``Core.read_model`` reads (e.g. Col2Im), read_model's result, with a note.
+    The source graph's inputs are kept: a converter that drops an input the
+    model does not need (an empty ``axes``) would otherwise change its arity."""
+    path = model.path
+    if path is None:  # a file keeps external-data files next to the .onnx
+        import onnx
+
+        path = scratch_dir("hal-ov-onnx-") / "model.onnx"
+        onnx.save(model.value, str(path))
+    try:
+        ov_model = _convert(str(path), "ONNX model", _ONNX_FIX)
+    except CompileError as e:
+        try:
+            ov_model = compat.api().core().read_model(str(path))
+        except Exception:  # noqa: BLE001 - both refuse it: convert_model's error says why
+            raise e from None
+        add_note(ov_model, f"ov.convert_model refused the model ({e.what.split(': ', 1)[-1]}); "
+                           "it was read with Core.read_model instead")
+    return keep_source_inputs(ov_model, model.value)
+
+
+def keep_source_inputs(ov_model, proto) -> Any:
+    """Give ``ov_model`` the ONNX graph's inputs, in the graph's order: an input
+    the frontend dropped comes back as an unused Parameter of its declared
+    type and shape, so inputs map by position exactly as in the source."""
+    o = compat.api()
+    init = {i.name for i in proto.graph.initializer}
+    source = [v for v in proto.graph.input if v.name not in init]
+    have = list(ov_model.get_parameters())
+    index = {n: i for i, p in enumerate(have) for n in p.output(0).get_names()}
+    where = [index.get(v.name) for v in source]
+    if where == list(range(len(have))):
+        return ov_model
+    found = [i for i in where if i is not None]
+    if sorted(found) != list(range(len(have))) or \
+            any(i is None and v.type.WhichOneof("value") != "tensor_type" for i, v in zip(where, source)):
+        return ov_model  # not a plain rename-free case: keep OpenVINO's own interface
+    from onnx import helper
+
+    ordered, added = [], []
+    for i, v in zip(where, source):
+        if i is not None:
+            ordered.append(have[i])
+            continue
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        p = o.ov.op.Parameter(o.ov.Type(np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))),
+                              o.ov.PartialShape(dims))
+        p.set_friendly_name(v.name)
+        p.output(0).get_tensor().set_names({v.name})
+        ordered.append(p)
+        added.append(v.name)
+    notes = take_notes(ov_model)
+    new = o.ov.Model(ov_model.get_results(), ordered, ov_model.get_friendly_name())
+    for n in notes:
+        add_note(new, n)
+    if added:
+        add_note(new, f"input(s) {added} are not used by the converted model; they are kept, "
+                      "and ignored, so inputs map by position as in the ONNX graph")
+    return new
 
 
 def from_tflite(model: Model, options) -> Any:

@@ -85,7 +85,9 @@ class OpenVINOExecutable(Executable):
         ins, outs = self.info.inputs, self.info.outputs
         req = self.compiled.create_infer_request()
         in_views: list = [None] * len(ins)
-        if not all(None not in s.shape for s in ins):
+        if not all(None not in s.shape for s in ins) or \
+                not all(s.dtype in ("float16", "float32", "float64") for s in ins):
+            # zeros in an integer input (a divisor, a block size: Col2Im) raise SIGFPE
             return _Slot(req, in_views, None)
         try:
             for i, s in enumerate(ins):
@@ -150,7 +152,7 @@ class OpenVINOExecutable(Executable):
                 except RuntimeError as e:
                     raise runtime_error(self.core, self.device, e,
                                         f"compiling the {name} variant") from None
-                build.verify(cm, self.info.precision, self.device, cfg)
+                build.verify(cm, self.info.precision, self.device, cfg, model=self.ov_model)
                 self._variants[name] = cm
             return self._variants[name]
 
