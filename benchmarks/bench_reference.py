@@ -1,7 +1,11 @@
-"""hal run() vs a direct torch call, batch 1, small CNN, same process, same run.
+"""hal's per-call overhead: reference ``exe(x)`` vs a direct torch call, batch 1,
+small CNN, same process, same run.
 
-Prints the ratio of medians (target ≤ 1.03). Rounds alternate between the two
-so that drift on a shared machine hits both alike.
+Prints each way of calling as a ratio of medians to the direct call (target for
+the default ``exe(x)``: <= 1.03) and the median overhead in microseconds. Every
+iteration calls all of them once, in an order that rotates from one iteration to
+the next, so drift on a shared machine and any first/second-call bias hit all
+alike.
 
     python benchmarks/bench_reference.py [--rounds 30] [--iters 200]
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,16 +40,20 @@ def per_call(fn, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def alternating_medians(a, b, n: int) -> tuple[float, float]:
-    """Time single calls of ``a`` and ``b`` in strict alternation and return each
-    one's median: a spike on the shared machine lands on one call, not a whole side."""
+def interleaved(fns: dict[str, Callable[[], object]], n: int) -> dict[str, list[float]]:
+    """Per-call seconds of every function over ``n`` iterations; iteration i
+    calls them in the order rotated by i."""
     clock = time.perf_counter
-    ta, tb = [], []
-    for _ in range(n):
-        t0 = clock(); a(); t1 = clock(); b(); t2 = clock()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    return statistics.median(ta), statistics.median(tb)
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(n):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            f = fns[name]
+            t0 = clock()
+            f()
+            times[name].append(clock() - t0)
+    return times
 
 
 def main() -> None:
@@ -62,16 +71,24 @@ def main() -> None:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
+    fns = {
+        "direct": direct,
+        "exe(x), default NaN/Inf check": lambda: checked(x),
+        "exe(x), check_finite=False (like for like)": lambda: unchecked(x),
+        "exe.infer([x]) (backend path only)": lambda: unchecked.infer([x]),
+    }
+    for f in fns.values():
+        assert np.allclose(direct(), f(), rtol=1e-5, atol=1e-6)
+        per_call(f, 50)
     n = a.rounds * a.iters
-    print(f"small CNN, batch 1, {torch.get_num_threads()} threads, medians of {n} alternating calls")
-    for label, exe in (("exe(x), check_finite=False (like for like)", unchecked),
-                       ("exe(x), default NaN/Inf check", checked),
-                       ("exe.infer([x]) (backend path only)", None)):
-        fn = (lambda e=exe: e(x)) if exe is not None else (lambda: unchecked.infer([x]))
-        assert np.allclose(direct(), fn(), rtol=1e-5, atol=1e-6)
-        per_call(fn, 50)
-        md, mh = alternating_medians(direct, fn, n)
-        print(f"  {label:45s} {mh * 1e6:8.1f} us vs direct {md * 1e6:8.1f} us: ratio {mh / md:.3f}")
+    times = interleaved(fns, n)
+    md = statistics.median(times.pop("direct"))
+    print(f"small CNN, batch 1, {torch.get_num_threads()} threads, {n} interleaved calls each; "
+          f"direct torch median {md * 1e6:.1f} us")
+    for label, t in times.items():
+        mh = statistics.median(t)
+        print(f"  {label:45s} {mh * 1e6:8.1f} us: ratio {mh / md:.3f} "
+              f"(overhead {(mh - md) * 1e6:+.1f} us)")
     print("target: ratio <= 1.03")
 
 

@@ -225,11 +225,15 @@ class Executable:
                 flags = a.flags
                 if not (flags.c_contiguous and flags.aligned):
                     break
-                # a finite sum proves a float32/64 array finite (NaN and Inf propagate);
-                # an Inf sum may be overflow of finite values, so the slow path decides.
-                # Narrower floats overflow too easily to sum: they get the full check.
-                if finite and check and not (isfinite(_sum(a, None)) if check == 1
-                                             else np.isfinite(a).all()):
+                # NaN/Inf: a finite a·a proves a float32/64 array finite (squares
+                # cannot cancel an Inf; NaN propagates; an overflow of large finite
+                # values goes to the slow path, which decides). Measured between torch
+                # calls on 3 K elements: +1.4 us, vs +2.4 for a sum and +3.6 for
+                # isfinite().all(), which wins from ~100 K elements on; the cut-off
+                # also keeps dot below OpenBLAS's threading threshold (10 K).
+                if finite and check and not (
+                        isfinite(_vdot(a, a)) if check == 1 and a.size <= _DOT_MAX
+                        else np.isfinite(a).all()):
                     break
             else:
                 return list(inputs)
@@ -300,7 +304,8 @@ def conform(a: np.ndarray, spec: TensorSpec, check_finite: bool) -> np.ndarray:
     return a
 
 
-_sum = np.add.reduce
+_vdot = np.vdot
+_DOT_MAX = 8192
 
 
 def _floating(dt: np.dtype) -> bool:
@@ -311,16 +316,16 @@ def _floating(dt: np.dtype) -> bool:
 def _fast_spec(spec: TensorSpec) -> tuple[np.dtype | None, tuple, int, int]:
     """(dtype, shape, start, check): ``a.shape[start:]`` must equal ``shape[start:]``;
     start is 0 for static shapes, 1 for a dynamic batch only, -1 otherwise. check:
-    0 not a float, 1 float32/64 (one sum proves finiteness), 2 a narrower float
-    (the full check). A dtype numpy cannot name here (bfloat16 without ml_dtypes)
-    is None: every call takes the slow path."""
+    0 not a float, 1 float32/64, 2 another float (float16, bfloat16: its a·a
+    overflows too easily). A dtype numpy cannot name here (bfloat16 without
+    ml_dtypes) is None: every call takes the slow path."""
     dyn = [i for i, d in enumerate(spec.shape) if d is None]
     start = 0 if not dyn else 1 if dyn == [0] else -1
     try:
         dt = np.dtype(spec.dtype)
     except TypeError:
         return None, tuple(spec.shape), start, 0
-    check = 0 if not _floating(dt) else 1 if dt.kind == "f" and dt.itemsize >= 4 else 2
+    check = 0 if not _floating(dt) else 1 if dt in (np.float32, np.float64) else 2
     return dt, tuple(spec.shape), start, check
 
 

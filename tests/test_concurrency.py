@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import pytest
 
+import hal
 import two_input as ti
 
 THREADS, CALLS = 8, 100
@@ -22,10 +23,26 @@ THREADS, CALLS = 8, 100
 
 @pytest.mark.parametrize("target", ti.device_params())
 def test_one_executable_many_threads(target):
-    exe = ti.compiled(target)
+    hammer(ti.compiled(target), ti.sample, target)
+
+
+def test_openvino_small_inputs_many_threads(mlp):
+    """Inputs of 256 KiB or less are copied into each infer request's own buffers:
+    the other input path of the OpenVINO request pool."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    if not any(d.target == "openvino:CPU" for d in ti.available()):
+        pytest.skip("openvino:CPU is not available")
+    xs = np.random.default_rng(3).standard_normal((THREADS * CALLS, 1, 64)).astype(np.float32)
+    exe = hal.compile(mlp, "openvino:CPU", example_inputs=(xs[0],), cache=False)
+    hammer(exe, lambda i: (xs[i],), "openvino:CPU (small inputs)")
+
+
+def hammer(exe, sample, target: str) -> None:
+    """THREADS threads × CALLS calls of ``exe(*sample(i))``, each i once, against
+    the single-threaded results."""
     n = THREADS * CALLS
-    ref = [exe(*ti.sample(i)) for i in range(n)]
-    again = [exe(*ti.sample(i)) for i in range(0, n, 8)]  # run-to-run, single-threaded
+    ref = [exe(*sample(i)) for i in range(n)]
+    again = [exe(*sample(i)) for i in range(0, n, 8)]  # run-to-run, single-threaded
     spread = max(float(np.abs(a - ref[8 * k]).max()) for k, a in enumerate(again))
     distinct = len({r.tobytes() for r in ref})
     assert distinct > n * 0.9, f"only {distinct} distinct outputs: cross-talk would go unseen"
@@ -38,7 +55,7 @@ def test_one_executable_many_threads(target):
         start.wait()
         for i in range(t * CALLS, (t + 1) * CALLS):
             try:
-                got[i] = exe(*ti.sample(i))
+                got[i] = exe(*sample(i))
             except Exception as e:  # noqa: BLE001 - every failure is counted and shown
                 errors.append(f"call {i}: {type(e).__name__}: {e}")
 

@@ -43,8 +43,11 @@ class TorchExecutable(Executable):
             a.to(self.cast) if a.is_floating_point() else a for a in src]
         with torch.inference_mode():
             out = self.module(*args)
-        if known is not True and (known is None or any(t._version for t in src)):
-            self._writes_inputs = any(t._version for t in src)
+        if known is not True:
+            for t in src:
+                if t._version or known is None:
+                    self._writes_inputs = any(t._version for t in src)
+                    break
         # fresh results are inference tensors; anything else (an input passed through,
         # a view of one, a weight) is copied so that the caller owns what it gets
         if isinstance(out, torch.Tensor):
