@@ -108,39 +108,37 @@ class OpenVINOExecutable(Executable):
         return _Slot(req, in_views, None)
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        slot = None
         try:
             try:
                 slot = self._idle.pop()
             except IndexError:  # every request is busy in another thread: one more
                 slot = self._slot()
-            try:
-                return self._run(slot, inputs)
-            finally:
-                self._idle.append(slot)
+            req = slot.req
+            # A shared tensor does not keep its array alive once set on the request:
+            # hold every one until infer returns (a temporary copy freed mid-call is
+            # what made views and read-only inputs read freed memory).
+            shared = []
+            for i, a in enumerate(inputs):
+                view = slot.in_views[i]
+                if view is not None:
+                    np.copyto(view, a)
+                    continue
+                if not (a.flags.c_contiguous and a.flags.writeable):
+                    # OpenVINO shares only writable C-contiguous memory (it never writes it)
+                    a = np.array(a, order="C")
+                t = self._tensor(a, shared_memory=True)
+                shared.append(t)
+                req.set_input_tensor(i, t)
+            req.infer(**self._infer_kw)
+            if slot.out_views is not None:
+                return [v.copy() for v in slot.out_views]
+            return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
         except RuntimeError as e:
             raise runtime_error(self.core, self.device, e, "inference") from None
-
-    def _run(self, slot: _Slot, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        req = slot.req
-        # A shared tensor does not keep its array alive once set on the request:
-        # hold every tensor until infer returns (a temporary copy freed mid-call
-        # is what made views and read-only inputs read freed memory).
-        shared = []
-        for i, a in enumerate(inputs):
-            view = slot.in_views[i]
-            if view is not None:
-                np.copyto(view, a)
-                continue
-            if not (a.flags.c_contiguous and a.flags.writeable):
-                # OpenVINO shares only writable C-contiguous memory (it never writes inputs)
-                a = np.array(a, order="C")
-            t = self._tensor(a, shared_memory=True)
-            shared.append(t)
-            req.set_input_tensor(i, t)
-        req.infer(**self._infer_kw)
-        if slot.out_views is not None:
-            return [v.copy() for v in slot.out_views]
-        return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        finally:
+            if slot is not None:
+                self._idle.append(slot)
 
     # --- variants compiled on demand -------------------------------------------------
     def _variant(self, name: str, extra: dict[str, str]):
