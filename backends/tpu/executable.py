@@ -39,6 +39,12 @@ class TpuExecutable(Executable):
         return self.buckets.calls(n)
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Thread-safe without a lock: a tf.function may be called from many threads
+        (TensorFlow locks its own tracing), each call gets fresh input and output
+        tensors (``tf.constant`` copies or pins the array for the call; outputs are
+        new tensors, never reused), and padding builds new arrays. The only shared
+        state, the program's lazily built per-bucket runners, can at worst be
+        built twice, identically."""
         calls = self.calls_for(inputs)
         if len(calls) == 1 and calls[0][0] == calls[0][1]:
             return self.program(calls[0][1], inputs)
