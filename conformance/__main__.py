@@ -21,9 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--goldens", metavar="DIR")
     p.add_argument("--timeout", dest="timeout_s", type=float, default=300.0, help="seconds per cell")
     p.add_argument("-j", "--jobs", type=int, default=1, help="backends run at once")
+    p.add_argument("--markdown", dest="markdown_path", help="write a markdown report here")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run over every node of the Ray cluster at HOST:PORT, or 'local'")
+    p.add_argument("--cross-check", choices=("none", "first", "all"), default="first",
+                   help="with --cluster: cells that run on every host with the device (default: "
+                        "each model's first flow)")
     a = p.parse_args(argv)
     return run_cli(a.backend, a.model, a.precision, a.json_path, a.junit_path, a.html_path,
-                   a.export_goldens, a.goldens, a.timeout_s, a.jobs)
+                   a.export_goldens, a.goldens, a.timeout_s, a.jobs, cluster=a.cluster,
+                   markdown_path=a.markdown_path, cross_check=a.cross_check)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ def run_cli(backend: list[str] | None = None, model: list[str] | None = None,
             precision: list[str] | None = None, json_path: str | Path | None = None,
             junit_path: str | Path | None = None, html_path: str | Path | None = None,
             export_goldens: str | Path | None = None, goldens: str | Path | None = None,
-            timeout_s: float = 300.0, jobs: int = 1, console=None) -> int:
+            timeout_s: float = 300.0, jobs: int = 1, console=None, cluster: str | None = None,
+            markdown_path: str | Path | None = None, cross_check: str = "first") -> int:
     """Run the conformance suite, print a table, write the requested reports.
+
+    ``cluster`` (``host:port`` of a Ray head, or ``local``) runs it over every node of
+    a Ray cluster instead of this host alone (see docs/lab.md).
 
     Returns the exit code: 0 when every runnable cell passed, 1 otherwise,
     2 for a usage error, 130 when interrupted (the JSON keeps finished cells).
@@ -46,7 +50,8 @@ def run_cli(backend: list[str] | None = None, model: list[str] | None = None,
             return
         extra = rep.headline(c)
         con.print(f"[{rep.STYLE[c.result]}]{rep.MARK[c.result]:>7}[/] {c.id:<42} {extra:>9} "
-                  f"[dim]{c.duration_s or 0:5.1f}s[/dim]"
+                  + (f"[dim]{c.host:<12}[/dim] " if c.host else "")
+                  + f"[dim]{c.duration_s or 0:5.1f}s[/dim]"
                   + (f"  [dim]{c.message[:160]}[/dim]" if c.result != "pass" else ""),
                   highlight=False)
 
@@ -65,8 +70,13 @@ def run_cli(backend: list[str] | None = None, model: list[str] | None = None,
                        timeout_s=timeout_s, startup_timeout_s=max(timeout_s, 120.0),
                        goldens=Path(goldens) if goldens else None, jobs=max(1, int(jobs or 1)),
                        json_path=Path(json_path) if json_path else None)
-        suite = Suite(opts, on_cell=cell, on_note=note)
-        r = suite.run()
+        if cluster:
+            from .lab import Lab, LabOptions
+
+            r = Lab(opts, LabOptions(cluster, cross_check, max(1, int(jobs or 1))),
+                    on_cell=cell, on_note=note).run()
+        else:
+            r = Suite(opts, on_cell=cell, on_note=note).run()
     except hal.HalError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         return e.exit_code
@@ -75,11 +85,25 @@ def run_cli(backend: list[str] | None = None, model: list[str] | None = None,
         return 130
     for t in rep.rich_tables(r):
         con.print(t)
+    if r.meta.get("lab"):
+        from .lab import lab_tables
+
+        for t in lab_tables(r):
+            con.print(t)
     if junit_path:
         rep.write_junit(r, junit_path)
-    if html_path:
+    if html_path and r.meta.get("lab"):
+        from .lab.reports import write_html
+
+        write_html(r, html_path)  # the single-host page with a lab section
+    elif html_path:
         rep.write_html(r, html_path)
-    for what, p in (("JSON", json_path), ("JUnit", junit_path), ("HTML", html_path)):
+    if markdown_path:
+        from .lab.reports import write_markdown
+
+        write_markdown(r, markdown_path)
+    for what, p in (("JSON", json_path), ("JUnit", junit_path), ("HTML", html_path),
+                    ("markdown", markdown_path)):
         if p:
             con.print(f"[dim]{what}: {p}[/dim]")
     return r.summary()["exit_code"]

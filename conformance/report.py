@@ -17,9 +17,9 @@ from .policy import FLOWS, POLICY
 from .results import CellResult, Report
 
 STYLE = {"pass": "green", "fail": "bold red", "unsupported": "dim", "error": "yellow",
-         "crash": "bold magenta", "timeout": "magenta"}
+         "crash": "bold magenta", "timeout": "magenta", "lost": "bold yellow"}
 MARK = {"pass": "✓", "fail": "✗", "unsupported": "–", "error": "error", "crash": "crash",
-        "timeout": "timeout"}
+        "timeout": "timeout", "lost": "lost"}
 
 
 def headline(c: CellResult) -> str:
@@ -38,7 +38,8 @@ def _fmt(v, spec: str = ".3g", none: str = "") -> str:
 
 def summary_line(r: Report) -> str:
     s = r.summary()
-    parts = [f"{s[k]} {k}" for k in ("pass", "fail", "unsupported", "error", "crash", "timeout") if s[k]]
+    parts = [f"{s[k]} {k}" for k in ("pass", "fail", "unsupported", "error", "crash", "timeout",
+                                     "lost") if s.get(k)]
     dur = r.meta.get("duration_s")
     return (f"{s['cells']} cells ({s['runnable']} runnable): {', '.join(parts) or 'none'}"
             + (f" in {dur:.0f}s" if dur is not None else "")
@@ -66,7 +67,8 @@ def not_run(r: Report) -> list[NotRun]:
     for name, b in sorted(r.backends.items()):
         for d in b.get("devices", []):
             if not d.get("available"):
-                out.append(NotRun(d["target"], str(d.get("kind") or "device"), "unavailable",
+                out.append(NotRun(d["target"] + (f" on {d['host']}" if d.get("host") else ""),
+                                  str(d.get("kind") or "device"), "unavailable",
                                   d.get("reason") or "no reason given"))
         if b.get("error"):
             out.append(NotRun(name, "backend", "backend error", str(b["error"])))
@@ -152,7 +154,7 @@ def write_junit(r: Report, path: str | Path) -> None:
     total = defaultdict(int)
     for dev, cells in sorted(by_dev.items()):
         counts = {"tests": len(cells), "failures": sum(c.result == "fail" for c in cells),
-                  "errors": sum(c.result in ("error", "crash", "timeout") for c in cells),
+                  "errors": sum(c.result in ("error", "crash", "timeout", "lost") for c in cells),
                   "skipped": sum(c.result == "unsupported" for c in cells)}
         ts = ET.SubElement(root, "testsuite", name=f"hal.conformance.{dev}",
                            time=f"{sum(c.duration_s or 0 for c in cells):.3f}",
@@ -167,7 +169,7 @@ def write_junit(r: Report, path: str | Path) -> None:
                                name=c.precision, time=f"{c.duration_s or 0:.3f}")
             cp = ET.SubElement(tc, "properties")
             for k in ("max_abs_err", "mean_abs_err", "snr_db", "top1_agreement", "accuracy",
-                      "compile_time_s", "artifact_size_bytes", "latency_p50_ms"):
+                      "compile_time_s", "artifact_size_bytes", "latency_p50_ms", "host"):
                 v = getattr(c, k)
                 if v is not None:
                     ET.SubElement(cp, "property", name=k, value=str(v))
@@ -175,7 +177,7 @@ def write_junit(r: Report, path: str | Path) -> None:
                 ET.SubElement(cp, "property", name="conversion_path", value=" → ".join(c.conversion_path))
             if c.result == "fail":
                 ET.SubElement(tc, "failure", message=c.message[:1000], type="tolerance").text = c.message
-            elif c.result in ("error", "crash", "timeout"):
+            elif c.result in ("error", "crash", "timeout", "lost"):
                 ET.SubElement(tc, "error", message=c.message[:1000], type=c.result).text = \
                     c.message + ("\n" + c.detail if c.detail else "")
             elif c.result == "unsupported":

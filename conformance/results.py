@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: every value ``CellResult.result`` can take
-RESULTS = ("pass", "fail", "unsupported", "error", "crash", "timeout")
+#: every value ``CellResult.result`` can take (``lost``: its host left a lab run, see lab/)
+RESULTS = ("pass", "fail", "unsupported", "error", "crash", "timeout", "lost")
 SCHEMA = 1
 
 
@@ -47,6 +47,8 @@ class CellResult:
     duration_s: float | None = None
     notes: list[str] = field(default_factory=list)
     detail: str | None = None  # traceback or log tail
+    #: the host that ran it, in a lab run over a Ray cluster (None: this host)
+    host: str | None = None
 
     @property
     def runnable(self) -> bool:

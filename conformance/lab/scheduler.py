@@ -1,0 +1,531 @@
+"""The lab driver: the conformance suite over every node of a Ray cluster.
+
+Each node advertises its devices as Ray resources (``probe.resources``). For every
+device on every node that advertises it, the driver starts one actor
+(:class:`~hal_conformance.lab.node.DeviceRunner`) that holds the device's resource and
+runs that device's backend in the node's own worker process. A device's cells form
+one queue that every node with the device draws from, so they spread over those
+nodes. A node lost mid-run gives its unfinished cells back to the queue, for another
+node with the device; where none is left they are ``lost`` with the host and why.
+
+The driver keeps the references (the fp64 oracle on this host, or goldens), judges
+every output with the single-host code (``Suite._cell``) and writes the JSON report
+after every cell, so nothing a node finished is lost with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+
+import hal
+from hal.errors import brief
+
+from ..policy import FLOWS
+from ..results import CellResult, Report
+from ..runner import CellSpec, Options, Suite
+from . import cluster as cl
+from .consistency import compare_copies, compare_flows
+from .probe import device_resource, kind_resource
+
+#: what runs on every node that has a device, besides the device's share of the cells
+CROSS_CHECK = ("none", "first", "all")
+#: the driver polls Ray this often (seconds)
+POLL_S = 0.5
+
+
+@dataclass
+class LabOptions:
+    #: ``host:port`` of a running cluster's head, or ``local``
+    address: str = "local"
+    #: none | first (each model's first runnable flow) | all: cells that run on every
+    #: host that has the device, so the hosts can be compared
+    cross_check: str = "first"
+    #: ``local`` only: devices run at once (the local node's Ray CPUs)
+    jobs: int = 1
+
+
+@dataclass
+class Device:
+    """One device target (and kind) and its cells, over every node that has it."""
+
+    target: str
+    kind: str
+    backend: str
+    specs: list[CellSpec] = field(default_factory=list)
+    #: runnable cells not yet taken by any runner
+    shared: deque = field(default_factory=deque)
+    #: cells every runner of this device runs (cross-host comparison)
+    checks: list[CellSpec] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
+    #: cell id → host → (its judged result, its outputs)
+    copies: dict[str, dict[str, tuple[CellResult, np.ndarray | None]]] = field(default_factory=dict)
+    #: the last loss of a node that had this device: (host, reason)
+    last_loss: tuple[str, str] | None = None
+
+
+@dataclass
+class Runner:
+    """One device on one node."""
+
+    device: Device
+    node: cl.Node
+    private: deque = field(default_factory=deque)
+    state: str = "waiting"  # waiting → starting → ready → closing → closed | lost
+    actor: Any = None
+    future: Any = None
+    current: CellSpec | None = None
+    deadline: float = 0.0
+    #: how long the driver waits for the pending answer
+    window: float = 0.0
+    worker_starts: int = 0
+
+    @property
+    def host(self) -> str:
+        return self.node.host
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("waiting", "starting", "ready") and self.node.alive
+
+
+class Lab:
+    def __init__(self, opts: Options, lab: LabOptions,
+                 on_cell: Callable[[CellResult], None] | None = None,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        if lab.cross_check not in CROSS_CHECK:
+            raise hal.UsageError(f"unknown cross-check {lab.cross_check!r}",
+                                 f"use one of: {', '.join(CROSS_CHECK)}")
+        self.opts = opts
+        self.lab = lab
+        self.on_cell = on_cell or (lambda c: None)
+        self.on_note = on_note or (lambda s: None)
+        self.devices: dict[tuple[str, str], Device] = {}
+        self.runners: list[Runner] = []
+        self.futures: dict[Any, Runner] = {}
+        self.rerun_from: dict[str, str] = {}
+        self.losses: list[dict[str, Any]] = []
+        self.t0 = time.time()
+
+    # --- the run ------------------------------------------------------------------------
+    def run(self) -> Report:
+        conn = cl.connect(self.lab.address, num_cpus=max(1, self.lab.jobs))
+        try:
+            return self._run(conn)
+        finally:
+            conn.close()
+
+    def _run(self, conn: cl.Connection) -> Report:
+        ray = cl.ray_module()
+        o = self.opts
+        # the single-host suite, for what does not depend on where a cell runs: the
+        # references, the judging, the report and its incremental JSON
+        self.suite = suite = Suite(Options(
+            models=o.models, precisions=o.precisions, timeout_s=o.timeout_s,
+            startup_timeout_s=o.startup_timeout_s, goldens=o.goldens, measure=o.measure,
+            json_path=o.json_path, workdir=o.workdir), on_cell=self.on_cell, on_note=self.on_note)
+        r = self.report = suite.report
+        suite.start_report()
+        try:
+            self.nodes = cl.nodes()
+            r.meta["lab"] = {"address": conn.address, "cross_check": self.lab.cross_check,
+                             "hosts": {}, "consistency": [], "losses": self.losses, "reruns": []}
+            self._hosts()
+            self._plan()
+            suite.sink.write(r)
+            self._start_waiting()  # nodes start their workers while the oracle runs here
+            self.refs = suite.references()
+            self.data = {m: ray.put(ref.data_path.read_bytes()) for m, ref in self.refs.items()}
+            self.onnx = {m: ray.put(ref.onnx_path.read_bytes()) for m, ref in self.refs.items()
+                         if ref.onnx_path}
+            for n in [n for n in suite.runs]:
+                suite.runs[n].close()  # the oracle's worker: not needed any more
+            self._loop()
+            self._consistency()
+            r.complete = True
+        finally:
+            for rn in self.runners:
+                if rn.actor is not None and rn.state not in ("closed", "lost"):
+                    ray.kill(rn.actor, no_restart=True)
+            r.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            r.meta["duration_s"] = round(time.time() - self.t0, 2)
+            suite.sink.write(r)
+            suite.close()
+        return r
+
+    # --- hosts and plan -------------------------------------------------------------------
+    def _hosts(self) -> None:
+        """Each host's versions and devices into the report; backends keyed name@host."""
+        r = self.report
+        r.plugins = []
+        wanted = self._wanted_backends()
+        for n in self.nodes:
+            entry = n.to_dict()
+            if n.error or not n.info:
+                r.errors.append(f"host {n.host} ({n.ip}): {n.error}")
+                self.on_note(f"host {n.host}: {n.error}")
+                r.meta["lab"]["hosts"][n.host] = entry
+                continue
+            info = n.info
+            entry.update({k: info.get(k) for k in ("hostname", "hal_version", "python", "machine",
+                                                    "platform", "cpu_count", "source")})
+            entry["plugins"] = info["plugins"]
+            entry["backends"] = {b: {"version": v.get("version"), "runtime": v.get("runtime"),
+                                     "error": v.get("error")} for b, v in info["backends"].items()}
+            r.meta["lab"]["hosts"][n.host] = entry
+            r.plugins += [{**p, "host": n.host} for p in info["plugins"]]
+            for name, b in info["backends"].items():
+                if wanted is not None and name not in wanted:
+                    continue
+                r.backends[f"{name}@{n.host}"] = {
+                    "host": n.host, "version": b.get("version"), "runtime": b.get("runtime"),
+                    "error": b.get("error"), "description": b.get("description"),
+                    "devices": [{**{k: d.get(k) for k in ("target", "name", "kind", "available",
+                                                          "reason")}, "host": n.host}
+                                for d in b.get("devices") or ()]}
+            probed = {d["target"]: d for b in info["backends"].values() for d in b.get("devices") or ()
+                      if d.get("available")}
+            for t in sorted(set(probed) - set(n.devices)):
+                self.on_note(f"{n.host} has {t} but does not advertise it to Ray, so no cell runs "
+                             "there: restart its node with `ray start … --resources "
+                             "\"$(python -m hal_conformance.lab resources)\"`")
+            for t in sorted(set(n.devices) - set(probed)):
+                r.errors.append(f"host {n.host} advertises {t} but its probe finds no such "
+                                "available device (restart its node with the current resources)")
+            if n.devices and n.slots < 1:
+                self.on_note(f"{n.host} advertises devices but has no CPU in Ray, so it runs none "
+                             "(give it `ray start --num-cpus N`)")
+
+    def _wanted_backends(self) -> set[str] | None:
+        if not self.opts.backends:
+            return None
+        return {b.partition(":")[0] for b in self.opts.backends}
+
+    def _plan(self) -> None:
+        """Every device on some node, its cells (as a single-host run there would plan
+        them), and one runner per node that has it."""
+        o = self.opts
+        wanted_targets = {b.lower() for b in o.backends or () if ":" in b}
+        wanted = self._wanted_backends()
+        found: set[str] = set()
+        seen_targets: set[str] = set()
+        for n in self.nodes:
+            if not n.info:
+                continue
+            found |= set(n.info["backends"])
+            for b in n.info["backends"].values():
+                seen_targets |= {d["target"].lower() for d in b.get("devices") or ()}
+            probed = {d["target"]: (name, d) for name, b in n.info["backends"].items()
+                      for d in b.get("devices") or () if d.get("available")}
+            for t in n.devices:
+                if t not in probed:
+                    continue
+                name, d = probed[t]
+                if wanted is not None and name not in wanted:
+                    continue
+                if wanted_targets and t.lower() not in wanted_targets and name not in (o.backends or ()):
+                    continue
+                key = (t, d["kind"])
+                dev = self.devices.get(key)
+                if dev is None:
+                    dev = self.devices[key] = Device(t, d["kind"], name)
+                    dev.flows = {}  # type: ignore[attr-defined]
+                dev.flows[n.host] = d["flows"]  # type: ignore[attr-defined]
+                if n.slots >= 1:
+                    self.runners.append(Runner(dev, n))
+        for b in sorted((wanted or set()) - found):
+            raise hal.UsageError(f"no host of the cluster has a backend called {b!r}",
+                                 f"hosts have: {', '.join(sorted(found)) or 'none'}")
+        for t in sorted(wanted_targets - seen_targets):
+            self.report.errors.append(f"no host of the cluster has a device {t}")
+        suite = self.suite
+        for dev in sorted(self.devices.values(), key=lambda d: d.target):
+            hosts = sorted(dev.flows)  # type: ignore[attr-defined]
+            flows = dev.flows[hosts[0]]  # type: ignore[attr-defined]
+            for m in suite.models:
+                for p in suite.precisions:
+                    dev.specs.append(CellSpec(dev.backend, self._device_dict(dev, hosts[0]), m, p,
+                                              unsupported=flows.get(p)))
+            runnable = [s for s in dev.specs if not s.unsupported]
+            mine = [rn for rn in self.runners if rn.device is dev]
+            if len(mine) > 1 and self.lab.cross_check != "none":
+                for m in suite.models:
+                    ms = [s for s in runnable if s.model == m]
+                    dev.checks += ms[:1] if self.lab.cross_check == "first" else ms
+            check_ids = {s.id for s in dev.checks}
+            dev.shared.extend(s for s in runnable if s.id not in check_ids)
+            for rn in mine:
+                rn.private = deque(dev.checks)
+            mismatch = compare_flows(dev.target, dev.kind, dev.flows)  # type: ignore[attr-defined]
+            if mismatch:
+                self.report.meta["lab"]["consistency"].append(mismatch)
+                self.report.errors.append(mismatch["why"])
+            for s in dev.specs:
+                if s.unsupported:
+                    self._record(dev, s, self._unsupported(s), hosts[0])
+            if not mine:
+                self._abandon(dev, "error", "no node that advertises it has a CPU in Ray to run it")
+            self.on_note(f"{dev.target} ({dev.kind}) on {', '.join(hosts)}: {len(runnable)} "
+                         f"runnable cells" + (f", {len(dev.checks)} run on every host"
+                                              if dev.checks else ""))
+
+    def _device_dict(self, dev: Device, host: str) -> dict[str, Any]:
+        n = next(n for n in self.nodes if n.host == host)
+        for b in n.info["backends"].values():
+            for d in b.get("devices") or ():
+                if d["target"] == dev.target:
+                    return d
+        raise AssertionError(dev.target)
+
+    # --- scheduling -----------------------------------------------------------------------
+    def _busy(self, node: cl.Node) -> int:
+        return sum(1 for rn in self.runners if rn.node is node and rn.state in ("starting", "ready",
+                                                                                "closing"))
+
+    def _has_work(self, rn: Runner) -> bool:
+        return bool(rn.private or rn.device.shared)
+
+    def _start_waiting(self) -> None:
+        """Start runners on nodes with a free slot: devices no other node has first."""
+        ray = cl.ray_module()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .node import DeviceRunner
+
+        remote = ray.remote(DeviceRunner)
+        for node in self.nodes:
+            waiting = [rn for rn in self.runners if rn.node is node and rn.state == "waiting"]
+            if not node.alive:
+                continue
+            for rn in sorted(waiting, key=lambda rn: (self._spread(rn.device), rn.device.target)):
+                if not self._has_work(rn):
+                    rn.state = "closed"
+                    continue
+                if self._busy(node) >= node.slots:
+                    break
+                dev = rn.device
+                rn.actor = remote.options(
+                    num_cpus=1, max_restarts=0, max_task_retries=0,
+                    resources={device_resource(dev.target): 1, kind_resource(dev.kind): 1},
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                ).remote(dev.backend, dev.target, self.opts.startup_timeout_s, self.opts.timeout_s)
+                rn.state = "starting"
+                self._await(rn, rn.actor.start.remote(), self.opts.startup_timeout_s + 120)
+
+    def _spread(self, dev: Device) -> int:
+        return sum(1 for rn in self.runners if rn.device is dev and rn.live)
+
+    def _await(self, rn: Runner, future: Any, within_s: float) -> None:
+        rn.future = future
+        rn.window = within_s
+        rn.deadline = time.monotonic() + within_s
+        self.futures[future] = rn
+
+    def _loop(self) -> None:
+        ray = cl.ray_module()
+        while True:
+            self._start_waiting()
+            if not self.futures:
+                break
+            ready, _ = ray.wait(list(self.futures), num_returns=1, timeout=POLL_S)
+            for f in ready:
+                rn = self.futures.pop(f)
+                try:
+                    res = ray.get(f, timeout=30)
+                except Exception as e:  # noqa: BLE001 - the actor or its node is gone
+                    self._lost(rn, e)
+                    continue
+                self._answer(rn, res)
+            now = time.monotonic()
+            for f, rn in list(self.futures.items()):
+                if now > rn.deadline:
+                    del self.futures[f]
+                    ray.kill(rn.actor, no_restart=True)
+                    self._lost(rn, TimeoutError(f"no answer from {rn.host} within {rn.window:.0f}s"))
+        for dev in self.devices.values():  # nothing is left running: whatever is not done, says why
+            why = dev.last_loss[1] if dev.last_loss else "no node could run it"
+            self._abandon(dev, "lost" if dev.last_loss else "error", why, retry=False)
+
+    def _answer(self, rn: Runner, res: dict[str, Any]) -> None:
+        ray = cl.ray_module()
+        if rn.state == "starting":
+            if res.get("error"):
+                msg = f"{rn.device.target} on {rn.host}: {res['error']}"
+                self.report.errors.append(msg)
+                self.on_note(msg)
+                rn.state = "lost"
+                ray.kill(rn.actor, no_restart=True)
+                self._give_back(rn)
+                self._abandon(rn.device, "error", res["error"])
+                return
+            rn.state = "ready"
+            self._dispatch(rn)
+            return
+        if rn.state == "closing":
+            rn.state = "closed"
+            rn.worker_starts = res if isinstance(res, int) else rn.worker_starts
+            self._count_starts(rn)
+            ray.kill(rn.actor, no_restart=True)
+            return
+        spec, rn.current = rn.current, None
+        rn.worker_starts = res.get("worker_starts", rn.worker_starts)
+        self._dispatch(rn)  # keep the device busy while this one is judged
+        self._finish(rn, spec, res["done"], res.get("out"))
+
+    def _dispatch(self, rn: Runner) -> None:
+        dev = rn.device
+        spec = None
+        while rn.private and spec is None:
+            spec = rn.private.popleft()
+        if spec is None and dev.shared:
+            spec = dev.shared.popleft()
+        if spec is None:
+            rn.state = "closing"
+            self._await(rn, rn.actor.close.remote(), 60)
+            return
+        rn.current = spec
+        if spec.model not in self.refs:
+            # recorded like the single-host run does, without running
+            rn.current = None
+            self._finish(rn, spec, {"status": "error", "message": "no reference output for this model"},
+                         None)
+            self._dispatch(rn)
+            return
+        o = self.opts
+        cmd = {"op": "cell", "id": spec.id, "device": dev.target, "model": spec.model,
+               "precision": spec.precision, "measure": o.measure}
+        self._await(rn, rn.actor.cell.remote(cmd, self.data[spec.model], self.onnx.get(spec.model)),
+                    o.startup_timeout_s + 2 * o.timeout_s + 60)
+
+    def _finish(self, rn: Runner, spec: CellSpec, done: dict[str, Any], out: np.ndarray | None) -> None:
+        dev = rn.device
+        suite = self.suite
+        if out is not None:
+            np.save(suite._out_path(spec), out)
+        elif done.get("status") == "ran":
+            done = {**done, "status": "error", "message": "the node sent no outputs"}
+        cell = suite._cell(spec, done)
+        cell.host = rn.host
+        if spec.id in {s.id for s in dev.checks}:
+            dev.copies.setdefault(spec.id, {})[rn.host] = (cell, out)
+        if spec.id not in dev.done:
+            self._record(dev, spec, cell, rn.host)
+
+    def _record(self, dev: Device, spec: CellSpec, cell: CellResult, host: str) -> None:
+        cell.host = host
+        if spec.id in self.rerun_from and cell.result != "lost":
+            cell.notes.append(f"rerun on {host} after {self.rerun_from[spec.id]} was lost")
+            self.report.meta["lab"]["reruns"].append(
+                {"cell": spec.id, "from": self.rerun_from[spec.id], "to": host})
+        dev.done.add(spec.id)
+        self.suite._record(cell)
+
+    def _unsupported(self, spec: CellSpec) -> CellResult:
+        return self.suite._cell(spec, {"status": "unsupported", "message": spec.unsupported})
+
+    def _count_starts(self, rn: Runner) -> None:
+        e = self.report.backends.get(f"{rn.device.backend}@{rn.host}")
+        if e is not None:
+            e["worker_starts"] = e.get("worker_starts", 0) + rn.worker_starts
+
+    # --- losses ---------------------------------------------------------------------------
+    def _lost(self, rn: Runner, err: BaseException) -> None:
+        """An actor is gone (its node, its process) or did not answer in time."""
+        node = rn.node
+        if node.alive and not self._node_alive(node):
+            node.alive = False
+        why = (f"node {node.host} left the cluster" if not node.alive else
+               f"the runner for {rn.device.target} on {node.host} is gone")
+        why += f" ({brief(err, 240, typed=True)})"
+        was = rn.state
+        rn.state = "lost"
+        cl.ray_module().kill(rn.actor, no_restart=True)
+        self.on_note(f"lost: {why}")
+        loss = {"host": node.host, "device": rn.device.target, "after_s": round(time.time() - self.t0, 2),
+                "reason": why, "while": was, "in_flight": rn.current.id if rn.current else None}
+        self.losses.append(loss)
+        rn.device.last_loss = (node.host, why)
+        if was == "closing":
+            self._count_starts(rn)
+        self._give_back(rn)
+        for other in self.runners:
+            if other.node is node and other.state == "waiting":
+                other.state = "lost"
+                self._give_back(other)
+        self._abandon(rn.device, "lost", why)
+        for other in self.runners:
+            if other.node is node and other.device is not rn.device:
+                self._abandon(other.device, "lost", why)
+        # not an error of the run by itself: what it cost is in the cells (rerun, or lost)
+        self.suite.sink.write(self.report)
+
+    def _node_alive(self, node: cl.Node) -> bool:
+        ray = cl.ray_module()
+        try:
+            return any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes())
+        except Exception:  # noqa: BLE001 - the head itself answers badly: assume the worst
+            return False
+
+    def _give_back(self, rn: Runner) -> None:
+        """A runner's unfinished cells go back to its device's queue, for another node."""
+        dev = rn.device
+        others = [o for o in self.runners if o is not rn and o.device is dev and o.live]
+        pending = ([rn.current] if rn.current else []) + list(rn.private)
+        rn.current = None
+        rn.private.clear()
+        for spec in reversed(pending):
+            if spec.id in dev.done or any(spec in o.private for o in others):
+                continue
+            dev.shared.appendleft(spec)
+            self.rerun_from.setdefault(spec.id, rn.host)
+
+    def _abandon(self, dev: Device, result: str, why: str, retry: bool = True) -> None:
+        """When no runner is left for a device's remaining cells: start a new one on a
+        node that has the device (its runner done), else record them with why."""
+        if any(rn.device is dev and rn.live for rn in self.runners):
+            return
+        left = [s for s in dev.specs if not s.unsupported and s.id not in dev.done]
+        if not left:
+            return
+        for node in self.nodes if retry else ():
+            if node.alive and node.slots >= 1 and any(
+                    rn.device is dev and rn.node is node and rn.state == "closed" for rn in self.runners):
+                self.runners.append(Runner(dev, node))
+                return
+        host = dev.last_loss[0] if dev.last_loss and result == "lost" else None
+        for spec in left:
+            cell = self.suite._cell(spec, {"status": "error", "message": f"{why}; no other host "
+                                           f"with {dev.target} is left to run it"})
+            cell.result = result
+            self._record(dev, spec, cell, self.rerun_from.get(spec.id) or host or "")
+        dev.shared.clear()
+
+    # --- cross-host ----------------------------------------------------------------------
+    def _consistency(self) -> None:
+        lab = self.report.meta["lab"]
+        for dev in sorted(self.devices.values(), key=lambda d: d.target):
+            for spec in dev.checks:
+                copies = dev.copies.get(spec.id, {})
+                hosts = sorted({rn.host for rn in self.runners if rn.device is dev})
+                ref = self.refs.get(spec.model)
+                if ref is None:
+                    continue
+                entry = compare_copies(dev.target, dev.kind, spec, copies, hosts, ref.outputs,
+                                       self._versions(dev))
+                lab["consistency"].append(entry)
+                if not entry["agree"]:
+                    self.report.errors.append(entry["why"])
+                    self.on_note(entry["why"])
+
+    def _versions(self, dev: Device) -> dict[str, Any]:
+        return {n.host: n.info["backends"][dev.backend].get("version") for n in self.nodes
+                if n.info and dev.backend in n.info["backends"]}
+
+
+def flows_order(p: str) -> int:
+    return FLOWS.index(p) if p in FLOWS else 99
