@@ -185,8 +185,13 @@ NoCacheOpt = typer.Option(False, "--no-cache", help="Bypass the compile cache.")
 @app.command()
 @guarded
 def devices(as_json: bool = JsonOpt,
-            refresh: bool = typer.Option(False, "--refresh", help="Re-probe.")) -> None:
+            refresh: bool = typer.Option(False, "--refresh", help="Re-probe."),
+            cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS", help="Every node of the Ray cluster at HOST:PORT (or 'local'), grouped by host.")) -> None:
     """Every backend found and each of its devices, hardware or emulated, and why unavailable."""
+    if cluster:
+        from hal_conformance.lab import devices_cli
+
+        return devices_cli(cluster, as_json, out)
     statuses = api.backends(refresh)
     if as_json:
         devs = [d.to_dict() for st in statuses for d in st.devices]
@@ -327,13 +332,16 @@ def conformance(
     goldens: Optional[Path] = typer.Option(None, "--goldens", help="Judge against goldens in DIR (no reference stack needed)."),
     timeout: float = typer.Option(300.0, "--timeout", help="Per-cell timeout in seconds."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Backends run in parallel worker processes."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write a markdown report here."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS", help="Run on every node of the Ray cluster at HOST:PORT, or 'local' (see docs/lab.md)."),
 ) -> None:
     """Run the zoo's models and flows on every installed backend and judge them against the fp64 oracle."""
     from hal_conformance.cli import run_cli
 
     code = run_cli(backend=backend, model=model, precision=precision, json_path=json_path,
                    junit_path=junit_path, html_path=html_path, export_goldens=export_goldens,
-                   goldens=goldens, timeout_s=timeout, jobs=jobs, console=out)
+                   goldens=goldens, timeout_s=timeout, jobs=jobs, console=out, cluster=cluster,
+                   markdown_path=markdown_path)
     raise typer.Exit(code)
 
 
