@@ -35,11 +35,56 @@ def example_tensors(model: Model, device: str = "cpu") -> tuple[torch.Tensor, ..
 
 
 def eval_copy(model: Model) -> torch.nn.Module:
-    """A private eval-mode module: the caller's object is never mutated."""
+    """A private eval-mode module: the caller's object is never mutated. A
+    static ``torch.export`` program given example inputs of another batch size
+    is re-batched when that is provably safe (see :func:`rebatched`)."""
     if model.format == "torch.export":
-        return model.value.module()
+        ep = model.value
+        if model.example_inputs and _batch_only_differs(ep, model.example_inputs):
+            return rebatched(ep, example_tensors(model))
+        return ep.module()
     m = copy.deepcopy(model.value)
     return m.eval()
+
+
+def _batch_only_differs(ep, arrays) -> bool:
+    args = ep.example_inputs[0] if ep.example_inputs else ()
+    return (len(args) == len(arrays) and all(isinstance(a, torch.Tensor) for a in args)
+            and any(a.shape[0] != x.shape[0] for a, x in zip(args, arrays))
+            and all(a.ndim == x.ndim and tuple(a.shape[1:]) == tuple(x.shape[1:])
+                    for a, x in zip(args, arrays)))
+
+
+def rebatched(ep, args: tuple[torch.Tensor, ...]) -> torch.nn.Module:
+    """The program without its shape guards, for a static export asked to run
+    another batch size. Dropping guards is only sound if nothing in the graph
+    baked the batch in, so it is checked: the batch of ``args`` must give, row
+    for row, what the guarded program gives one row at a time (bitwise up to
+    float rounding). Else the caller learns in one line how to re-export."""
+    free = ep.module(check_guards=False)
+    for k, hook in list(free._forward_pre_hooks.items()):  # the input-shape check stays on guarded
+        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+            del free._forward_pre_hooks[k]
+    guarded = ep.module()
+    fix = ("re-export it with dynamic_shapes (e.g. {0: torch.export.Dim('batch')}) to take other "
+           "batch sizes, or pass inputs of the exported batch size")
+    batch0 = ep.example_inputs[0][0].shape[0]
+    try:
+        with torch.inference_mode():
+            whole = flatten(free(*args))
+            rows = min(args[0].shape[0], 4) // batch0 * batch0
+            for i in range(0, rows, batch0):
+                part = flatten(guarded(*[a[i:i + batch0] for a in args]))
+                if len(part) != len(whole) or not all(
+                        w.shape[0] == args[0].shape[0] and
+                        torch.allclose(w[i:i + batch0], p, rtol=1e-5, atol=1e-6)
+                        for w, p in zip(whole, part)):
+                    raise ValueError("rows differ")
+    except Exception as e:  # noqa: BLE001 - the batch is baked into the graph somewhere
+        raise InvalidInputError(
+            f"this exported program was exported for batch {batch0} and does not run batch "
+            f"{args[0].shape[0]} correctly without re-export ({brief(e, 120)})", fix) from None
+    return free
 
 
 def run_example(module: torch.nn.Module, args) -> list[torch.Tensor]:
