@@ -194,3 +194,26 @@ def test_wrong_dtype_is_still_refused(ref_exe):
         with pytest.raises(InvalidInputError, match="dtype") as e:
             ref_exe(wrong, b)
         _one_line_refusal(e.value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_nan_and_inf_are_refused_in_small_inputs_of_every_float_type(dtype):
+    """Small float32/64 inputs take the a·a check, others np.isfinite: all refuse."""
+    torch = pytest.importorskip("torch")
+    if not any(d.target == "reference:cpu" for d in ti.available()):
+        pytest.skip("reference:cpu is not available")
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    x = np.linspace(-3, 3, 64, dtype=dtype).reshape(1, 64)
+    exe = hal.compile(Double(), "cpu", example_inputs=(x,), cache=False)
+    np.testing.assert_array_equal(exe(x), x * 2)
+    np.testing.assert_array_equal(exe(np.full_like(x, 1e30 if dtype != "float16" else 6e4)),
+                                  np.full_like(x, 2e30 if dtype != "float16" else np.inf))
+    for bad in (np.nan, np.inf, -np.inf):
+        x2 = x.copy()
+        x2[0, 17] = bad
+        with pytest.raises(InvalidInputError, match="NaN or Inf"):
+            exe(x2)
