@@ -3,10 +3,12 @@
 Each node advertises its devices as Ray resources (``probe.resources``). For every
 device on every node that advertises it, the driver starts one actor
 (:class:`~hal_conformance.lab.node.DeviceRunner`) that holds the device's resource and
-runs that device's backend in the node's own worker process. A device's cells form
-one queue that every node with the device draws from, so they spread over those
-nodes. A node lost mid-run gives its unfinished cells back to the queue, for another
-node with the device; where none is left they are ``lost`` with the host and why.
+runs that device's backend in the node's own worker process. A device's cells are
+shared out evenly among the nodes that have it, and a node that runs out takes from
+the busiest; the cross-check cells run on every one of them. A node lost mid-run
+gives its unfinished cells back, for another node with the device; where none is
+left they are ``lost`` with the host and why. A node runs as many devices at once as
+it has CPUs in Ray (the local one: ``-j``).
 
 The driver keeps the references (the fp64 oracle on this host, or goldens), judges
 every output with the single-host code (``Suite._cell``) and writes the JSON report
@@ -58,7 +60,7 @@ class Device:
     kind: str
     backend: str
     specs: list[CellSpec] = field(default_factory=list)
-    #: runnable cells not yet taken by any runner
+    #: runnable cells no runner holds (given back by a lost node, or never shared out)
     shared: deque = field(default_factory=deque)
     #: cells every runner of this device runs (cross-host comparison)
     checks: list[CellSpec] = field(default_factory=list)
@@ -75,6 +77,9 @@ class Runner:
 
     device: Device
     node: cl.Node
+    #: this node's share of the device's cells (others take from its end when idle)
+    own: deque = field(default_factory=deque)
+    #: the device's cross-check cells, which every node with it runs
     private: deque = field(default_factory=deque)
     state: str = "waiting"  # waiting → starting → ready → closing → closed | lost
     actor: Any = None
@@ -258,7 +263,10 @@ class Lab:
                     ms = [s for s in runnable if s.model == m]
                     dev.checks += ms[:1] if self.lab.cross_check == "first" else ms
             check_ids = {s.id for s in dev.checks}
-            dev.shared.extend(s for s in runnable if s.id not in check_ids)
+            rest = [s for s in runnable if s.id not in check_ids]
+            mine.sort(key=lambda rn: rn.host)
+            for i, spec in enumerate(rest):  # an even share each; the idle take from the busy
+                (mine[i % len(mine)].own if mine else dev.shared).append(spec)
             for rn in mine:
                 rn.private = deque(dev.checks)
             mismatch = compare_flows(dev.target, dev.kind, dev.flows)  # type: ignore[attr-defined]
@@ -288,7 +296,12 @@ class Lab:
                                                                                 "closing"))
 
     def _has_work(self, rn: Runner) -> bool:
-        return bool(rn.private or rn.device.shared)
+        return bool(rn.own or rn.private or rn.device.shared or self._victim(rn))
+
+    def _victim(self, rn: Runner) -> Runner | None:
+        """The runner of the same device with the most cells still its own."""
+        others = [o for o in self.runners if o is not rn and o.device is rn.device and o.own]
+        return max(others, key=lambda o: len(o.own), default=None)
 
     def _start_waiting(self) -> None:
         """Start runners on nodes with a free slot: devices no other node has first."""
@@ -379,11 +392,17 @@ class Lab:
 
     def _dispatch(self, rn: Runner) -> None:
         dev = rn.device
-        spec = None
-        while rn.private and spec is None:
+        victim = self._victim(rn)
+        if rn.private:  # the cross-checks first: what the hosts compare is there early
             spec = rn.private.popleft()
-        if spec is None and dev.shared:
+        elif rn.own:
+            spec = rn.own.popleft()
+        elif dev.shared:
             spec = dev.shared.popleft()
+        elif victim is not None:
+            spec = victim.own.pop()
+        else:
+            spec = None
         if spec is None:
             rn.state = "closing"
             self._await(rn, rn.actor.close.remote(), 60)
@@ -475,8 +494,9 @@ class Lab:
         """A runner's unfinished cells go back to its device's queue, for another node."""
         dev = rn.device
         others = [o for o in self.runners if o is not rn and o.device is dev and o.live]
-        pending = ([rn.current] if rn.current else []) + list(rn.private)
+        pending = ([rn.current] if rn.current else []) + list(rn.own) + list(rn.private)
         rn.current = None
+        rn.own.clear()
         rn.private.clear()
         for spec in reversed(pending):
             if spec.id in dev.done or any(spec in o.private for o in others):
