@@ -88,7 +88,7 @@ def test_int8_with_calibration_file(files):
     (["compile", "{d}/m.pt2", "-t", "cpu", "-p", "int4", "-o", "{d}/z.hal"], 2, ["unknown precision"]),
     (["compile", "{d}/m.pt2", "-t", "cpu", "-p", "fp16", "-o", "{d}/z.hal"], 1, ["cannot run precision fp16"]),
     (["compile", "{d}/m.pt2", "-t", "cpu", "-p", "int8", "-o", "{d}/z.hal"], 2, ["needs calibration data"]),
-    (["run", "{d}/m.pt2", "-t", "cpu", "-i", "{d}/calib.npy"], 2, ["only takes the input shapes it was exported with"]),
+    (["run", "{d}/m.pt2", "-t", "cpu", "-i", "{d}/wrong.npy"], 2, ["only takes the input shapes it was exported with"]),
     (["run", "{d}/missing.onnx"], 2, ["does not exist"]),
     (["run", "{d}/empty.onnx"], 2, ["is empty"]),
     (["run", "{d}/w.pt"], 2, ["never unpickles"]),
@@ -99,6 +99,7 @@ def test_bad_input_is_one_line_with_exit_code(files, args, code, needles):
     (files / "empty.onnx").write_bytes(b"")
     (files / "w.pt").write_bytes(b"\x80\x04K\x01.")
     (files / "bad.hal").write_bytes(b"not a zip at all")
+    np.save(files / "wrong.npy", np.zeros((1, 3, 8, 8), np.float32))
     np.save(files / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     p = hal(*[a.format(d=files) for a in args])
     assert_one_line_error(p, code, *needles)
