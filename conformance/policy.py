@@ -55,6 +55,11 @@ POLICY: dict[str, Tolerance] = {t.precision: t for t in (
               "dynamic int8 (weights int8, activations quantized per call): as static int8"),
 )}
 
+#: a cell whose oracle could not be trusted: its two independent implementations
+#: disagreed on the model (or the second could not run it), so nothing is judged
+#: against it; never a pass (see hal_backends.reference.onnx_oracle)
+ORACLE_DISAGREEMENT = "oracle-disagreement"
+
 #: a reloaded artifact must reproduce the executable it was saved from this closely
 #: (relative to max|ref|), whatever the precision: saving must not change the model.
 ROUNDTRIP_MAX_REL = 1e-5
