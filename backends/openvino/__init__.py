@@ -26,7 +26,8 @@ def register_converters(register):
 
     ov("torch.nn", convert.from_torch, "torch")
     ov("torch.export", convert.from_exported, "torch")
-    ov("onnx", convert.from_onnx, "onnx")
+    register(Converter("Core.read_model", "onnx", "openvino.model", convert.from_onnx,
+                       requires=("openvino", "onnx"), extra="openvino"))
     ov("tflite", convert.from_tflite)
     ov("savedmodel", convert.from_saved_model)
     register(Converter("Core.read_model", "openvino.ir", "openvino.model", convert.from_ir,
