@@ -17,9 +17,10 @@ from .policy import FLOWS, POLICY
 from .results import CellResult, Report
 
 STYLE = {"pass": "green", "fail": "bold red", "unsupported": "dim", "error": "yellow",
-         "crash": "bold magenta", "timeout": "magenta", "lost": "bold yellow"}
+         "crash": "bold magenta", "timeout": "magenta", "lost": "bold yellow",
+         "oracle-disagreement": "cyan"}
 MARK = {"pass": "✓", "fail": "✗", "unsupported": "–", "error": "error", "crash": "crash",
-        "timeout": "timeout", "lost": "lost"}
+        "timeout": "timeout", "lost": "lost", "oracle-disagreement": "no oracle"}
 
 
 def headline(c: CellResult) -> str:
@@ -39,7 +40,7 @@ def _fmt(v, spec: str = ".3g", none: str = "") -> str:
 def summary_line(r: Report) -> str:
     s = r.summary()
     parts = [f"{s[k]} {k}" for k in ("pass", "fail", "unsupported", "error", "crash", "timeout",
-                                     "lost") if s.get(k)]
+                                     "lost", "oracle-disagreement") if s.get(k)]
     dur = r.meta.get("duration_s")
     return (f"{s['cells']} cells ({s['runnable']} runnable): {', '.join(parts) or 'none'}"
             + (f" in {dur:.0f}s" if dur is not None else "")
@@ -180,7 +181,7 @@ def write_junit(r: Report, path: str | Path) -> None:
             elif c.result in ("error", "crash", "timeout", "lost"):
                 ET.SubElement(tc, "error", message=c.message[:1000], type=c.result).text = \
                     c.message + ("\n" + c.detail if c.detail else "")
-            elif c.result == "unsupported":
+            elif c.result in ("unsupported", "oracle-disagreement"):  # judged by nothing
                 ET.SubElement(tc, "skipped", message=c.message[:1000])
     for k, v in total.items():
         root.set(k, str(v))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 #: every value ``CellResult.result`` can take (``lost``: its host left a lab run, see lab/)
-RESULTS = ("pass", "fail", "unsupported", "error", "crash", "timeout", "lost")
+RESULTS = ("pass", "fail", "unsupported", "error", "crash", "timeout", "lost", "oracle-disagreement")
 SCHEMA = 1
 
 

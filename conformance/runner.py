@@ -23,8 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .models import MODELS, select as select_models, weights_digest
-from .policy import (FLOWS, ORACLE_BACKEND, ORACLE_PRECISION, POLICY, ROUNDTRIP_MAX_REL,
-                     judge, measure)
+from .policy import (FLOWS, ORACLE_BACKEND, ORACLE_DISAGREEMENT, ORACLE_PRECISION, POLICY,
+                     ROUNDTRIP_MAX_REL, judge, measure)
 from .process import BackendRun, WorkerDied, WorkerTimeout
 from .results import CellResult, JsonSink, Report
 
@@ -93,6 +93,7 @@ class Suite:
         self.sink = JsonSink(opts.json_path)
         self.lock = threading.Lock()
         self.refs: dict[str, Reference] = {}
+        self.disagreed: dict[str, str] = {}  # model -> why its oracle is not trusted
         self._refs_done = False
         self.runs: dict[str, BackendRun] = {}
         self.source = os.environ.get(ENV_SOURCE) or None
@@ -207,6 +208,10 @@ class Suite:
             data_path = self._write_data(m)
             spec = CellSpec(name, dev, m, ORACLE_PRECISION)
             done = run.execute(self._command(spec, data_path, measure=False))
+            if done.get("status") == ORACLE_DISAGREEMENT:  # judged by nothing, not an error
+                self.disagreed[m] = done.get("message") or "the oracle's implementations disagree"
+                self.on_note(f"oracle: {m}: {self.disagreed[m]}")
+                continue
             if done.get("status") != "ran":
                 msg = f"the oracle failed on {m}: {done.get('status')}: {done.get('message')}"
                 self.report.errors.append(msg)
@@ -315,6 +320,9 @@ class Suite:
         ref = self.refs.get(spec.model)
         if spec.unsupported:
             cell = self._cell(spec, {"status": "unsupported", "message": spec.unsupported})
+        elif spec.model in self.disagreed:
+            cell = self._cell(spec, {"status": ORACLE_DISAGREEMENT,
+                                     "message": f"not judged: {self.disagreed[spec.model]}"})
         elif ref is None:
             cell = self._cell(spec, {"status": "error", "message": "no reference output for this model"})
         else:
@@ -357,7 +365,8 @@ class Suite:
         c.notes = list(done.get("notes") or []) + ([done["notes_save"]] if done.get("notes_save") else [])
         status = done.get("status")
         if status != "ran":
-            c.result = status if status in ("unsupported", "error", "crash", "timeout") else "error"
+            c.result = status if status in ("unsupported", "error", "crash", "timeout",
+                                            ORACLE_DISAGREEMENT) else "error"
             c.message = done.get("message") or f"worker answered {status!r}"
             return c
         ref = self.refs[spec.model]

@@ -103,7 +103,9 @@ class Worker:
         except hal.UnsupportedError as e:
             res.update(status="unsupported", message=str(e))
         except hal.HalError as e:
-            res.update(status="error", message=f"{type(e).__name__}: {e}")
+            disagree = type(e).__name__ == "OracleDisagreement"  # the fp64 ONNX oracle's refusal
+            res.update(status="oracle-disagreement" if disagree else "error",
+                       message=f"{type(e).__name__}: {e}")
         except Exception as e:  # noqa: BLE001 - a backend bug is a result, not our crash
             res.update(status="error", message=f"{type(e).__name__}: {str(e)[:500]}",
                        detail="".join(traceback.format_exc(limit=8))[-3000:])

@@ -186,3 +186,25 @@ def test_light_cnns_oracle_agrees_with_openvino_fp32():
         assert why is None, f"{path.stem}: {why}"
     print("\n".join(f"{n:24s} max|oracle-openvino|/max|logit| {r:.1e}  oracle {t:.2f} s/call"
                     for n, r, t in rows))
+
+
+def test_conformance_cells_are_not_judged_where_the_oracle_disagrees(tmp_path):
+    """A model whose oracle disagreed gets 'oracle-disagreement' cells: no
+    backend runs, nothing passes, JUnit marks them skipped with the reason."""
+    from hal_conformance.policy import ORACLE_DISAGREEMENT
+    from hal_conformance.report import summary_line, write_junit
+    from hal_conformance.runner import CellSpec, Options, Suite
+
+    suite = Suite(Options(models=["mlp"], backends=["reference"], workdir=tmp_path / "w"))
+    try:
+        suite._refs_done = True  # the oracle ran: its implementations disagreed on mlp
+        suite.disagreed["mlp"] = "OracleDisagreement: max|diff| 0.3 = 1e-2·max|out| > 0.0001"
+        dev = {"target": "reference:cpu", "name": "cpu", "kind": "hardware"}
+        cell = suite.run_cell(CellSpec("reference", dev, "mlp", "fp32"))
+        assert cell.result == ORACLE_DISAGREEMENT and "not judged" in cell.message
+        assert cell.max_abs_err is None and not suite.runs  # no backend was asked to run
+        assert not suite.report.passed and "1 oracle-disagreement" in summary_line(suite.report)
+        write_junit(suite.report, tmp_path / "j.xml")
+        assert "<skipped" in (tmp_path / "j.xml").read_text()
+    finally:
+        suite.close()
