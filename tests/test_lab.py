@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,20 +36,12 @@ pytest.importorskip("onnxruntime", reason="the example plugin runs on ONNX Runti
 pytest.importorskip("onnxscript", reason="hal converts torch → ONNX with torch.onnx (dynamo)")
 
 from hal_conformance.lab import Lab, LabOptions  # noqa: E402
+from hal_conformance.lab.local_cluster import HostSpec, LocalCluster  # noqa: E402
 from hal_conformance.runner import Options  # noqa: E402
 
 ROOT = Path(__file__).parent
 PLUGINS = [ROOT / "plugins" / d for d in ("hal-example-backend", "hal-crash-backends", "hal-wrong-backend")]
 PLUGINS.append(ROOT / "lab_plugins" / "hal-drift-backend")
-SYSTEM_CONFIG = {
-    # a killed node is noticed in seconds, not the default ~30 s
-    "health_check_period_ms": 1000, "health_check_failure_threshold": 3,
-    # other work shares this machine's memory: Ray must not kill our actors for it
-    "memory_monitor_refresh_ms": 0,
-}
-MB = 2**20
-
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="module")
@@ -68,61 +59,13 @@ def site(tmp_path_factory) -> Path:
     return tmp / "site"
 
 
-def node_env(site: Path, host: str, plugins: str, **extra: str) -> dict[str, str]:
-    """What makes a raylet a different host: its plugins, its name, its settings."""
-    path = [str(site)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    return {"HAL_PLUGINS": plugins, "HAL_LAB_HOST": host, "PYTHONPATH": os.pathsep.join(path),
-            **extra}
+def hosts_of(site: Path, hosts: list[dict]) -> list[HostSpec]:
+    return [HostSpec(h["host"], h["plugins"], h.get("cpus", 1), h.get("env", {}), [str(site)])
+            for h in hosts]
 
 
-def advertised_resources(env: dict[str, str]) -> dict[str, float]:
-    """The node's own probe, as `ray start --resources "$(python -m hal_conformance.lab resources)"`."""
-    out = subprocess.run([sys.executable, "-m", "hal_conformance.lab", "resources"],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, **env})
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-class LabCluster:
-    """A Ray test cluster of named hosts on 127.0.0.1 (the first one is the head)."""
-
-    def __init__(self, site: Path, hosts: list[dict]) -> None:
-        from ray.cluster_utils import Cluster
-
-        self.envs = {h["host"]: node_env(site, h["host"], h["plugins"], **h.get("env", {}))
-                     for h in hosts}
-        with ThreadPoolExecutor(len(hosts)) as ex:
-            res = dict(zip(self.envs, ex.map(advertised_resources, self.envs.values())))
-        self.resources = res
-        self.nodes = {}
-        self.cluster = None
-        for h in hosts:
-            args = {"node_ip_address": "127.0.0.1", "num_cpus": h.get("cpus", 1),
-                    "resources": res[h["host"]], "env_vars": self.envs[h["host"]],
-                    "object_store_memory": 100 * MB}
-            if self.cluster is None:
-                self.cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args={
-                    **args, "include_dashboard": False, "dashboard_host": "127.0.0.1",
-                    "_system_config": SYSTEM_CONFIG})
-                self.nodes[h["host"]] = self.cluster.head_node
-            else:
-                self.nodes[h["host"]] = self.cluster.add_node(**args)
-
-    @property
-    def address(self) -> str:
-        return self.cluster.address
-
-    def kill(self, host: str) -> None:
-        self.cluster.remove_node(self.nodes.pop(host), allow_graceful=False)
-
-    def shutdown(self) -> None:
-        if ray.is_initialized():
-            ray.shutdown()
-        self.cluster.shutdown()
-
-
-def start_cluster(request, site, hosts) -> LabCluster:
-    c = LabCluster(site, hosts)
+def start_cluster(request, site, hosts) -> LocalCluster:
+    c = LocalCluster(hosts_of(site, hosts))
     request.addfinalizer(c.shutdown)
     return c
 
@@ -148,7 +91,8 @@ def cluster_a(request, site):
 
 def single_host_run(site: Path, host: dict, tmp: Path) -> dict:
     """The same suite on one node alone (its plugins, plus the reference for the oracle)."""
-    env = {**os.environ, **node_env(site, host["host"], host["plugins"] + ",reference")}
+    spec = hosts_of(site, [{**host, "plugins": host["plugins"] + ",reference"}])[0]
+    env = {**os.environ, **spec.environ()}
     path = tmp / f"single-{host['host']}.json"
     args = [a for b in host["plugins"].split(",") for a in ("-b", b)]
     args += [a for m in A_FILTER["models"] for a in ("-m", m)]

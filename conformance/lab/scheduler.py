@@ -28,7 +28,6 @@ import numpy as np
 import hal
 from hal.errors import brief
 
-from ..policy import FLOWS
 from ..results import CellResult, Report
 from ..runner import CellSpec, Options, Suite
 from . import cluster as cl
@@ -39,6 +38,12 @@ from .probe import device_resource, kind_resource
 CROSS_CHECK = ("none", "first", "all")
 #: the driver polls Ray this often (seconds)
 POLL_S = 0.5
+#: a node whose actor connection broke must answer a ping within this (seconds)
+NODE_ANSWER_S = 10.0
+
+
+def _ping() -> bool:
+    return True
 
 
 @dataclass
@@ -157,6 +162,9 @@ class Lab:
             for rn in self.runners:
                 if rn.actor is not None and rn.state not in ("closed", "lost"):
                     ray.kill(rn.actor, no_restart=True)
+            for n in getattr(self, "nodes", ()):
+                if not n.alive and n.host in r.meta["lab"]["hosts"]:
+                    r.meta["lab"]["hosts"][n.host].update(alive=False, error=n.error)
             r.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             r.meta["duration_s"] = round(time.time() - self.t0, 2)
             suite.sink.write(r)
@@ -411,7 +419,9 @@ class Lab:
         if spec.model not in self.refs:
             # recorded like the single-host run does, without running
             rn.current = None
-            self._finish(rn, spec, {"status": "error", "message": "no reference output for this model"},
+            why = getattr(self.suite, "disagreed", {}).get(spec.model)
+            self._finish(rn, spec, {"status": "oracle-disagreement", "message": f"not judged: {why}"}
+                         if why else {"status": "error", "message": "no reference output for this model"},
                          None)
             self._dispatch(rn)
             return
@@ -456,11 +466,13 @@ class Lab:
     def _lost(self, rn: Runner, err: BaseException) -> None:
         """An actor is gone (its node, its process) or did not answer in time."""
         node = rn.node
-        if node.alive and not self._node_alive(node):
-            node.alive = False
-        why = (f"node {node.host} left the cluster" if not node.alive else
-               f"the runner for {rn.device.target} on {node.host} is gone")
-        why += f" ({brief(err, 240, typed=True)})"
+        if node.alive:
+            how = self._node_gone(node)
+            if how:
+                node.alive = False
+                node.error = f"{node.host} left the cluster ({how})"
+        why = node.error if not node.alive else (
+            f"the runner for {rn.device.target} on {node.host} is gone ({brief(err, 240, typed=True)})")
         was = rn.state
         rn.state = "lost"
         cl.ray_module().kill(rn.actor, no_restart=True)
@@ -478,17 +490,28 @@ class Lab:
                 self._give_back(other)
         self._abandon(rn.device, "lost", why)
         for other in self.runners:
-            if other.node is node and other.device is not rn.device:
+            if other.node is node and other.device is not rn.device and other.state != "closed":
+                other.device.last_loss = (node.host, why)
                 self._abandon(other.device, "lost", why)
         # not an error of the run by itself: what it cost is in the cells (rerun, or lost)
         self.suite.sink.write(self.report)
 
-    def _node_alive(self, node: cl.Node) -> bool:
+    def _node_gone(self, node: cl.Node) -> str | None:
+        """Why a node is gone, or None when it still answers (only the actor died).
+        Ray marks a dead node only after its health checks fail (3 s × 5 by default),
+        while an actor's broken connection shows at once: so ask the node itself."""
         ray = cl.ray_module()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         try:
-            return any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes())
-        except Exception:  # noqa: BLE001 - the head itself answers badly: assume the worst
-            return False
+            if not any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes()):
+                return "Ray marks its node dead"
+            ping = ray.remote(_ping).options(num_cpus=0, max_retries=0, scheduling_strategy=
+                                             NodeAffinitySchedulingStrategy(node.node_id, soft=False))
+            ray.get(ping.remote(), timeout=NODE_ANSWER_S)
+            return None
+        except Exception as e:  # noqa: BLE001 - no answer is the answer
+            return f"its node does not answer: {brief(e, 160, typed=True)}"
 
     def _give_back(self, rn: Runner) -> None:
         """A runner's unfinished cells go back to its device's queue, for another node."""
@@ -517,12 +540,12 @@ class Lab:
                     rn.device is dev and rn.node is node and rn.state == "closed" for rn in self.runners):
                 self.runners.append(Runner(dev, node))
                 return
-        host = dev.last_loss[0] if dev.last_loss and result == "lost" else None
+        host = dev.last_loss[0] if dev.last_loss and result == "lost" else ""
         for spec in left:
             cell = self.suite._cell(spec, {"status": "error", "message": f"{why}; no other host "
                                            f"with {dev.target} is left to run it"})
             cell.result = result
-            self._record(dev, spec, cell, self.rerun_from.get(spec.id) or host or "")
+            self._record(dev, spec, cell, self.rerun_from.get(spec.id) or host)
         dev.shared.clear()
 
     # --- cross-host ----------------------------------------------------------------------
@@ -545,7 +568,3 @@ class Lab:
     def _versions(self, dev: Device) -> dict[str, Any]:
         return {n.host: n.info["backends"][dev.backend].get("version") for n in self.nodes
                 if n.info and dev.backend in n.info["backends"]}
-
-
-def flows_order(p: str) -> int:
-    return FLOWS.index(p) if p in FLOWS else 99
