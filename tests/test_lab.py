@@ -290,3 +290,35 @@ def test_node_killed_mid_run(node_loss_run):
     assert report.summary()["exit_code"] == 1  # lost cells are not a pass
     on_disk = json.loads((tmp / "lab.json").read_text())
     assert on_disk["complete"] and len(on_disk["cells"]) == len(cells)
+
+
+# --- errors: one clear hal error, no Ray started -----------------------------------------------
+@pytest.mark.timeout(120)
+def test_bad_cluster_address_is_a_usage_error(capsys):
+    from hal_conformance.cli import run_cli
+
+    assert run_cli(model=["mlp"], cluster="no-port-here") == 2
+    assert "is not HOST:PORT, 'auto' or 'local'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_nobody_at_the_address(capsys):
+    import socket
+
+    from hal_conformance.cli import run_cli
+
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert run_cli(model=["mlp"], cluster=f"127.0.0.1:{port}") == 1
+    err = capsys.readouterr().err
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in err and "ray start --head" in err
+    assert not ray.is_initialized()
+
+
+@pytest.mark.timeout(120)
+def test_unknown_cross_check():
+    import hal
+
+    with pytest.raises(hal.UsageError, match="unknown cross-check"):
+        Lab(Options(), LabOptions(cross_check="sometimes"))

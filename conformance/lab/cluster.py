@@ -1,8 +1,9 @@
 """Reaching a Ray cluster and asking each of its nodes what it has.
 
-``--cluster ADDRESS`` joins a running cluster (``host:port`` of its head);
-``--cluster local`` starts a one-node Ray on this host, bound to loopback, with this
-host's devices as its resources.
+``--cluster ADDRESS`` joins a running cluster (``host:port`` of its head; ``auto``:
+``$RAY_ADDRESS`` or the cluster ``ray start`` started on this host); ``--cluster local``
+starts a one-node Ray on this host, bound to loopback, with this host's devices as its
+resources.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit():
-        raise hal.UsageError(f"--cluster {address!r} is not HOST:PORT or 'local'",
+        raise hal.UsageError(f"--cluster {address!r} is not HOST:PORT, 'auto' or 'local'",
                              "pass the head's address as printed by `ray start --head` "
                              "(e.g. 10.0.0.5:6379), or 'local'")
     return host, int(port)
@@ -83,6 +84,11 @@ def connect(address: str, num_cpus: int | None = None, timeout_s: float = 10.0) 
                  num_cpus=num_cpus or 1, object_store_memory=200 * 2**20, log_to_driver=False,
                  configure_logging=False)
         return Connection("local", started_local=True)
+    if address == "auto":  # the cluster this process belongs to (a Ray job, a node's shell)
+        address = os.environ.get("RAY_ADDRESS") or ""
+        if not address:
+            ray.init(address="auto", log_to_driver=False, configure_logging=False)
+            return Connection("auto")
     host, port = _split(address)
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
