@@ -134,6 +134,17 @@ def resolve(target: str) -> tuple[Backend, Device]:
     return reg.backends[dev.backend], dev
 
 
+def _timed(cands, measure, why_not: list[str]) -> list[tuple[float, Backend, Device]]:
+    """p50 latency of each candidate that compiles and runs; why not for the rest."""
+    timed = []
+    for b, d in cands:
+        try:
+            timed.append((measure(b, d), b, d))
+        except HalError as e:
+            why_not.append(f"{d.target}: {brief(e, 120)}")
+    return timed
+
+
 def select(model: _formats.Model, req: Requirements,
            measure: Callable[[Backend, Device], float] | None = None
            ) -> tuple[Backend, Device, str]:
@@ -168,12 +179,7 @@ def select(model: _formats.Model, req: Requirements,
         if measure is None:
             raise UsageError("a latency requirement needs example inputs to measure with",
                              "pass example_inputs to hal.compile")
-        timed = []
-        for b, d in cands:
-            try:
-                timed.append((measure(b, d), b, d))
-            except HalError as e:
-                why_not.append(f"{d.target}: {e}")
+        timed = _timed(cands, measure, why_not)
         ok = sorted((t, b, d) for t, b, d in timed if t <= req.max_latency_ms)
         if not ok:
             seen = ", ".join(f"{d.target} {t:.3f} ms" for t, _, d in timed)
@@ -193,12 +199,7 @@ def select(model: _formats.Model, req: Requirements,
     skipped = f"; skipped {'; '.join(why_not)}" if why_not else ""
     if len(tied) > 1 and measure is not None:
         # rank is a plugin's own claim: between equals, measure instead of trusting the order
-        timed = []
-        for b, d in tied:
-            try:
-                timed.append((measure(b, d), b, d))
-            except HalError as e:
-                why_not.append(f"{d.target}: {brief(e, 120)}")
+        timed = _timed(tied, measure, why_not)
         if timed:
             t, b, d = min(timed, key=lambda x: x[0])
             seen = ", ".join(f"{dd.target} {tt:.3f} ms" for tt, _, dd in timed)

@@ -321,28 +321,31 @@ def _mutate(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
     return bytes(b)
 
 
+_damage = dict(cut=st.integers(0, 1 << 20),
+               flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 7)), max_size=4))
+
+
+def _hal_error_or_success(fn, path: Path) -> None:
+    try:
+        fn(path)
+    except HalError as e:
+        assert "\n" not in str(e)
+
+
 @FUZZ
-@given(cut=st.integers(0, 1 << 20), flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 7)),
-                                                     max_size=4))
+@given(**_damage)
 def test_fuzz_damaged_hal_files(good_hal, tmp_path_factory, cut, flips):
     path = tmp_path_factory.mktemp("fz") / "f.hal"
     path.write_bytes(_mutate(good_hal.read_bytes(), cut, flips))
-    try:
-        hal.load(path)
-    except HalError as e:
-        assert "\n" not in str(e)
+    _hal_error_or_success(hal.load, path)
 
 
 @FUZZ
-@given(cut=st.integers(0, 1 << 20), flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 7)),
-                                                     max_size=4))
+@given(**_damage)
 def test_fuzz_damaged_pt2_files(pt2, tmp_path_factory, cut, flips):
     path = tmp_path_factory.mktemp("fz") / "f.pt2"
     path.write_bytes(_mutate(pt2.read_bytes(), cut, flips))
-    try:
-        hal.compile(path, target="cpu", cache=False)
-    except HalError as e:
-        assert "\n" not in str(e)
+    _hal_error_or_success(lambda p: hal.compile(p, target="cpu", cache=False), path)
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) |
