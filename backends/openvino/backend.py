@@ -45,7 +45,6 @@ class OpenVINOBackend(Backend):
         precision = options.precision
         notes = take_notes(model.value)  # what a converter had to say (a fallback, a kept input)
         ov_model = _static_shapes(model.value, options.example_inputs, copy=not model.path_taken)
-        _check_ports(ov_model)
         path = []
         if precision == "int8":
             ov_model, step = build.quantize_int8(ov_model, options.calibration or [], options.options)
@@ -68,9 +67,7 @@ class OpenVINOBackend(Backend):
             info.notes.append("int8-dynamic: weights are stored int8; FullyConnected activations are "
                               "quantized per call by the CPU plugin; convolutions compute in fp32 "
                               "from the int8 weights")
-        from .executable import OpenVINOExecutable
-
-        return OpenVINOExecutable(info, device, core, ov_model, compiled, config)
+        return _executable(info, device, core, ov_model, compiled, config)
 
     # --- load -------------------------------------------------------------------------
     def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
@@ -111,31 +108,23 @@ class OpenVINOBackend(Backend):
                                 "re-create the artifact with hal; do not edit .hal files")
         info.extra.update(facts, loaded_from=source, config=config,
                           execution_devices=_exec_devices(compiled))
-        from .executable import OpenVINOExecutable
-
-        return OpenVINOExecutable(info, device, core, ov_model, compiled, config)
+        return _executable(info, device, core, ov_model, compiled, config)
 
 
 # --- helpers ------------------------------------------------------------------------------
+def _executable(info: ExecutableInfo, device: Device, core, ov_model, compiled, config):
+    from .bf16 import Bf16PortsExecutable, has_bf16_ports
+    from .executable import OpenVINOExecutable
+
+    cls = Bf16PortsExecutable if has_bf16_ports(info) else OpenVINOExecutable
+    return cls(info, device, core, ov_model, compiled, config)
+
+
 @functools.lru_cache(maxsize=1)
 def _core():
     """One Core per process: a fresh one loads every device plugin again on its
     first query (0.2 s per compile here); Core's compile_model is thread-safe."""
     return compat.api().core()
-
-
-def _check_ports(ov_model) -> None:
-    """OpenVINO's Python API hands bf16 tensors over as float16-typed bits, so a
-    bf16 input or output would be fed or read as wrong numbers: refuse it."""
-    bf16 = [p.get_any_name() if p.get_names() else f"#{i}"
-            for i, p in enumerate(list(ov_model.inputs) + list(ov_model.outputs))
-            if p.get_element_type().get_type_name() == "bf16"]
-    if bf16:
-        raise UnsupportedError(
-            f"the model has bfloat16 inputs/outputs {bf16}, which OpenVINO's Python API cannot "
-            "exchange with numpy (it passes their bits as float16)",
-            "give the model float32 (or float16) inputs and outputs, casting inside it, or "
-            "run it on another target")
 
 
 def _compile(core, ov_model, device: Device, config: dict[str, str], cache_dir):

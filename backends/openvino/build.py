@@ -192,14 +192,16 @@ def model_types(ov_model) -> dict[str, set[str]]:
 def _lowered(layers, own: dict[str, set[str]] | None) -> list[tuple[str, str]]:
     """(layer, precision) of every layer at f16/bf16 that the model does not ask
     for itself. With ``own`` (the source model's op types), a layer is the
-    model's when every source op fused into it has that type (a layer of
-    plugin-inserted ops only: when the model declares the type at all)."""
+    model's when a source op fused into it takes or gives that type (a Convert
+    from an f16 input fused with f32 arithmetic reports f16), or, for a layer
+    of plugin-inserted ops only, when the model declares the type at all. A
+    model with no f16/bf16 anywhere (the AMX bf16 case) is checked as before."""
     declared = {t for ts in (own or {}).values() for t in ts} & {"f16", "bf16"}
     out = []
     for layer, precs, names in layers:
         known = [n for n in names if own and n in own]
         for p in sorted(precs & {"f16", "bf16"}):
-            if p in declared and all(p in own[n] for n in known):
+            if p in declared and (not known or any(p in own[n] for n in known)):
                 continue
             out.append((layer, p))
     return out

@@ -92,6 +92,10 @@ def to_numpy_dtype(element_type) -> str:
     """An OpenVINO element type as a numpy dtype name."""
     import numpy as np
 
+    if element_type.get_type_name() == "bf16":  # to_dtype() says float16 for bf16
+        import ml_dtypes  # noqa: F401 - registers the "bfloat16" numpy dtype name
+
+        return "bfloat16"
     try:
         return str(np.dtype(element_type.to_dtype()))
     except (AttributeError, TypeError):  # legacy Type without to_dtype

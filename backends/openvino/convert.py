@@ -163,8 +163,10 @@ def keep_source_inputs(ov_model, proto) -> Any:
             continue
         t = v.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-        p = o.ov.op.Parameter(o.ov.Type(np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))),
-                              o.ov.PartialShape(dims))
+        et = _ov_type(o, helper, t.elem_type)
+        if et is None:
+            return ov_model  # a type OpenVINO's Python API cannot name: leave its interface
+        p = o.ov.op.Parameter(et, o.ov.PartialShape(dims))
         p.set_friendly_name(v.name)
         p.output(0).get_tensor().set_names({v.name})
         ordered.append(p)
@@ -177,6 +179,19 @@ def keep_source_inputs(ov_model, proto) -> Any:
         add_note(new, f"input(s) {added} are not used by the converted model; they are kept, "
                       "and ignored, so inputs map by position as in the ONNX graph")
     return new
+
+
+#: ONNX element types numpy cannot name (OpenVINO's Python API takes no ml_dtypes)
+_OV_NAMES = {16: "bf16", 17: "f8e4m3", 19: "f8e5m2", 21: "u4", 22: "i4", 23: "f4e2m1"}
+
+
+def _ov_type(o, helper, elem_type: int):
+    try:
+        if elem_type in _OV_NAMES:
+            return getattr(o.ov.Type, _OV_NAMES[elem_type])
+        return o.ov.Type(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except (AttributeError, RuntimeError, TypeError, KeyError, ValueError):
+        return None
 
 
 def from_tflite(model: Model, options) -> Any:
