@@ -46,7 +46,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL = {"", "bash", "sh", "shell", "console"}
-TIMEOUT_S = 300
+TIMEOUT_S = 300  # one command
+SLOW_TIMEOUT_S = 1200  # one slow command (the full conformance run: 3-6 min on 2 shared cores)
 
 #: commands that fail because of hal, not because of the page: command → why (strict xfail)
 CODE_BUGS = {
@@ -288,11 +289,12 @@ class BlockRun:
     def _run(self, cmd: Command) -> subprocess.CompletedProcess | str:
         if cmd.skip or (cmd.slow and not _run_slow()):
             return "not run"
+        limit = SLOW_TIMEOUT_S if cmd.slow else TIMEOUT_S
         try:
             return subprocess.run(["bash", "-c", cmd.text], cwd=self.dir, env=self.env,
-                                  capture_output=True, text=True, timeout=TIMEOUT_S)
+                                  capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
-            return f"timed out after {TIMEOUT_S} s"
+            return f"timed out after {limit} s"
 
 
 def _run_slow() -> bool:
@@ -332,6 +334,8 @@ def _shell_params():
                 marks.append(pytest.mark.skip(reason=cmd.skip))
             elif cmd.slow and not _run_slow():
                 marks.append(pytest.mark.skip(reason=f"slow (HAL_DOC_TESTS=all runs it): {cmd.slow}"))
+            elif cmd.slow:
+                marks.append(pytest.mark.timeout(2 * SLOW_TIMEOUT_S))
             bug = CODE_BUGS.get(_strip_comment(cmd.text))
             if bug:
                 marks.append(pytest.mark.xfail(reason=bug, strict=True))
