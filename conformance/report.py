@@ -346,7 +346,7 @@ h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-b
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f3f4f6}td.l,th.l{text-align:left}td.nw{white-space:nowrap}tr.grp td{border-top:2px solid #8c959f}
 .pass{background:#dafbe1}.fail{background:#ffcecb;font-weight:600}.unsupported{color:#8c959f}
-.error{background:#fff1c2}.crash,.timeout{background:#f2d5ff}
+.error,.lost{background:#fff1c2}.crash,.timeout{background:#f2d5ff}.oracle-disagreement{background:#d8f1f7}
 .verdict{font-size:1.25em;font-weight:600;padding:.5em .8em;border-radius:6px;display:inline-block}
 .verdict.ok{background:#dafbe1;color:#116329}.verdict.bad{background:#ffcecb;color:#82071e}
 .meta,.note{color:#57606a}.scroll{overflow-x:auto}img{max-width:100%;height:auto}

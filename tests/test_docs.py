@@ -50,11 +50,9 @@ TIMEOUT_S = 300  # one command
 SLOW_TIMEOUT_S = 1200  # one slow command (the full conformance run: 3-6 min on 2 shared cores)
 
 #: commands that fail because of hal, not because of the page: command → why (strict xfail)
-CODE_BUGS = {
-    "hal profile model.pt2 --target cpu --iterations 200 --batch-size 8":
-        "hal compiles a .pt2 for batch 1 and refuses --batch-size 8 ('compiled for batch 1, "
-        "not 8'); being fixed in the core (issue #13)",
-}
+#: (e.g. README's `hal profile model.pt2 ... --batch-size 8` was one until the core compiled a
+#: static export at the asked batch)
+CODE_BUGS: dict[str, str] = {}
 
 
 @dataclass
