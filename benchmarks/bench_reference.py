@@ -7,7 +7,11 @@ iteration calls all of them once, in an order that rotates from one iteration to
 the next, so drift on a shared machine and any first/second-call bias hit all
 alike.
 
-    python benchmarks/bench_reference.py [--rounds 30] [--iters 200]
+    python benchmarks/bench_reference.py [--rounds 30] [--iters 200] [--threads N]
+
+On a loaded machine every extra microsecond between two torch calls can cost
+far more (torch's worker threads go to sleep and must be woken); ``--threads 1``
+shows hal's own overhead without that effect.
 """
 
 from __future__ import annotations
@@ -60,16 +64,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     model = small_cnn()
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     checked = hal.compile(model, target="cpu", precision="fp32", example_inputs=(x,), cache=False)
     unchecked = hal.compile(model, target="cpu", precision="fp32", example_inputs=(x,), cache=False,
                             check_finite=False)
 
+    # every path runs one module object: two copies of the same weights alone time
+    # a few per cent apart here (where their memory lands), which would swamp hal's part
+    module = unchecked.module = checked.module
+
     def direct():  # numpy in, numpy out: the same contract as exe(x)
         with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x)).numpy()
 
     fns = {
         "direct": direct,
