@@ -74,7 +74,7 @@ def test_suite_sample_loses_nothing_to_native_openvino():
     each in its own worker process: hal loses no case OpenVINO passes."""
     if not installed("openvino"):
         pytest.skip("the openvino backend's runtime is not installed")
-    cases = sorted(set(onnx_suite.select(onnx_suite.list_cases(["node"]), None, None, 16)
+    cases = sorted(set(onnx_suite.select(onnx_suite.list_cases(["node"]), None, None, 10)
                        + REGRESSIONS))
     report = onnx_suite.run(["openvino:CPU"], ["openvino"], ["node"], cases=cases, timeout_s=120)
     hal_res = report["runners"]["hal:openvino:CPU"]
