@@ -103,7 +103,7 @@ def test_torch_tensor_views(target):
     torch = pytest.importorskip("torch")
     exe = ti.compiled(target)
     a, b = ti.sample(2)
-    ta = torch.from_numpy(np.ascontiguousarray(a.T)).T  # non-contiguous tensor
+    ta = torch.from_numpy(np.ascontiguousarray(a.T)).permute(3, 2, 1, 0)  # non-contiguous
     tb = torch.from_numpy(b.copy()).requires_grad_()
     assert np.array_equal(exe(ta, tb), exe(a, b))
 
