@@ -368,8 +368,8 @@ def test_goldens_judge_without_the_oracle_and_from_onnx(goldens, monkeypatch):
     assert r.oracle["source"].startswith("goldens")
     assert by["fp32"].result == "pass", by["fp32"].message
     assert by["fp32"].conversion_path[0] == "onnx"
-    # the reference backend takes ONNX at fp32 only, and says so
-    assert by["int8"].result == "unsupported" and "fp32 only" in by["int8"].message
+    # the reference backend takes ONNX at fp32 (and fp64, its oracle) only, and says so
+    assert by["int8"].result == "unsupported" and "fp32 and fp64 only" in by["int8"].message
 
 
 def test_goldens_are_checked(goldens, tmp_path):
