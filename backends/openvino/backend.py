@@ -12,7 +12,7 @@ from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device,
 from hal import cache as hal_cache
 from hal.formats import Model
 
-from . import build, compat, devices
+from . import bitview, build, compat, devices
 from .convert import read_ir, short, take_notes
 
 
@@ -45,6 +45,7 @@ class OpenVINOBackend(Backend):
         precision = options.precision
         notes = take_notes(model.value)  # what a converter had to say (a fallback, a kept input)
         ov_model = _static_shapes(model.value, options.example_inputs, copy=not model.path_taken)
+        bitview.check_ports(ov_model)
         path = []
         if precision == "int8":
             ov_model, step = build.quantize_int8(ov_model, options.calibration or [], options.options)
@@ -113,10 +114,10 @@ class OpenVINOBackend(Backend):
 
 # --- helpers ------------------------------------------------------------------------------
 def _executable(info: ExecutableInfo, device: Device, core, ov_model, compiled, config):
-    from .bf16 import Bf16PortsExecutable, has_bf16_ports
+    from .bitview import BitViewExecutable, has_bit_ports
     from .executable import OpenVINOExecutable
 
-    cls = Bf16PortsExecutable if has_bf16_ports(info) else OpenVINOExecutable
+    cls = BitViewExecutable if has_bit_ports(info) else OpenVINOExecutable
     return cls(info, device, core, ov_model, compiled, config)
 
 

@@ -92,10 +92,12 @@ def to_numpy_dtype(element_type) -> str:
     """An OpenVINO element type as a numpy dtype name."""
     import numpy as np
 
-    if element_type.get_type_name() == "bf16":  # to_dtype() says float16 for bf16
-        import ml_dtypes  # noqa: F401 - registers the "bfloat16" numpy dtype name
+    narrow = {"bf16": "bfloat16", "f8e4m3": "float8_e4m3fn", "f8e5m2": "float8_e5m2",
+              "f8e8m0": "float8_e8m0fnu"}.get(element_type.get_type_name())
+    if narrow:  # to_dtype() says float16 / uint8 for these
+        import ml_dtypes  # noqa: F401 - registers their numpy dtype names
 
-        return "bfloat16"
+        return narrow
     try:
         return str(np.dtype(element_type.to_dtype()))
     except (AttributeError, TypeError):  # legacy Type without to_dtype
