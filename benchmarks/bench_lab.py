@@ -52,7 +52,9 @@ def lab(a, kill: bool = False) -> dict:
     else:
         plugins = {n: None for n in names}
     t_cluster = time.monotonic()
-    cluster = LocalCluster([HostSpec(n, plugins[n]) for n in names])
+    # --ray-defaults: Ray's own health checks (a dead node marked after ~15 s), memory monitor off
+    cluster = LocalCluster([HostSpec(n, plugins[n], cpus=a.cpus) for n in names],
+                           system_config={"memory_monitor_refresh_ms": 0} if a.ray_defaults else None)
     t_cluster = time.monotonic() - t_cluster
     killed: dict = {}
     finished: list = []
@@ -72,7 +74,8 @@ def lab(a, kill: bool = False) -> dict:
         wall = time.monotonic() - t0
     finally:
         cluster.shutdown()
-    out = {"mode": f"lab, {a.nodes} node(s)" + (" (plugins split)" if a.split else "")
+    out = {"mode": f"lab, {a.nodes} node(s) × {a.cpus} CPU" + (" (plugins split)" if a.split else "")
+           + (", Ray's default health checks" if a.ray_defaults else "")
            + (", last node killed" if kill else ""), "cluster_start_s": round(t_cluster, 1),
            "wall_s": round(wall, 1), "summary": r.summary(),
            "cells_per_host": dict(Counter(c.host for c in r.cells if c.runnable)),
@@ -93,13 +96,16 @@ def main() -> None:
     p.add_argument("what", choices=("single", "lab", "loss"))
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--split", action="store_true", help="share the built-in plugins out over the nodes")
+    p.add_argument("--cpus", type=int, default=1, help="Ray CPUs per node: devices it runs at once")
+    p.add_argument("--ray-defaults", action="store_true",
+                   help="Ray's default health checks instead of the tests' fast ones")
     p.add_argument("--cross-check", default="none", choices=("none", "first", "all"))
     p.add_argument("-b", "--backend", action="append")
     p.add_argument("-m", "--model", action="append")
     p.add_argument("-p", "--precision", action="append")
     a = p.parse_args()
     res = single(a) if a.what == "single" else lab(a, kill=a.what == "loss")
-    print(json.dumps(res, indent=1))
+    sys.stdout.write(json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":

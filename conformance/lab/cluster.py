@@ -80,9 +80,11 @@ def connect(address: str, num_cpus: int | None = None, timeout_s: float = 10.0) 
     if address == "local":
         _stay_on_loopback(ray)
         res = resources(probe_host())
+        # Ray's memory monitor off: on a busy workstation it would kill the runners for
+        # memory that other programs use, and this one-node cluster has nowhere to rerun
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, resources=res,
                  num_cpus=num_cpus or 1, object_store_memory=200 * 2**20, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False, _system_config={"memory_monitor_refresh_ms": 0})
         return Connection("local", started_local=True)
     if address == "auto":  # the cluster this process belongs to (a Ray job, a node's shell)
         address = os.environ.get("RAY_ADDRESS") or ""

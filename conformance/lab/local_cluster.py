@@ -59,7 +59,8 @@ def node_resources(env: dict[str, str]) -> dict[str, float]:
 class LocalCluster:
     """Start the hosts (the first is the head); ``kill(name)`` takes one away at once."""
 
-    def __init__(self, hosts: list[HostSpec], object_store_mb: int = 100) -> None:
+    def __init__(self, hosts: list[HostSpec], object_store_mb: int = 100,
+                 system_config: dict[str, Any] | None = None) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray = ray_module()
         _stay_on_loopback(ray)
@@ -78,7 +79,7 @@ class LocalCluster:
                 if self.cluster is None:
                     self.cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args={
                         **args, "include_dashboard": False, "dashboard_host": "127.0.0.1",
-                        "_system_config": SYSTEM_CONFIG})
+                        "_system_config": SYSTEM_CONFIG if system_config is None else system_config})
                     self.nodes[h.name] = self.cluster.head_node
                 else:
                     self.nodes[h.name] = self.cluster.add_node(**args)

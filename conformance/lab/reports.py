@@ -51,12 +51,7 @@ def consistency_rows(r: Report) -> list[dict[str, Any]]:
                         "verdict": "differ", "detail": e["why"]})
             continue
         pairs = e.get("pairs") or []
-        detail = "; ".join(
-            f"{p['a']}/{p['b']}: " + (f"{p['rel_diff']:.1e}·max|ref| (≤ {p['limit']:g})"
-                                      if p.get("measure") == "max_rel_err" else
-                                      f"top-1 {p['top1_agreement']:.1%} (≥ {p['limit']:.0%})"
-                                      if p.get("measure") == "top1" else p.get("why") or "same outcome")
-            for p in pairs)
+        detail = "; ".join(f"{p['a']}/{p['b']}: {_pair(p)}" for p in pairs)
         if e.get("missing"):
             detail += ("; " if detail else "") + f"no copy from {', '.join(e['missing'])}"
         verdict = ("agree" if e["agree"] and e.get("compared") else
@@ -64,6 +59,15 @@ def consistency_rows(r: Report) -> list[dict[str, Any]]:
         out.append({"what": e["cell"], "hosts": ", ".join(e.get("hosts") or {}), "verdict": verdict,
                     "detail": detail})
     return out
+
+
+def _pair(p: dict[str, Any]) -> str:
+    """One pair's comparison against its limit, e.g. ``1.8e-04 > 0.0001·max|ref|``."""
+    if p.get("measure") == "max_rel_err":
+        return f"{p['rel_diff']:.1e} {'≤' if p['agree'] else '>'} {p['limit']:g}·max|ref|"
+    if p.get("measure") == "top1":
+        return f"top-1 {p['top1_agreement']:.1%} {'≥' if p['agree'] else '<'} {p['limit']:.1%}"
+    return p.get("why") or "same outcome"
 
 
 def write_markdown(r: Report, path: str | Path) -> None:

@@ -141,6 +141,7 @@ class Lab:
             json_path=o.json_path, workdir=o.workdir), on_cell=self.on_cell, on_note=self.on_note)
         r = self.report = suite.report
         suite.start_report()
+        r.meta["filters"]["backends"] = o.backends
         try:
             self.nodes = cl.nodes()
             r.meta["lab"] = {"address": conn.address, "cross_check": self.lab.cross_check,
@@ -510,6 +511,10 @@ class Lab:
                                              NodeAffinitySchedulingStrategy(node.node_id, soft=False))
             ray.get(ping.remote(), timeout=NODE_ANSWER_S)
             return None
+        except ray.exceptions.TaskUnschedulableError:
+            return "Ray no longer has its node"
+        except ray.exceptions.GetTimeoutError:
+            return f"its node did not answer within {NODE_ANSWER_S:g} s"
         except Exception as e:  # noqa: BLE001 - no answer is the answer
             return f"its node does not answer: {brief(e, 160, typed=True)}"
 
