@@ -292,8 +292,8 @@ def whose(runner: str, rec: dict[str, Any]) -> str:
         return "runtime"
     if re.search(r"ov\.convert_model|Core\.read_model|could not read the ONNX model", msg):
         return "converter (OpenVINO ONNX frontend)"
-    if re.search(r"has dtype (float8|float4|u?int4)\w*, the model takes u?int8", msg):
-        return "runtime (OpenVINO's Python API has no float8/float4/int4 tensors)"
+    if re.search(r"has dtype (float8|float4|u?int4)\w*, the model takes u?int8|4-bit \(int4", msg):
+        return "runtime (OpenVINO's Python API has no float4/int4 tensors)"
     if re.search(r"is (a sequence|a map|an empty optional)|passes tensors only", msg):
         return "hal (tensors only, by design)"
     if "NoConversionPath" in msg:
