@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -355,25 +356,20 @@ def write_hal(exe: Executable, path: Path, meta_extra: dict[str, Any] | None = N
         digests = {f.relative_to(tmp).as_posix(): _sha256(f) for f in files}
         meta = {"format_version": FORMAT_VERSION, "info": exe.info.to_dict(),
                 "device": exe.device.to_dict(), "files": digests, **(meta_extra or {})}
-        fd, tmp_zip = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
+        # an exclusive dot-name beside the target, created 0666 less the umask (mkstemp's
+        # 0600 would make artifacts private; reading the umask would race other threads)
+        tmp_zip = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+        os.close(os.open(tmp_zip, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         try:
             with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
                 z.writestr(META_NAME, json.dumps(meta, indent=1))
                 for f in files:
                     z.write(f, f.relative_to(tmp).as_posix())
-            os.chmod(tmp_zip, 0o666 & ~_umask())
             os.replace(tmp_zip, path)
         except BaseException:
             Path(tmp_zip).unlink(missing_ok=True)
             raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], Path, Callable[[], None]]:

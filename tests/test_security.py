@@ -321,8 +321,8 @@ def _mutate(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
     return bytes(b)
 
 
-_damage = dict(cut=st.integers(0, 1 << 20),
-               flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 7)), max_size=4))
+_DAMAGE = dict(cut=st.integers(0, 1 << 20),
+                flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 7)), max_size=4))
 
 
 def _hal_error_or_success(fn, path: Path) -> None:
@@ -333,7 +333,7 @@ def _hal_error_or_success(fn, path: Path) -> None:
 
 
 @FUZZ
-@given(**_damage)
+@given(**_DAMAGE)
 def test_fuzz_damaged_hal_files(good_hal, tmp_path_factory, cut, flips):
     path = tmp_path_factory.mktemp("fz") / "f.hal"
     path.write_bytes(_mutate(good_hal.read_bytes(), cut, flips))
@@ -341,7 +341,7 @@ def test_fuzz_damaged_hal_files(good_hal, tmp_path_factory, cut, flips):
 
 
 @FUZZ
-@given(**_damage)
+@given(**_DAMAGE)
 def test_fuzz_damaged_pt2_files(pt2, tmp_path_factory, cut, flips):
     path = tmp_path_factory.mktemp("fz") / "f.pt2"
     path.write_bytes(_mutate(pt2.read_bytes(), cut, flips))
@@ -391,3 +391,20 @@ def test_fuzz_zip_member_names(tmp_path_factory, names):
         folded = [os.path.normpath(n).casefold() for n in got]
         assert len(set(folded)) == len(got)
         assert not any(n.startswith("/") or ".." in n.split("/") for n in got)
+
+
+def test_openvino_conversion_writes_nothing_in_home(tmp_path):
+    """ov.convert_model and NNCF report usage to Google Analytics and write ~/intel unless the
+    user opted out; through hal they must do neither (the user's own choice is respected)."""
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    home = tmp_path / "home"
+    home.mkdir()
+    script = ("import numpy as np, torch, hal\n"
+              "m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(); x = np.ones((1, 4), np.float32)\n"
+              "hal.compile(m, target='openvino:CPU', example_inputs=(x,), cache=False)\n"
+              "hal.compile(m, target='openvino:CPU', precision='int8', example_inputs=(x,),\n"
+              "            calibration=[x] * 4, cache=False)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    subprocess.run([sys.executable, "-c", script], env={**env, "HOME": str(home)}, timeout=300,
+                   check=True, capture_output=True)
+    assert list(home.rglob("*")) == []

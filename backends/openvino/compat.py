@@ -11,6 +11,7 @@ code is the same on both.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -75,9 +76,34 @@ def installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+ENV_TELEMETRY = "HAL_OPENVINO_TELEMETRY"
+
+
+def decline_telemetry() -> None:
+    """OpenVINO's converter and NNCF report usage to Google Analytics from forked
+    processes and write ``~/intel/`` unless the user opted out, and they do it on
+    import and on every ``ov.convert_model``. A library call of hal's must not
+    reach the network nor write outside hal's own directories, so where the user
+    has made no choice (no consent file) hal declines for this process.
+    ``HAL_OPENVINO_TELEMETRY=1``, or OpenVINO's own ``opt_in_out --opt_in``, keeps it."""
+    if os.environ.get(ENV_TELEMETRY) == "1":
+        return
+    try:
+        from openvino_telemetry.utils import opt_in_checker as oc
+    except ImportError:  # no telemetry package: nothing is sent
+        return
+    try:
+        if os.path.exists(oc.OptInChecker().consent_file()):
+            return  # the user chose, with OpenVINO's own tool: respect it
+    except Exception:  # noqa: BLE001 - no home folder: the checker declines by itself
+        return
+    oc.OptInChecker.check = lambda self, *a, **k: oc.ConsentCheckResult.DECLINED
+
+
 @lru_cache(maxsize=1)
 def api() -> OV:
     """Import OpenVINO (lazily, once) and tell which API it offers."""
+    decline_telemetry()
     import openvino
 
     if hasattr(openvino, "Core"):  # 2023.1 and later
