@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -73,6 +74,12 @@ class Connection:
 def connect(address: str, num_cpus: int | None = None, timeout_s: float = 10.0) -> Connection:
     """Join the cluster at ``address`` (or start ``local``); a clear error when nobody answers."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address == "local" and "ray" not in sys.modules and not any(
+            os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        # Ray's token authentication with a token for this run only (set before Ray reads
+        # it, at import): Ray would otherwise create one and keep it in ~/.ray/auth_token
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     ray = ray_module()
     if ray.is_initialized():
         raise hal.UsageError("this process is already connected to Ray",
@@ -82,7 +89,7 @@ def connect(address: str, num_cpus: int | None = None, timeout_s: float = 10.0) 
         res = resources(probe_host())
         # Ray's memory monitor off: on a busy workstation it would kill the runners for
         # memory that other programs use, and this one-node cluster has nowhere to rerun
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, resources=res,
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, resources=res,
                  num_cpus=num_cpus or 1, object_store_memory=200 * 2**20, log_to_driver=False,
                  configure_logging=False, _system_config={"memory_monitor_refresh_ms": 0})
         return Connection("local", started_local=True)
@@ -102,7 +109,17 @@ def connect(address: str, num_cpus: int | None = None, timeout_s: float = 10.0) 
     if host in LOOPBACK:
         _stay_on_loopback(ray)
     kw = {"_node_ip_address": "127.0.0.1"} if host in LOOPBACK else {}
-    ray.init(address=address, log_to_driver=False, configure_logging=False, **kw)
+    if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN")
+                                                or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_MODE"] = "token"  # a token given means: use it
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False, **kw)
+    except (ConnectionError, RuntimeError) as e:
+        raise hal.DeviceUnavailableError(
+            f"could not join the Ray cluster at {address}: {brief(e, 300, typed=True)}",
+            "if the cluster uses token authentication (what `ray start` does by default since "
+            "Ray 2.5x), set RAY_AUTH_TOKEN to the output of `ray get-auth-token` on its head "
+            "(or RAY_AUTH_TOKEN_PATH to a file holding it)") from None
     return Connection(address)
 
 
