@@ -57,6 +57,9 @@ def run_cli(backend: list[str] | None = None, model: list[str] | None = None,
 
     try:
         if export_goldens:
+            if cluster:
+                raise hal.UsageError("--export-goldens runs on this host, not on a cluster",
+                                     "drop --cluster; pass the goldens to a lab run with --goldens")
             if goldens:
                 raise hal.UsageError("--export-goldens and --goldens exclude each other",
                                      "export on the host with the reference stack, check elsewhere")
