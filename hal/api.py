@@ -360,8 +360,7 @@ def load(path: str | os.PathLike, target: str | None = None) -> Executable:
     unambiguous zip, a well-typed ``hal.json``, every file matching its
     recorded SHA-256), and each backend then checks that the artifact is what
     ``hal.json`` claims. Nothing in it is ever executed as code."""
-    meta, art, cleanup = read_artifact(path)
-    try:
+    def place(meta: dict) -> tuple[Backend, Device]:
         info = meta["info"]
         b = registry().backends.get(info.backend)
         if b is None:
@@ -371,24 +370,32 @@ def load(path: str | os.PathLike, target: str | None = None) -> Executable:
         if dev.backend != b.name:
             raise UsageError(f"{path} is a {b.name} artifact; target {target!r} is {dev.backend}",
                              f"load it on a {b.name} device")
-        exe = b.load(art, info, dev)
-    except BaseException:
-        cleanup()
-        raise
-    exe._keepalive.append(_Cleanup(cleanup))
-    return exe
+        return b, dev
+
+    return _restore(Path(path), place)
 
 
 def _load(path: Path, b: Backend, dev: Device, expect_key: str) -> Executable:
     """A cache entry: the artifact must be the one stored under this key."""
-    meta, art, cleanup = read_artifact(path)
-    try:
+    def place(meta: dict) -> tuple[Backend, Device]:
         if meta.get("cache_key") != expect_key:
             raise ArtifactError(f"{path.name} holds the entry of another model", "rebuild it")
-        info = meta["info"]
-        if info.backend != b.name:
-            raise ArtifactError(f"{path.name} was built by {info.backend}, not {b.name}", "rebuild it")
-        exe = b.load(art, info, dev)
+        if meta["info"].backend != b.name:
+            raise ArtifactError(f"{path.name} was built by {meta['info'].backend}, not {b.name}",
+                                "rebuild it")
+        return b, dev
+
+    return _restore(path, place)
+
+
+def _restore(path: Path, place: Callable[[dict], tuple[Backend, Device]]) -> Executable:
+    """Check and unpack ``path``, let ``place`` pick the backend and device from
+    its metadata, and have the backend load it; the unpacked files live as long
+    as the executable, or go at once if anything fails."""
+    meta, art, cleanup = read_artifact(path)
+    try:
+        b, dev = place(meta)
+        exe = b.load(art, meta["info"], dev)
     except BaseException:
         cleanup()
         raise
