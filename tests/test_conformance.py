@@ -263,10 +263,15 @@ def test_html_plots_each_flow_against_its_own_rule(host_report):
     from hal_conformance.report import flow_figure, judged_value
     from hal_conformance.results import _order
 
+    ran = [f for f in FLOWS if any(c.precision == f and c.result == "pass" for c in host_report.cells)]
+    assert len(ran) >= 4, ran  # the host report has passing cells in most flows
     for flow in FLOWS:
         fig = flow_figure(host_report, flow)
         cells = sorted((c for c in host_report.cells if c.precision == flow and c.result == "pass"),
                        key=_order)
+        if flow not in ran:  # e.g. fp16 on a CPU without FP16: nothing to plot, no figure
+            assert fig is None, flow
+            continue
         assert fig is not None and cells, flow
         ax = fig.axes[0]
         xs = [float(pc.get_offsets()[0][0]) for pc in ax.collections if len(pc.get_offsets())]
@@ -300,10 +305,12 @@ def test_html_shows_a_failing_cell(host_report, tmp_path):
     r = Report.from_dict(d)
     write_html(r, tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
-    assert "class='verdict bad'>FAIL: 1 of 75 runnable cells did not pass" in page
+    runnable = sum(c["result"] not in ("unsupported",) for c in d["cells"])
+    fp32 = sum(c["precision"] == "fp32" and c["result"] in ("pass", "fail") for c in d["cells"])
+    assert f"class='verdict bad'>FAIL: 1 of {runnable} runnable cells did not pass" in page
     assert bad["id"] in _section(page, "problems") and "2e-03 of max|ref|" in _section(page, "problems")
     ax = flow_figure(r, "fp32").axes[0]
-    assert ax.get_title(loc="left").endswith("19 of 20 pass, 1 does not")
+    assert ax.get_title(loc="left").endswith(f"{fp32 - 1} of {fp32} pass, 1 does not")
     marks = [pc for pc in ax.collections if len(pc.get_offsets())
              and float(pc.get_offsets()[0][0]) == pytest.approx(2e-3)]
     from matplotlib.colors import to_rgb
