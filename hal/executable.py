@@ -334,6 +334,21 @@ def _fmt_shape(shape: tuple) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+def read_json_object(path: Path, backend: str) -> dict[str, Any]:
+    """A backend's own metadata file inside an unpacked artifact, as a JSON
+    object, or one ArtifactError: the file is as untrusted as the artifact (a
+    repeated key is refused too, since two parsers may keep different copies)."""
+    try:
+        d = safezip.strict_json(path.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ArtifactError(f"the {backend} artifact's {path.name} is missing or not JSON "
+                            f"({type(e).__name__})", "re-create it with hal compile") from None
+    if not isinstance(d, dict):
+        raise ArtifactError(f"the {backend} artifact's {path.name} is not a JSON object",
+                            "re-create it with hal compile")
+    return d
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

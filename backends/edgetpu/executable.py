@@ -19,6 +19,7 @@ import numpy as np
 
 from hal import (ArtifactError, DeviceUnavailableError, Executable, ExecutableInfo, HalError,
                  TensorSpec, UnsupportedError, UsageError)
+from hal.executable import read_json_object
 from hal.types import Device
 
 from . import devices
@@ -271,12 +272,9 @@ def read_artifacts(directory: Path) -> tuple[Artifacts, EdgeTpuOptions]:
         return ArtifactError(f"the edgetpu artifact's {META_FILE} {what}",
                              "recompile the model (the artifact was damaged or not written by hal)")
 
-    try:
-        meta = json.loads((directory / META_FILE).read_text())
-    except (ValueError, RecursionError) as e:
-        raise bad(f"is not JSON ({type(e).__name__})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("options"), dict):
-        raise bad("is not an object with an 'options' object")
+    meta = read_json_object(directory / META_FILE, "edgetpu")
+    if not isinstance(meta.get("options"), dict):
+        raise bad("has no 'options' object")
     opts = meta["options"]
     unknown = sorted(str(k)[:30] for k in opts if k not in _OPTION_TYPES)
     if unknown:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device,
                  DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec, UnsupportedError,
                  UsageError)
 from hal import cache as hal_cache
+from hal.executable import read_json_object
 from hal.formats import Model
 
 from . import bitview, build, compat, devices
@@ -74,13 +74,7 @@ class OpenVINOBackend(Backend):
     def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
         self.require_runtime()
         o = compat.api()
-        try:
-            meta = json.loads((artifact / "openvino.json").read_text())
-        except (OSError, ValueError):
-            meta = None
-        if not isinstance(meta, dict):
-            raise ArtifactError("the artifact has no readable openvino.json",
-                                "re-create it with hal compile")
+        meta = read_json_object(artifact / "openvino.json", self.name)
         ov_model = read_ir(artifact / "model.xml", error=ArtifactError)
         if info.precision not in self.precisions_for(device):
             raise self.refuse_precision(info.precision, device)

@@ -12,6 +12,7 @@ import torch
 from hal import (ArtifactError, CompileError, CompileOptions, Device, Executable, ExecutableInfo,
                  InvalidInputError)
 from hal.errors import brief
+from hal.executable import read_json_object
 from hal.formats import Model
 
 from .. import torch_common as tc
@@ -206,14 +207,7 @@ def _claims(program, recipe: dict) -> tuple[str, list[tuple[tuple, str]]]:
 
 def load(artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
     program = tc.load_program(artifact, error=ArtifactError)
-    try:
-        recipe = json.loads((artifact / "recipe.json").read_text())
-    except (OSError, ValueError):
-        raise ArtifactError("the reference artifact has no readable recipe.json",
-                            "re-create it with hal compile") from None
-    if not isinstance(recipe, dict):
-        raise ArtifactError("the reference artifact's recipe.json is not an object",
-                            "re-create it with hal compile")
+    recipe = read_json_object(artifact / "recipe.json", "reference")
     precision, ins = _claims(program, recipe)
     if precision != info.precision:
         raise ArtifactError(f"hal.json says {info.precision}, but the program is {precision}",

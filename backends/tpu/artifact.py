@@ -14,7 +14,6 @@ Pure Python and numpy: no framework.
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hal import ArtifactError, ExecutableInfo
+from hal.executable import read_json_object
 
 META = "tpu.json"
 SAVED = "saved_model"
@@ -97,12 +97,7 @@ def _dtype(name: Any, where: str) -> str:
 
 def read_meta(artifact: Path, info: ExecutableInfo) -> dict[str, Any]:
     """``tpu.json``, every field checked, and consistent with ``info``."""
-    try:
-        d = json.loads((artifact / META).read_text())
-    except (OSError, ValueError, RecursionError) as e:
-        raise bad(f"{META} is missing or not JSON ({type(e).__name__})") from None
-    if not isinstance(d, dict):
-        raise bad(f"{META} is not a JSON object")
+    d = read_json_object(artifact / META, "tpu")
     kind = _need(d, "kind", str)
     if kind not in KINDS:
         raise bad(f"{META} has kind {kind[:30]!r}, not one of {', '.join(KINDS)}")
