@@ -380,7 +380,8 @@ case("median", _x((6, 7)), "median(dim=-1).values over 7 values (odd: a true mid
      fn(lambda m, x: x.median(dim=-1).values))
 case("cumsum", _x(_V), "cumsum over the last dim", fn(lambda m, x: x.cumsum(-1)))
 case("topk", _x(_V), "topk(3, dim=-1).values (largest, sorted)", fn(lambda m, x: x.topk(3, dim=-1).values))
-case("sort", _x(_V), "sort(dim=-1, descending).values", fn(lambda m, x: x.sort(dim=-1, descending=True).values))
+case("sort", _x(_V), "sort(dim=-1, descending).values",
+     fn(lambda m, x: x.sort(dim=-1, descending=True).values))
 
 # ---------------------------------------------------------------- matrix products
 case("linear.basic", _x((32,)), "Linear 32->16 with bias", lambda: nn.Linear(32, 16))
@@ -407,8 +408,10 @@ case("layer_norm.last_dim", _x((6, 32)), "LayerNorm(32), random affine",
      _affine(lambda: nn.LayerNorm(32)))
 case("group_norm", _x((8, 6, 6)), "GroupNorm 2 groups of 4 channels, random affine",
      _affine(lambda: nn.GroupNorm(2, 8)))
-case("instance_norm.2d", _x(_C), "InstanceNorm2d, affine (random)", _affine(lambda: nn.InstanceNorm2d(4, affine=True)))
-case("rms_norm", _x((6, 32)), "RMSNorm(32), eps 1e-6, random weight", _affine(lambda: nn.RMSNorm(32, eps=1e-6)))
+case("instance_norm.2d", _x(_C), "InstanceNorm2d, affine (random)",
+     _affine(lambda: nn.InstanceNorm2d(4, affine=True)))
+case("rms_norm", _x((6, 32)), "RMSNorm(32), eps 1e-6, random weight",
+     _affine(lambda: nn.RMSNorm(32, eps=1e-6)))
 case("local_response_norm", _x((8, 6, 6)), "LocalResponseNorm size 3 (alpha 1e-4, beta 0.75, k 1)",
      lambda: nn.LocalResponseNorm(3))
 case("softmax.last_dim", _x(_V), "softmax over the last dim", lambda: nn.Softmax(-1))
@@ -444,8 +447,10 @@ case("index_select", _x(_S), "index_select on the last dim, indices [5, 0, 3, 3,
 case("index_put", (_x(_S), _x((3, 6, 8))), "x[:, [3, 0, 2]] = y on a copy (index_put, distinct "
      "indices)", fn(lambda m, x, y: x.index_put((T.arange(x.shape[0]).unsqueeze(1), m.idx), y),
                     idx=_index([3, 0, 2])))
-case("pad.constant", _x(_C), "F.pad (1,2,0,1) with value 0.5", fn(lambda m, x: F.pad(x, (1, 2, 0, 1), value=0.5)))
-case("pad.reflect", _x(_C), "F.pad (2,2,1,1) reflect", fn(lambda m, x: F.pad(x, (2, 2, 1, 1), mode="reflect")))
+case("pad.constant", _x(_C), "F.pad (1,2,0,1) with value 0.5",
+     fn(lambda m, x: F.pad(x, (1, 2, 0, 1), value=0.5)))
+case("pad.reflect", _x(_C), "F.pad (2,2,1,1) reflect",
+     fn(lambda m, x: F.pad(x, (2, 2, 1, 1), mode="reflect")))
 case("pad.replicate", _x(_C), "F.pad (2,1,1,2) replicate",
      fn(lambda m, x: F.pad(x, (2, 1, 1, 2), mode="replicate")))
 case("repeat", _x(_S), "repeat (1, 2, 1, 3)", fn(lambda m, x: x.repeat(1, 2, 1, 3)))
@@ -507,9 +512,9 @@ case("scaled_dot_product_attention.additive_mask", (_x((2, 6, 8)), _x((2, 10, 8)
         mask=_uniform((6, 10), -2.0, 0.0)))
 
 OPS: dict[str, OpCase] = {c.name: c for c in _CASES}
-assert len(OPS) == len(_CASES), "duplicate case names"
-
-_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+_bad = [c.name for c in _CASES if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)*", c.name)]
+if len(OPS) != len(_CASES) or _bad:  # a catalogue edit error, caught at import
+    raise ValueError(f"operator case names must be unique and [a-z0-9_.]: {_bad or 'duplicates'}")
 
 
 def families() -> list[str]:
