@@ -7,7 +7,6 @@ registration, so listing plugins does not import torch.
 from __future__ import annotations
 
 import copy
-import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from hal import CompileError, InvalidInputError, ModelFormatError, TensorSpec, UsageError
-from hal.formats import Model
+from hal import CompileError, InvalidInputError, ModelFormatError, UsageError
+from hal.plugin import Model, TensorSpec
 from hal.errors import brief
-from hal.formats.builtin import export_static, safe_export_load
+from hal.formats.builtin import export_static, safe_export_read
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def example_tensors(model: Model, device: str = "cpu") -> tuple[torch.Tensor, ...]:
-    ex = model.example_inputs
+    ex = model.example_input
     if not ex and model.format == "torch.export":
         args = model.value.example_inputs[0] if model.value.example_inputs else ()
         return tuple(a.to(device) for a in args)
     if not ex:
         raise UsageError("compiling a torch model needs example inputs",
-                         "pass example_inputs=(x,) to hal.compile / --input to the CLI")
+                         "pass example_input=(x,) to hal.compile / --input to the CLI")
     return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ex)
 
 
@@ -40,7 +39,7 @@ def eval_copy(model: Model) -> torch.nn.Module:
     is re-batched when that is provably safe (see :func:`rebatched`)."""
     if model.format == "torch.export":
         ep = model.value
-        if model.example_inputs and _batch_only_differs(ep, model.example_inputs):
+        if model.example_input and _batch_only_differs(ep, model.example_input):
             return rebatched(ep, example_tensors(model))
         return ep.module()
     m = copy.deepcopy(model.value)
@@ -152,15 +151,8 @@ def load_program(directory: Path, name: str = "model.pt2", error=None):
     """The saved ExportedProgram, read without unpickling; ``error`` (e.g.
     ArtifactError) replaces ModelFormatError for a program inside a ``.hal``."""
     try:
-        return safe_export_load(directory / name)
+        return safe_export_read(directory / name)
     except ModelFormatError as e:
         if error is None:
             raise
         raise error(e.what, e.fix) from None
-
-
-def state_size(module: torch.nn.Module) -> int:
-    """Serialized size of the weights (what a quantized model saves on disk)."""
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return len(buf.getvalue())

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 import hal
+
+import hal.plugin
 from bench_reference import per_call, small_cnn  # same CNN and timer as the CPU benchmark
 
 
@@ -57,7 +59,7 @@ def main() -> int:
         return 0
     model = small_cnn()
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    exe = hal.compile(model, target="cuda:0", precision="fp32", example_inputs=(x,), cache=False,
+    exe = hal.compile(model, target="cuda:0", precision="fp32", example_input=(x,), cache=False,
                       options={"cuda_graphs": a.cuda_graphs})
     gpu_model = small_cnn().cuda()
     xg = torch.from_numpy(x).cuda()
@@ -96,7 +98,7 @@ def main() -> int:
     print("energy            : " + (f"{energy * 1e3:.3f} mJ/inference" if energy is not None else
                                     f"unavailable ({prof.unavailable.get('energy_j_per_inference')})"))
 
-    b = hal.registry().backends["cuda"]
+    b = hal.plugin.registry().backends["cuda"]
     for dt in ("fp32", "fp16"):
         print(f"GEMM probe {dt:4s}   : {b.probe_gemm('cuda:0', dtype=dt):9.1f} TFLOP/s (10000×10000)")
     return 0

@@ -121,11 +121,11 @@ def main() -> int:
     x = rng.standard_normal(SHAPE).astype(np.float32)
     calib = [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(32)]
     opts = {"num_threads": args.threads}
-    exe = hal.compile(mobilenet(), target, "int8", calibration=calib, options=opts)
-    raw = hal.compile(exe.files.compiled or exe.files.int8, target, "int8", calibration=calib,
+    exe = hal.compile(mobilenet(), target, precision="int8", calibration=calib, options=opts)
+    raw = hal.compile(exe.files.compiled or exe.files.int8, target, precision="int8", calibration=calib,
                       options={**opts, "raw_io": True}, cache=False)
     # the direct loop does not look for NaN/Inf; hal does by default (check_finite)
-    unchecked = hal.compile(exe.files.compiled or exe.files.int8, target, "int8", calibration=calib,
+    unchecked = hal.compile(exe.files.compiled or exe.files.int8, target, precision="int8", calibration=calib,
                             options=opts, cache=False, check_finite=False)
     print(f"device: {exe.device.target} ({exe.device.kind}); threads={args.threads}; "
           f"{args.rounds} rounds × {args.iters} calls; "

@@ -41,9 +41,9 @@ def single(a) -> dict:
 
 
 def lab(a, kill: bool = False) -> dict:
-    from hal_conformance.lab import Lab, LabOptions
+    from hal_conformance.lab import Lab
     from hal_conformance.lab.local_cluster import HostSpec, LocalCluster
-    from hal_conformance.runner import Options
+    from hal_conformance.options import Options
 
     names = [f"node-{i + 1}" for i in range(a.nodes)]
     if a.split:
@@ -68,9 +68,9 @@ def lab(a, kill: bool = False) -> dict:
 
     try:
         opts = Options(backends=a.backend, models=a.model, precisions=a.precision, timeout_s=300,
-                       startup_timeout_s=300)
+                       startup_timeout_s=300, cluster=cluster.address, cross_check=a.cross_check)
         t0 = time.monotonic()
-        r = Lab(opts, LabOptions(cluster.address, cross_check=a.cross_check), on_cell=on_cell).run()
+        r = Lab(opts, on_cell=on_cell).run()
         wall = time.monotonic() - t0
     finally:
         cluster.shutdown()

@@ -122,7 +122,7 @@ def main() -> int:
         for name, (model, shape) in models.items():
             x = rng.standard_normal(shape).astype(np.float32)
             calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(32)] if mode == "int8" else None
-            exe = hal.compile(model, target="openvino:CPU", precision=mode, example_inputs=(x,),
+            exe = hal.compile(model, target="openvino:CPU", precision=mode, example_input=(x,),
                               calibration=calib, cache=False)
             xml = tmp / f"{name}-{mode}.xml"
             compat.api().save_model(exe.ov_model, xml)  # the very IR hal compiled

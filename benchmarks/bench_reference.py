@@ -70,8 +70,8 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     model = small_cnn()
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    checked = hal.compile(model, target="cpu", precision="fp32", example_inputs=(x,), cache=False)
-    unchecked = hal.compile(model, target="cpu", precision="fp32", example_inputs=(x,), cache=False,
+    checked = hal.compile(model, target="cpu", precision="fp32", example_input=(x,), cache=False)
+    unchecked = hal.compile(model, target="cpu", precision="fp32", example_input=(x,), cache=False,
                             check_finite=False)
 
     # every path runs one module object: two copies of the same weights alone time

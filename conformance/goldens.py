@@ -12,82 +12,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .models import MODELS, weights_digest
-from .policy import FLOWS, POLICY
+from .models import weights_digest
 
 FORMAT = "hal-conformance-goldens"
 VERSION = 1
 
 
-def _sha256(path: Path) -> str:
+@dataclass
+class Reference:
+    """The oracle's outputs for one model, from an oracle run or from goldens."""
+
+    model: str
+    outputs: np.ndarray
+    labels: np.ndarray
+    accuracy: float
+    data_path: Path
+    onnx_path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_goldens(directory: Path, models: list[str] | None = None, onnx: bool = True,
-                   on_note: Callable[[str], None] | None = None,
-                   timeout_s: float = 300.0) -> dict[str, Any]:
-    """Run the oracle on the zoo and write the goldens; returns the manifest."""
-    from hal import HalError
-
-    from .runner import Options, Suite
-
-    note = on_note or (lambda s: None)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    suite = Suite(Options(models=models, backends=[], timeout_s=timeout_s,
-                          startup_timeout_s=timeout_s), on_note=note)
-    try:
-        refs = suite.references()
-        if suite.report.errors:
-            raise HalError("; ".join(suite.report.errors), "fix the oracle backend and export again")
-        oracle = suite.report.oracle
-        run = suite.runs[oracle["backend"]]
-        manifest: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "hal_version": suite.hal.__version__, "oracle": oracle,
-            "policy": {p: POLICY[p].to_dict() for p in FLOWS}, "models": {}}
-        for name, ref in refs.items():
-            d = np.load(ref.data_path, allow_pickle=False)
-            npz = directory / f"{name}.npz"
-            np.savez_compressed(npz, x_eval=d["x_eval"], y_eval=d["y_eval"], x_calib=d["x_calib"],
-                                reference=ref.outputs)
-            entry = {"file": npz.name, "sha256": _sha256(npz), "weights_sha256": weights_digest(name),
-                     "input_shape": list(MODELS[name].input_shape), "eval_samples": len(ref.labels),
-                     "reference_accuracy": ref.accuracy, "onnx": None}
-            if onnx:
-                path = directory / f"{name}.onnx"
-                done = run.request({"op": "export_onnx", "id": name, "model": name,
-                                    "data": str(ref.data_path), "path": str(path)}, timeout_s)
-                if done.get("status") == "ran":
-                    entry["onnx"], entry["onnx_sha256"] = path.name, _sha256(path)
-                else:
-                    note(f"{name}: no ONNX in the goldens ({done.get('message')})")
-            manifest["models"][name] = entry
-            note(f"goldens: {name} ({len(ref.labels)} samples, reference accuracy "
-                 f"{ref.accuracy:.2%})")
-        (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        return manifest
-    finally:
-        for run in suite.runs.values():
-            run.close()
-        if suite._own_workdir:
-            import shutil
-
-            shutil.rmtree(suite.workdir, ignore_errors=True)
-
-
-def load_goldens(directory: Path, models: list[str]):
+def read_goldens(directory: Path, models: list[str]):
     """References from a goldens folder: ({model: Reference}, oracle record)."""
     from hal import UsageError
-
-    from .runner import Reference
 
     mpath = Path(directory) / "manifest.json"
     if not mpath.is_file():
@@ -110,12 +66,12 @@ def load_goldens(directory: Path, models: list[str]):
             raise UsageError(f"the goldens for {name} were made with other zoo weights",
                              "export the goldens again from this version of hal")
         npz = Path(directory) / entry["file"]
-        if not npz.is_file() or _sha256(npz) != entry["sha256"]:
+        if not npz.is_file() or sha256(npz) != entry["sha256"]:
             raise UsageError(f"{npz} is missing or does not match its manifest checksum",
                              "copy the goldens folder again")
         d = np.load(npz, allow_pickle=False)
         onnx = Path(directory) / entry["onnx"] if entry.get("onnx") else None
-        if onnx is not None and (not onnx.is_file() or _sha256(onnx) != entry.get("onnx_sha256")):
+        if onnx is not None and (not onnx.is_file() or sha256(onnx) != entry.get("onnx_sha256")):
             raise UsageError(f"{onnx} is missing or does not match its manifest checksum",
                              "copy the goldens folder again")
         out, labels = d["reference"], d["y_eval"]

@@ -56,7 +56,7 @@ class HalBackendRep(BackendRep):
         with self._lock:
             if self.exe is None:
                 self.exe = hal.compile(self.model, target=self.target, precision=self.precision,
-                                       example_inputs=tuple(inputs), options=self.options,
+                                       example_input=tuple(inputs), options=self.options,
                                        cache=self.cache, check_finite=False)
             return self.exe
 

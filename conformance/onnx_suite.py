@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +343,7 @@ def judge_real(targets: list[str], on_note=lambda s: None) -> list[dict[str, Any
     import hal
     from hal_backends.reference.onnx_oracle import OracleDisagreement, logits
 
-    from .policy import ORACLE_DISAGREEMENT, judge, measure
+    from .policy import ORACLE_DISAGREEMENT, compare, judge
 
     light = sorted((Path(onnx.__file__).parent / "backend" / "test" / "data" / "light").glob("light_*.onnx"))
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
@@ -365,7 +365,7 @@ def judge_real(targets: list[str], on_note=lambda s: None) -> list[dict[str, Any
             else:
                 try:
                     out = hal.compile(m, target=t, precision="fp32", cache=False)(x)
-                    met = measure(np.asarray(out).reshape(ref.shape), ref, ref.argmax(-1))
+                    met = compare(np.asarray(out).reshape(ref.shape), ref, ref.argmax(-1))
                     broken = judge(met, "fp32", 1.0)
                     cell.update(result="fail" if broken else "pass", message="; ".join(broken),
                                 rel_max_err=met.rel_max_err)

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-#: the precisions a cell can ask for (fp64 is the oracle's, not a flow).
-FLOWS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
+#: the precisions a cell can ask for (fp64 is the oracle's own, never judged).
+JUDGED_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
 ORACLE_PRECISION = "fp64"
 #: the backend that is the oracle when installed; otherwise any backend whose
 #: devices offer fp64 serves.
@@ -79,7 +79,9 @@ class Metrics:
         return asdict(self)
 
 
-def measure(out: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> Metrics:
+def compare(out: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> Metrics:
+    """How far ``out`` is from the oracle's ``ref``: errors scaled by max|ref|, SNR,
+    top-1 agreement with the oracle and accuracy against ``labels``."""
     out = np.asarray(out, dtype=np.float64).reshape(ref.shape)
     ref = np.asarray(ref, dtype=np.float64)
     err = np.abs(out - ref)

@@ -150,7 +150,7 @@ class BackendRun:
         self.dead: str | None = None  # the worker cannot be restarted: why
 
     def ensure_started(self) -> dict[str, Any]:
-        """The worker's ``ready`` message (devices, flows), starting it if needed."""
+        """The worker's ``ready`` message (devices, what each can run), starting it if needed."""
         if self.worker is not None and self.ready is not None:
             return self.ready
         self.starts += 1

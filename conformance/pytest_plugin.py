@@ -1,7 +1,7 @@
 """pytest plugin (entry point ``pytest11: hal``): the conformance kit as pytest items.
 
 ``pytest --hal-backend=NAME`` adds one item per cell of backend NAME (device ×
-zoo model × flow): a pass passes, ``unsupported`` is a skip with the reason, and
+zoo model × precision): a pass passes, ``unsupported`` is a skip with the reason, and
 fail / error / crash / timeout fail the item with the message. Cells still run in
 the backend's own worker process, so a crash fails its item and the session goes
 on. Without ``--hal-backend`` this plugin does nothing (and imports nothing).
@@ -13,19 +13,10 @@ import pytest
 
 
 def pytest_addoption(parser) -> None:
+    from .options import add_pytest_options
+
     g = parser.getgroup("hal", "hal conformance kit")
-    g.addoption("--hal-backend", action="append", default=[], metavar="NAME",
-                help="run the conformance cells of this hal backend (or device target); repeatable")
-    g.addoption("--hal-model", action="append", default=[], metavar="MODEL",
-                help="only these zoo models (default: all)")
-    g.addoption("--hal-precision", action="append", default=[], metavar="FLOW",
-                help="only these flows: fp32 fp16 bf16 int8 int8-dynamic (default: all)")
-    g.addoption("--hal-timeout", type=float, default=300.0, metavar="S",
-                help="seconds one cell may take before it is a timeout (default 300)")
-    g.addoption("--hal-goldens", default=None, metavar="DIR",
-                help="judge against exported goldens instead of running the oracle")
-    g.addoption("--hal-json", default=None, metavar="PATH",
-                help="also write the conformance JSON report here")
+    add_pytest_options(g)  # --hal-backend, --hal-model, ... (the same options as `hal conformance`)
     g.addoption("--hal-only", action="store_true", default=False,
                 help="deselect every item that is not a conformance cell")
 
@@ -37,22 +28,16 @@ class CellFailed(Exception):
 def _suite(config):
     suite = getattr(config, "_hal_suite", None)
     if suite is None:
-        from pathlib import Path
-
-        from .cli import _split
-        from .runner import Options, Suite
-
-        o = config.option
-        opts = Options(backends=_split(o.hal_backend), models=_split(o.hal_model),
-                       precisions=_split(o.hal_precision), timeout_s=o.hal_timeout,
-                       startup_timeout_s=max(o.hal_timeout, 120.0),
-                       goldens=Path(o.hal_goldens) if o.hal_goldens else None,
-                       json_path=Path(o.hal_json) if o.hal_json else None)
         from hal import HalError
+
+        from .options import from_pytest
+        from .runner import Suite
+
+        opts = from_pytest(config)
 
         try:
             suite = Suite(opts)
-        except HalError as e:  # unknown backend, model or flow: a usage error, not a crash
+        except HalError as e:  # unknown backend, model or precision: a usage error, not a crash
             raise pytest.UsageError(str(e)) from None
         suite.start_report()
         config._hal_suite = suite
@@ -114,13 +99,13 @@ class BrokenBackend(pytest.Item):
 def pytest_collection_modifyitems(session, config, items) -> None:
     if not config.option.hal_backend:
         return
-    from .cli import _split
+    from .options import split
 
     if config.option.hal_only:
         config.hook.pytest_deselected(items=list(items))
         items[:] = []
     suite = _suite(config)
-    for name in sorted({t.partition(":")[0] for t in _split(config.option.hal_backend)}):
+    for name in sorted({t.partition(":")[0] for t in split(config.option.hal_backend)}):
         col = BackendCollector.from_parent(session, name=f"hal-conformance[{name}]")
         col.backend = name
         for node in col.collect():

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .models import MODELS
-from .policy import FLOWS, POLICY
+from .policy import JUDGED_PRECISIONS, POLICY
 from .results import CellResult, Report
 
 STYLE = {"pass": "green", "fail": "bold red", "unsupported": "dim", "error": "yellow",
@@ -25,7 +25,7 @@ MARK = {"pass": "✓", "fail": "✗", "unsupported": "–", "error": "error", "c
 
 def headline(c: CellResult) -> str:
     """The one number that matters for a cell: relative max error for float
-    flows, top-1 agreement for int8 flows."""
+    precisions, top-1 agreement for int8 precisions."""
     if c.top1_agreement is None:
         return ""
     if POLICY[c.precision].max_rel_err is not None:
@@ -89,19 +89,19 @@ def rich_tables(r: Report):
 
     from rich import box
 
-    flows = [p for p in FLOWS if any(c.precision == p for c in r.cells)]
-    t = Table(box=box.SIMPLE_HEAD, caption="float flows: max|err|/max|ref| against the fp64 "
-              "oracle · int8 flows: top-1 agreement · – unsupported", caption_justify="left")
+    precisions = [p for p in JUDGED_PRECISIONS if any(c.precision == p for c in r.cells)]
+    t = Table(box=box.SIMPLE_HEAD, caption="float precisions: max|err|/max|ref| against the fp64 "
+              "oracle · int8 precisions: top-1 agreement · – unsupported", caption_justify="left")
     t.add_column("device", no_wrap=True)
     t.add_column("kind", no_wrap=True)
     t.add_column("model", no_wrap=True)
-    for p in flows:
+    for p in precisions:
         t.add_column(p, justify="right", no_wrap=True)
     t.add_column("p50 ms", justify="right", no_wrap=True)
     rows: dict[tuple, dict[str, CellResult]] = defaultdict(dict)
     order = list(MODELS)
     for c in r.cells:
-        rows[(c.device, c.device_kind, c.model)][c.precision] = c
+        rows[(c.target, c.device_kind, c.model)][c.precision] = c
     last = None
     for (dev, kind, model) in sorted(rows, key=lambda k: (k[0], order.index(k[2]) if k[2] in order else 99)):
         cells = rows[(dev, kind, model)]
@@ -111,14 +111,14 @@ def rich_tables(r: Report):
         if last is not None and dev != last:
             t.add_section()
         last = dev
-        for p in flows:
+        for p in precisions:
             c = cells.get(p)
             if c is None:
                 row.append(Text(""))
                 continue
             txt = MARK[c.result] + (f" {headline(c)}" if headline(c) else "")
             row.append(Text(txt, style=STYLE[c.result]))
-        timed = [cells[p] for p in flows if p in cells and cells[p].latency_p50_ms is not None]
+        timed = [cells[p] for p in precisions if p in cells and cells[p].latency_p50_ms is not None]
         row.append(Text(_fmt(timed[0].latency_p50_ms if timed else None, ".3f")
                         + (f" {timed[0].precision}" if timed and timed[0].precision != "fp32" else "")))
         t.add_row(*row)
@@ -151,7 +151,7 @@ def write_junit(r: Report, path: str | Path) -> None:
     root = ET.Element("testsuites", name="hal conformance")
     by_dev: dict[str, list[CellResult]] = defaultdict(list)
     for c in r.cells:
-        by_dev[c.device].append(c)
+        by_dev[c.target].append(c)
     total = defaultdict(int)
     for dev, cells in sorted(by_dev.items()):
         counts = {"tests": len(cells), "failures": sum(c.result == "fail" for c in cells),
@@ -216,26 +216,26 @@ def _pyplot():
 
 
 def judged_value(c: CellResult) -> float | None:
-    """The number a cell is judged on in its flow's plot: max|err|/max|ref| for the
-    float flows, top-1 agreement for the int8 flows (whose error size is not judged)."""
+    """The number a cell is judged on in its precision's plot: max|err|/max|ref| for the
+    float precisions, top-1 agreement for the int8 precisions (whose error size is not judged)."""
     return c.rel_max_err if POLICY[c.precision].max_rel_err is not None else c.top1_agreement
 
 
-def plot_flow(r: Report, flow: str) -> str | None:
-    """:func:`flow_figure` as a base64 PNG, or ``None`` when the flow has no judged cell."""
-    fig = flow_figure(r, flow)
+def plot_precision(r: Report, precision: str) -> str | None:
+    """:func:`precision_figure` as a base64 PNG, or ``None`` when the precision has no judged cell."""
+    fig = precision_figure(r, precision)
     return None if fig is None else _png(fig)
 
 
-def flow_figure(r: Report, flow: str):
-    """One flow's cells against that flow's own rule, one row per device · model: a float
-    flow's relative error (log scale) against its limit, an int8 flow's top-1 agreement
-    against its minimum. Each flow gets its own plot so that no point is drawn against a
+def precision_figure(r: Report, precision: str):
+    """One precision's cells against that precision's own rule, one row per device · model: a float
+    precision's relative error (log scale) against its limit, an int8 precision's top-1 agreement
+    against its minimum. Each precision gets its own plot so that no point is drawn against a
     limit that does not judge it."""
     from .results import _order
 
-    tol = POLICY[flow]
-    cells = sorted((c for c in r.cells if c.precision == flow and c.precision in POLICY
+    tol = POLICY[precision]
+    cells = sorted((c for c in r.cells if c.precision == precision and c.precision in POLICY
                     and judged_value(c) is not None), key=_order)
     if not cells:
         return None
@@ -269,24 +269,24 @@ def flow_figure(r: Report, flow: str):
         ax.axvline(limit, color=_BAD, ls="--", lw=1.3, zorder=2)
         ax.text(limit, len(cells) - 0.45, f" {rule}", color=_BAD, va="bottom", ha="left")
         ax.set_yticks(ys)
-        ax.set_yticklabels([f"{c.device}  {c.model}" for c in cells])
+        ax.set_yticklabels([f"{c.target}  {c.model}" for c in cells])
         ax.set_ylim(-0.7, len(cells) + 0.2)
         for i in range(1, len(cells)):  # a rule between devices
-            if cells[i].device != cells[i - 1].device:
+            if cells[i].target != cells[i - 1].target:
                 ax.axhline(ys[i] + 0.5, color="#999", lw=0.6)
         ax.grid(axis="x", alpha=0.3)
         failing = sum(c.result != "pass" for c in cells)
-        ax.set_title(f"{flow}: {len(cells) - failing} of {len(cells)} pass"
+        ax.set_title(f"{precision}: {len(cells) - failing} of {len(cells)} pass"
                      + (f", {failing} {'does' if failing == 1 else 'do'} not" if failing else ""),
                      loc="left")
         return fig
 
 
 def plot_errors(r: Report) -> dict[str, str]:
-    """One plot per flow that has judged cells (see :func:`plot_flow`), in flow order."""
+    """One plot per precision that has judged cells (see :func:`plot_precision`), in precision order."""
     out = {}
-    for p in FLOWS:
-        img = plot_flow(r, p)
+    for p in JUDGED_PRECISIONS:
+        img = plot_precision(r, p)
         if img:
             out[p] = img
     return out
@@ -294,16 +294,16 @@ def plot_errors(r: Report) -> dict[str, str]:
 
 def plot_latency(r: Report) -> str | None:
     """p50 latency per device (a grid of panels, three to a row), one bar group per model,
-    one bar per flow, on one shared log axis."""
+    one bar per precision, on one shared log axis."""
     cells = [c for c in r.cells if c.latency_p50_ms is not None]
     if not cells:
         return None
     plt = _pyplot()
-    devices = sorted({c.device for c in cells})
-    flows = [p for p in FLOWS if any(c.precision == p for c in cells)]
+    devices = sorted({c.target for c in cells})
+    precisions = [p for p in JUDGED_PRECISIONS if any(c.precision == p for c in cells)]
     models = [m for m in MODELS if any(c.model == m for c in cells)]
     models += sorted({c.model for c in cells} - set(models))
-    colors = dict(zip(FLOWS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colors = dict(zip(JUDGED_PRECISIONS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     ncols = min(3, len(devices))
     nrows = -(-len(devices) // ncols)
     lat = [c.latency_p50_ms for c in cells if c.latency_p50_ms > 0]
@@ -313,16 +313,16 @@ def plot_latency(r: Report) -> str | None:
     with plt.rc_context(_RC):
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6),
                                  squeeze=False, sharey=True)
-        w = 0.8 / max(1, len(flows))
+        w = 0.8 / max(1, len(precisions))
         x = np.arange(len(models))
         for ax, dev in zip(axes.flat, devices):
-            for j, p in enumerate(flows):
-                vals = [next((c.latency_p50_ms for c in cells if c.device == dev and c.model == m
+            for j, p in enumerate(precisions):
+                vals = [next((c.latency_p50_ms for c in cells if c.target == dev and c.model == m
                               and c.precision == p), np.nan) for m in models]
                 ax.bar(x + j * w, vals, w, label=p, color=colors[p])
-            kind = next(c.device_kind for c in cells if c.device == dev)
+            kind = next(c.device_kind for c in cells if c.target == dev)
             ax.set_title(f"{dev} ({kind})")
-            ax.set_xticks(x + w * (len(flows) - 1) / 2)
+            ax.set_xticks(x + w * (len(precisions) - 1) / 2)
             ax.set_xticklabels(models, rotation=30, ha="right")
             if log:
                 ax.set_yscale("log")
@@ -334,8 +334,8 @@ def plot_latency(r: Report) -> str | None:
             ax.set_visible(False)
         for row in axes:
             row[0].set_ylabel("p50 latency, ms (batch 1" + (", log scale)" if log else ")"))
-        handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in flows]
-        fig.legend(handles, flows, loc="upper center", ncol=len(flows), frameon=False,
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in precisions]
+        fig.legend(handles, precisions, loc="upper center", ncol=len(precisions), frameon=False,
                    bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout(rect=(0, 0, 1, 0.93))
         return _png(fig)
@@ -377,12 +377,12 @@ def _tip(c: CellResult) -> str:
 
 def write_html(r: Report, path: str | Path) -> None:
     """One self-contained page for a person deciding what to trust: the verdict, what
-    did not pass, the matrix, what was not run and why, one plot per flow against its
+    did not pass, the matrix, what was not run and why, one plot per precision against its
     own rule, latency, every runnable cell, the unsupported ones grouped by reason, and
     the policy."""
     e = html.escape
     s = r.summary()
-    flows = [p for p in FLOWS if any(c.precision == p for c in r.cells)]
+    precisions = [p for p in JUDGED_PRECISIONS if any(c.precision == p for c in r.cells)]
     problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != "pass"]
     skipped = not_run(r)
     bad = not r.passed
@@ -396,14 +396,14 @@ def write_html(r: Report, path: str | Path) -> None:
            "<h1>hal conformance</h1>",
            f"<p class='verdict {'bad' if bad else 'ok'}'>{'FAIL' if bad else 'PASS'}: {e(verdict)}</p>",
            f"<p>{e(summary_line(r))}</p>",
-           f"<p class=meta>oracle: {e(str(oracle.get('device', '?')))} at "
+           f"<p class=meta>oracle: {e(str(oracle.get('target', '?')))} at "
            f"{e(str(oracle.get('precision', '')))} ({e(str(oracle.get('version', '')))}; "
            f"{e(str(oracle.get('source', '')))}) · hal {e(str(r.meta.get('hal_version')))} · "
            f"host {e(str(r.meta.get('host')))} ({e(str(r.meta.get('machine', '')))}, "
            f"{e(str(r.meta.get('cpu_count', '?')))} CPUs) · started {e(str(r.meta.get('started')))}</p>",
            "<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
                ("results", "results"), ("not-run", f"not run ({len(skipped)})"),
-               ("plots", "error per flow"), ("latency", "latency"), ("cells", "every runnable cell"),
+               ("plots", "error per precision"), ("latency", "latency"), ("cells", "every runnable cell"),
                ("unsupported", f"unsupported ({s['unsupported']})"), ("policy", "policy"))) + "</nav>"]
     if problems:
         out.append(f"<h2 id=problems>did not pass ({len(problems)})</h2><table><tr><th class=l>cell</th>"
@@ -414,14 +414,14 @@ def write_html(r: Report, path: str | Path) -> None:
         out.append("</table>")
 
     # the matrix
-    out.append("<h2 id=results>results</h2><p class=note>float flows (fp32, fp16, bf16): max|err| / "
-               "max|ref| against the fp64 oracle · int8 flows: top-1 agreement with the oracle · "
+    out.append("<h2 id=results>results</h2><p class=note>float precisions (fp32, fp16, bf16): max|err| / "
+               "max|ref| against the fp64 oracle · int8 precisions: top-1 agreement with the oracle · "
                "– unsupported (hover a cell for its numbers and message)</p>"
                "<table><tr><th class=l>device</th><th class=l>kind</th><th class=l>model</th>"
-               + "".join(f"<th>{p}</th>" for p in flows) + "<th>p50 ms</th></tr>")
+               + "".join(f"<th>{p}</th>" for p in precisions) + "<th>p50 ms</th></tr>")
     rows: dict[tuple, dict[str, CellResult]] = defaultdict(dict)
     for c in r.cells:
-        rows[(c.device, c.device_kind, c.model)][c.precision] = c
+        rows[(c.target, c.device_kind, c.model)][c.precision] = c
     order = list(MODELS)
     last = None
     for key in sorted(rows, key=lambda k: (k[0], order.index(k[2]) if k[2] in order else 99)):
@@ -429,14 +429,14 @@ def write_html(r: Report, path: str | Path) -> None:
         last = key[0]
         out.append(f"<tr class='{'grp' if first else ''}'><td class='l nw'>{e(key[0]) if first else ''}"
                    f"</td><td class=l>{e(key[1]) if first else ''}</td><td class=l>{e(key[2])}</td>")
-        for p in flows:
+        for p in precisions:
             c = rows[key].get(p)
             if c is None:
                 out.append("<td></td>")
             else:
                 out.append(f"<td class='{c.result} nw' title='{e(_tip(c))}'>{e(MARK[c.result])} "
                            f"{e(headline(c))}</td>")
-        timed = [rows[key][p] for p in flows if p in rows[key] and rows[key][p].latency_p50_ms is not None]
+        timed = [rows[key][p] for p in precisions if p in rows[key] and rows[key][p].latency_p50_ms is not None]
         out.append(f"<td class=nw>{_fmt(timed[0].latency_p50_ms if timed else None, '.3f')}"
                    + (f" <span class=note>{timed[0].precision}</span>"
                       if timed and timed[0].precision != "fp32" else "") + "</td></tr>")
@@ -457,9 +457,9 @@ def write_html(r: Report, path: str | Path) -> None:
 
     # plots
     imgs = plot_errors(r)
-    out.append("<h2 id=plots>error per flow, against that flow's own rule</h2><p class=note>"
-               "each flow is judged by its own rule, so each has its own plot: float flows by "
-               "max|err| / max|ref| against their limit (log scale), int8 flows by top-1 agreement "
+    out.append("<h2 id=plots>error per precision, against that precision's own rule</h2><p class=note>"
+               "each precision is judged by its own rule, so each has its own plot: float precisions by "
+               "max|err| / max|ref| against their limit (log scale), int8 precisions by top-1 agreement "
                "against their minimum (their error size is not judged). Green ●: pass · red ✕: "
                "not a pass · shaded: outside the rule. Cells that did not run have no point.</p>")
     if imgs:
@@ -471,7 +471,7 @@ def write_html(r: Report, path: str | Path) -> None:
             rule += f"top-1 ≥ {t.min_top1:.1%}"
             if t.max_accuracy_drop_pts is not None:
                 rule += f", accuracy drop ≤ {t.max_accuracy_drop_pts:g} pt"
-            out.append(f"<figure data-flow='{e(p)}'><img alt='{e(p)} cells against the {e(p)} rule' "
+            out.append(f"<figure data-precision='{e(p)}'><img alt='{e(p)} cells against the {e(p)} rule' "
                        f"src='data:image/png;base64,{img}'><figcaption>{e(p)} rule: {e(rule)}"
                        "</figcaption></figure>")
         out.append("</div>")
@@ -521,15 +521,15 @@ def write_html(r: Report, path: str | Path) -> None:
     groups: dict[tuple[str, str], list[CellResult]] = defaultdict(list)
     for c in r.cells:
         if not c.runnable:
-            groups[(c.device, c.message)].append(c)
+            groups[(c.target, c.message)].append(c)
     out.append(f"<h2 id=unsupported>unsupported ({s['unsupported']})</h2>")
     if groups:
         out.append("<p class=note>cells the backend declined before compiling or at compile time, "
                    "with its reason; these are honest refusals, not failures</p><table><tr>"
-                   "<th class=l>device</th><th class=l>flow</th><th class=l>models</th>"
+                   "<th class=l>device</th><th class=l>precision</th><th class=l>models</th>"
                    "<th class=l>reason</th></tr>")
-        for (dev, msg), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], _flow_index(kv[1][0]))):
-            fl = sorted({c.precision for c in cs}, key=lambda p: FLOWS.index(p) if p in FLOWS else 99)
+        for (dev, msg), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], _precision_index(kv[1][0]))):
+            fl = sorted({c.precision for c in cs}, key=lambda p: JUDGED_PRECISIONS.index(p) if p in JUDGED_PRECISIONS else 99)
             ms = [m for m in order if any(c.model == m for c in cs)]
             ms += sorted({c.model for c in cs} - set(ms))
             out.append(f"<tr><td class='l nw'>{e(dev)}</td><td class='l nw'>{e(', '.join(fl))}</td>"
@@ -538,10 +538,10 @@ def write_html(r: Report, path: str | Path) -> None:
     else:
         out.append("<p>none.</p>")
 
-    out.append("<h2 id=policy>tolerance policy</h2><table><tr><th class=l>flow</th>"
+    out.append("<h2 id=policy>tolerance policy</h2><table><tr><th class=l>precision</th>"
                "<th>max err / max|ref|</th><th>min SNR dB</th><th>min top-1</th>"
                "<th>max accuracy drop (pts)</th><th class=l>why</th></tr>")
-    for p in FLOWS:
+    for p in JUDGED_PRECISIONS:
         t = POLICY[p]
         out.append(f"<tr><td class=l>{p}</td><td>{_fmt(t.max_rel_err, 'g', '—')}</td>"
                    f"<td>{_fmt(t.min_snr_db, 'g', '—')}</td><td>{t.min_top1:.1%}</td>"
@@ -551,5 +551,5 @@ def write_html(r: Report, path: str | Path) -> None:
     Path(path).write_text("\n".join(out), encoding="utf-8")
 
 
-def _flow_index(c: CellResult) -> int:
-    return FLOWS.index(c.precision) if c.precision in FLOWS else 99
+def _precision_index(c: CellResult) -> int:
+    return JUDGED_PRECISIONS.index(c.precision) if c.precision in JUDGED_PRECISIONS else 99

@@ -7,12 +7,37 @@ import os
 import secrets
 import threading
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-#: every value ``CellResult.result`` can take (``lost``: its host left a lab run, see lab/)
-RESULTS = ("pass", "fail", "unsupported", "error", "crash", "timeout", "lost", "oracle-disagreement")
-SCHEMA = 1
+
+class Result(str, Enum):
+    """What became of a cell. A str, so the JSON holds the plain value."""
+
+    PASS = "pass"
+    #: it ran and broke the tolerance policy
+    FAIL = "fail"
+    #: the backend says it cannot (never a pass, never a failure)
+    UNSUPPORTED = "unsupported"
+    #: an exception in hal or the backend
+    ERROR = "error"
+    #: the worker process died (segfault, abort, out of memory)
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    #: its host left a lab run before it finished (see lab/)
+    LOST = "lost"
+    #: the oracle's two implementations disagreed, so nothing was judged
+    ORACLE_DISAGREEMENT = "oracle-disagreement"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: every value ``CellResult.result`` can take
+RESULTS = tuple(r.value for r in Result)
+#: 2: ``device`` → ``target``; results named by :class:`Result`
+SCHEMA = 2
 
 
 @dataclass
@@ -21,12 +46,12 @@ class CellResult:
 
     id: str
     backend: str
-    device: str  # target, "backend:id"
+    target: str  # the device's "backend:id"
     device_name: str
     device_kind: str  # hardware | emulated
     model: str
     precision: str
-    result: str = "error"
+    result: Result = Result.ERROR
     #: why it is not a pass (broken rules, the error, the crash, why unsupported)
     message: str = ""
     max_abs_err: float | None = None
@@ -50,12 +75,17 @@ class CellResult:
     #: the host that ran it, in a lab run over a Ray cluster (None: this host)
     host: str | None = None
 
+    def __post_init__(self) -> None:
+        self.result = Result(self.result)
+
     @property
     def runnable(self) -> bool:
-        return self.result != "unsupported"
+        return self.result != Result.UNSUPPORTED
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["result"] = Result(self.result).value
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CellResult:
@@ -79,7 +109,7 @@ class Report:
     def counts(self) -> dict[str, int]:
         c = {r: 0 for r in RESULTS}
         for cell in self.cells:
-            c[cell.result] += 1
+            c[Result(cell.result).value] += 1
         return c
 
     @property
@@ -111,11 +141,11 @@ class Report:
 
 def _order(c: CellResult) -> tuple:
     from .models import MODELS
-    from .policy import FLOWS
+    from .policy import JUDGED_PRECISIONS
 
     m = list(MODELS).index(c.model) if c.model in MODELS else 99
-    p = FLOWS.index(c.precision) if c.precision in FLOWS else 99
-    return (c.backend, c.device, m, p)
+    p = JUDGED_PRECISIONS.index(c.precision) if c.precision in JUDGED_PRECISIONS else 99
+    return (c.backend, c.target, m, p)
 
 
 class JsonSink:

@@ -1,4 +1,4 @@
-"""The orchestrator: backends × devices × zoo models × flows, each backend in
+"""The orchestrator: backends × devices × zoo models × precisions, each backend in
 its own worker process, judged against the fp64 oracle (or stored goldens).
 
 This process imports no framework: workers compile and run, and hand back
@@ -7,6 +7,7 @@ outputs as ``.npy`` files that are judged here with numpy.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -15,7 +16,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -23,29 +24,15 @@ from typing import Any, Callable
 import numpy as np
 
 from .models import MODELS, select as select_models, weights_digest
-from .policy import (FLOWS, ORACLE_BACKEND, ORACLE_DISAGREEMENT, ORACLE_PRECISION, POLICY,
-                     ROUNDTRIP_MAX_REL, judge, measure)
+from .policy import (JUDGED_PRECISIONS, ORACLE_BACKEND, ORACLE_DISAGREEMENT, ORACLE_PRECISION, POLICY,
+                     ROUNDTRIP_MAX_REL, compare, judge)
+from .goldens import FORMAT as GOLDENS_FORMAT, VERSION as GOLDENS_VERSION
+from .goldens import Reference, read_goldens, sha256
+from .options import Options
 from .process import BackendRun, WorkerDied, WorkerTimeout
-from .results import CellResult, JsonSink, Report
+from .results import CellResult, JsonSink, Report, Result
 
 ENV_SOURCE = "HAL_CONFORMANCE_SOURCE"  # "onnx": feed workers the goldens' ONNX files
-
-
-@dataclass
-class Options:
-    #: backend names or device targets ("name:id"); None = every installed backend
-    backends: list[str] | None = None
-    models: list[str] | None = None
-    precisions: list[str] | None = None
-    timeout_s: float = 300.0
-    startup_timeout_s: float = 300.0
-    goldens: Path | None = None
-    jobs: int = 1
-    #: also time each cell and save + reload its artifact
-    measure: bool = True
-    json_path: Path | None = None
-    #: keep worker logs and outputs here (default: a temporary folder, removed)
-    workdir: Path | None = None
 
 
 @dataclass
@@ -61,17 +48,6 @@ class CellSpec:
         return f"{self.device['target']}/{self.model}/{self.precision}"
 
 
-@dataclass
-class Reference:
-    model: str
-    outputs: np.ndarray
-    labels: np.ndarray
-    accuracy: float
-    data_path: Path
-    onnx_path: Path | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
 def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
@@ -80,16 +56,17 @@ class Suite:
     def __init__(self, opts: Options, on_cell: Callable[[CellResult], None] | None = None,
                  on_note: Callable[[str], None] | None = None) -> None:
         import hal
+        import hal.plugin
 
         self.hal = hal
         self.opts = opts
         self.on_cell = on_cell or (lambda c: None)
         self.on_note = on_note or (lambda s: None)
-        self.reg = hal.registry()
+        self.reg = hal.plugin.registry()
         self.models = select_models(opts.models)
         self.precisions = self._precisions(opts.precisions)
         self.targets = self._backend_filter(opts.backends)
-        self.report = Report(policy={p: POLICY[p].to_dict() for p in FLOWS})
+        self.report = Report(policy={p: POLICY[p].to_dict() for p in JUDGED_PRECISIONS})
         self.sink = JsonSink(opts.json_path)
         self.lock = threading.Lock()
         self.refs: dict[str, Reference] = {}
@@ -105,12 +82,12 @@ class Suite:
     # --- selection --------------------------------------------------------------------
     def _precisions(self, names: list[str] | None) -> list[str]:
         if not names:
-            return list(FLOWS)
-        bad = [p for p in names if p not in FLOWS]
+            return list(JUDGED_PRECISIONS)
+        bad = [p for p in names if p not in JUDGED_PRECISIONS]
         if bad:
             raise self.hal.UsageError(f"unknown precision(s) {', '.join(bad)}",
-                                      f"use one of: {', '.join(FLOWS)}")
-        return [p for p in FLOWS if p in names]
+                                      f"use one of: {', '.join(JUDGED_PRECISIONS)}")
+        return [p for p in JUDGED_PRECISIONS if p in names]
 
     def _backend_filter(self, names: list[str] | None) -> dict[str, set[str] | None]:
         """backend → device targets to run (None: all of its devices)."""
@@ -182,9 +159,7 @@ class Suite:
             return self.refs
         self._refs_done = True
         if self.opts.goldens:
-            from .goldens import load_goldens
-
-            self.refs, self.report.oracle = load_goldens(Path(self.opts.goldens), self.models)
+            self.refs, self.report.oracle = read_goldens(Path(self.opts.goldens), self.models)
             for ref in self.refs.values():
                 self.report.models[ref.model] = self._model_entry(ref)
             return self.refs
@@ -195,19 +170,19 @@ class Suite:
         except (WorkerDied, WorkerTimeout) as e:
             raise self.hal.DeviceUnavailableError(f"the oracle backend {name} did not start: {e}",
                                                   "fix it, or pass --goldens DIR") from None
-        devs = [d for d in ready["devices"] if d["available"] and d["flows"].get(ORACLE_PRECISION) is None]
+        devs = [d for d in ready["devices"] if d["available"] and d["unsupported"].get(ORACLE_PRECISION) is None]
         if not devs:
             raise self.hal.DeviceUnavailableError(
                 f"the oracle backend {name} has no available device offering {ORACLE_PRECISION}",
                 "install the reference backend's runtime (torch), or pass --goldens DIR")
         dev = devs[0]
-        self.report.oracle = {"backend": name, "device": dev["target"], "version": ready["version"],
+        self.report.oracle = {"backend": name, "target": dev["target"], "version": ready["version"],
                               "precision": ORACLE_PRECISION, "source": "oracle run"}
         self.on_note(f"oracle: {dev['target']} at {ORACLE_PRECISION} ({ready['version']})")
         for m in self.models:
             data_path = self._write_data(m)
             spec = CellSpec(name, dev, m, ORACLE_PRECISION)
-            done = run.execute(self._command(spec, data_path, measure=False))
+            done = run.execute(self._command(spec, data_path, profile=False))
             if done.get("status") == ORACLE_DISAGREEMENT:  # judged by nothing, not an error
                 self.disagreed[m] = done.get("message") or "the oracle's implementations disagree"
                 self.on_note(f"oracle: {m}: {self.disagreed[m]}")
@@ -258,15 +233,15 @@ class Suite:
         with self.lock:
             if name not in self.runs:
                 self.runs[name] = BackendRun(name, self.workdir / f"worker-{_safe(name)}.log",
-                                             self.source, self.opts.startup_timeout_s,
+                                             self.source, self.opts.startup_s,
                                              self.opts.timeout_s)
             return self.runs[name]
 
-    def _command(self, spec: CellSpec, data_path: Path, measure: bool = True,
+    def _command(self, spec: CellSpec, data_path: Path, profile: bool = True,
                  onnx: Path | None = None) -> dict[str, Any]:
-        return {"op": "cell", "id": spec.id, "device": spec.device["target"], "model": spec.model,
+        return {"op": "cell", "id": spec.id, "target": spec.device["target"], "model": spec.model,
                 "precision": spec.precision, "data": str(data_path),
-                "out": str(self._out_path(spec)), "measure": measure,
+                "out": str(self._out_path(spec)), "profile": profile,
                 "onnx": str(onnx) if onnx else None}
 
     # --- one backend ----------------------------------------------------------------------
@@ -287,7 +262,7 @@ class Suite:
             self.on_note(msg)
             self.sink.write(self.report)
             return None
-        entry.update(version=ready["version"], runtime=ready["runtime"], error=ready["error"],
+        entry.update(version=ready["version"], missing_runtime=ready["missing_runtime"], error=ready["error"],
                      description=ready["description"],
                      devices=[{k: d.get(k) for k in ("target", "name", "kind", "available", "reason")}
                               for d in ready["devices"]])
@@ -309,7 +284,7 @@ class Suite:
                 continue
             for m in self.models:
                 for p in self.precisions:
-                    specs.append(CellSpec(name, d, m, p, unsupported=d["flows"].get(p)))
+                    specs.append(CellSpec(name, d, m, p, unsupported=d["unsupported"].get(p)))
         self.on_note(f"{name} {ready['version'] or ''}: {len(specs)} cells on "
                      f"{len({s.device['target'] for s in specs})} device(s)")
         return specs
@@ -327,7 +302,7 @@ class Suite:
             cell = self._cell(spec, {"status": "error", "message": "no reference output for this model"})
         else:
             done = self._run_of(spec.backend).execute(
-                self._command(spec, ref.data_path, self.opts.measure, ref.onnx_path))
+                self._command(spec, ref.data_path, self.opts.profile, ref.onnx_path))
             cell = self._cell(spec, done)
         self._record(cell)
         return cell
@@ -365,21 +340,22 @@ class Suite:
         c.notes = list(done.get("notes") or []) + ([done["notes_save"]] if done.get("notes_save") else [])
         status = done.get("status")
         if status != "ran":
-            c.result = status if status in ("unsupported", "error", "crash", "timeout",
-                                            ORACLE_DISAGREEMENT) else "error"
+            c.result = Result(status) if status in (
+                Result.UNSUPPORTED, Result.ERROR, Result.CRASH, Result.TIMEOUT,
+                Result.ORACLE_DISAGREEMENT) else Result.ERROR
             c.message = done.get("message") or f"worker answered {status!r}"
             return c
         ref = self.refs[spec.model]
         out = np.load(self._out_path(spec))
         c.reference_accuracy = ref.accuracy
         if out.shape != ref.outputs.shape:
-            c.result, c.message = "fail", (f"output shape {out.shape} differs from the "
+            c.result, c.message = Result.FAIL, (f"output shape {out.shape} differs from the "
                                            f"reference's {ref.outputs.shape}")
             return c
         if not np.isfinite(out).all():
-            c.result, c.message = "fail", f"{int((~np.isfinite(out)).sum())} outputs are NaN or Inf"
+            c.result, c.message = Result.FAIL, f"{int((~np.isfinite(out)).sum())} outputs are NaN or Inf"
             return c
-        m = measure(out, ref.outputs, ref.labels)
+        m = compare(out, ref.outputs, ref.labels)
         for k, v in m.to_dict().items():
             setattr(c, k, v)
         broken = judge(m, spec.precision, ref.accuracy)
@@ -390,6 +366,58 @@ class Suite:
         if rt is not None and rt > ROUNDTRIP_MAX_REL * m.max_abs_ref:
             broken.append(f"the reloaded artifact differs from the compiled one by {rt:.3g} "
                           f"(> {ROUNDTRIP_MAX_REL:g}·max|ref|)")
-        c.result = "fail" if broken else "pass"
+        c.result = Result.FAIL if broken else Result.PASS
         c.message = "; ".join(broken)
         return c
+
+
+def export_goldens(directory: Path, models: list[str] | None = None, onnx: bool = True,
+                   on_note: Callable[[str], None] | None = None,
+                   timeout_s: float = 300.0) -> dict[str, Any]:
+    """Run the oracle on the zoo and write the goldens; returns the manifest."""
+    from hal import HalError
+
+    note = on_note or (lambda s: None)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    suite = Suite(Options(models=models, backends=[], timeout_s=timeout_s,
+                          startup_timeout_s=timeout_s), on_note=note)
+    try:
+        refs = suite.references()
+        if suite.report.errors:
+            raise HalError("; ".join(suite.report.errors), "fix the oracle backend and export again")
+        oracle = suite.report.oracle
+        run = suite.runs[oracle["backend"]]
+        manifest: dict[str, Any] = {
+            "format": GOLDENS_FORMAT, "version": GOLDENS_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hal_version": suite.hal.__version__, "oracle": oracle,
+            "policy": {p: POLICY[p].to_dict() for p in JUDGED_PRECISIONS}, "models": {}}
+        for name, ref in refs.items():
+            d = np.load(ref.data_path, allow_pickle=False)
+            npz = directory / f"{name}.npz"
+            np.savez_compressed(npz, x_eval=d["x_eval"], y_eval=d["y_eval"], x_calib=d["x_calib"],
+                                reference=ref.outputs)
+            entry = {"file": npz.name, "sha256": sha256(npz), "weights_sha256": weights_digest(name),
+                     "input_shape": list(MODELS[name].input_shape), "eval_samples": len(ref.labels),
+                     "reference_accuracy": ref.accuracy, "onnx": None}
+            if onnx:
+                path = directory / f"{name}.onnx"
+                done = run.request({"op": "export_onnx", "id": name, "model": name,
+                                    "data": str(ref.data_path), "path": str(path)}, timeout_s)
+                if done.get("status") == "ran":
+                    entry["onnx"], entry["onnx_sha256"] = path.name, sha256(path)
+                else:
+                    note(f"{name}: no ONNX in the goldens ({done.get('message')})")
+            manifest["models"][name] = entry
+            note(f"goldens: {name} ({len(ref.labels)} samples, reference accuracy "
+                 f"{ref.accuracy:.2%})")
+        (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        return manifest
+    finally:
+        for run in suite.runs.values():
+            run.close()
+        if suite._own_workdir:
+            import shutil
+
+            shutil.rmtree(suite.workdir, ignore_errors=True)

@@ -22,7 +22,7 @@ from .models import MODELS, weights_path
 
 SEED = 0
 #: (epochs, learning rate) per model: enough for confident predictions, so that
-#: quantized flows have a real accuracy to keep.
+#: quantized precisions have a real accuracy to keep.
 SCHEDULE = {"convnet": (8, 1e-3), "mlp": (60, 2e-3), "digits_cnn": (40, 5e-3),
             "resnet": (15, 5e-3), "mobilenet": (40, 5e-3)}
 BATCH = 64

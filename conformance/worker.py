@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import importlib.util
 import json
 import os
 import sys
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from hal.plugin import missing
+
 #: the profile loop runs this long per cell (after a short warm-up).
 PROFILE_SECONDS = 0.2
 #: samples per call when the executable takes any batch size
@@ -33,11 +34,12 @@ RUN_CHUNK = 100
 class Worker:
     def __init__(self, backend: str, source: str, proto) -> None:
         import hal
+        import hal.plugin
         from hal.api import backend_status
 
         self.hal = hal
         self.proto = proto
-        self.reg = hal.registry()
+        self.reg = hal.plugin.registry()
         if backend not in self.reg.backends:
             raise SystemExit(f"backend {backend!r} is not registered")
         self.backend = self.reg.backends[backend]
@@ -51,18 +53,19 @@ class Worker:
 
     # --- discovery ------------------------------------------------------------------
     def ready(self) -> None:
-        """Report the backend and, per device, which flows it can attempt and why not."""
+        """Report the backend and, per device, which precisions it can attempt
+        (``unsupported[p]`` is None) and why not."""
         from hal.formats import plan
 
-        from .policy import FLOWS, ORACLE_PRECISION
+        from .policy import JUDGED_PRECISIONS, ORACLE_PRECISION
 
         st = self.status
         devices = []
         for dev in st.devices:
             d = dev.to_dict()
-            d["flows"] = {}
+            d["unsupported"] = {}
             offered = self.backend.precisions_for(dev) if dev.available else ()
-            for p in FLOWS + (ORACLE_PRECISION,):
+            for p in JUDGED_PRECISIONS + (ORACLE_PRECISION,):
                 if not dev.available:
                     why = f"{dev.target} is not available: {dev.reason or 'no reason given'}"
                 elif p not in offered:
@@ -74,10 +77,10 @@ class Worker:
                         why = None
                     except self.hal.HalError as e:
                         why = f"no conversion from {self.source}: {e}"
-                d["flows"][p] = why
+                d["unsupported"][p] = why
             devices.append(d)
         self.send(event="ready", pid=os.getpid(), backend=st.name, version=st.version,
-                  runtime=st.runtime, error=st.error, description=st.description,
+                  missing_runtime=st.missing_runtime, error=st.error, description=st.description,
                   source=self.source, devices=devices)
 
     # --- one cell -------------------------------------------------------------------
@@ -122,21 +125,21 @@ class Worker:
             calib = [data["x_calib"][i:i + 1] for i in range(len(data["x_calib"]))]
         model = self.model(cmd["model"], cmd.get("onnx"))
         t0 = time.perf_counter()
-        exe = hal.compile(model, target=cmd["device"], precision=precision,
-                          example_inputs=(x[:1],), calibration=calib, cache=False)
+        exe = hal.compile(model, target=cmd["target"], precision=precision,
+                          example_input=(x[:1],), calibration=calib, cache=False)
         wall = time.perf_counter() - t0
         out: dict[str, Any] = {
             "status": "ran", "compile_time_s": exe.info.compile_time_s or wall,
             "conversion_path": list(exe.info.conversion_path), "device_kind": exe.info.device_kind,
             "backend_version": exe.info.backend_version, "notes": list(exe.info.notes),
             "executable_precision": exe.info.precision}
-        if exe.info.device != cmd["device"] or exe.info.precision != precision:
+        if exe.info.target != cmd["target"] or exe.info.precision != precision:
             raise hal.CompileError(
-                f"asked for {cmd['device']} at {precision}, got {exe.info.device} at "
+                f"asked for {cmd['target']} at {precision}, got {exe.info.target} at "
                 f"{exe.info.precision}", "a backend must never fall back silently")
         y = run_all(exe, x)
         np.save(cmd["out"], y)
-        if cmd.get("measure", True):
+        if cmd.get("profile", True):
             batch = x[:_batch_of(exe, 1)]
             prof = exe.profile(batch, warmup=3, duration_s=PROFILE_SECONDS, extras=False)
             out.update(latency_p50_ms=prof.latency_ms["p50"], latency_batch=int(batch.shape[0]),
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)  # anything a runtime prints goes to the log, not into the protocol
     sys.stdout = sys.stderr
     faulthandler.enable()  # a segfault or abort leaves its Python stack in the log
-    source = args.source or ("torch.nn" if importlib.util.find_spec("torch") else "onnx")
+    source = args.source or ("onnx" if missing(("torch",)) else "torch.nn")
     if source == "torch.nn":
         from . import zoo  # noqa: F401 - import torch now, not on the first cell's clock
     w = Worker(args.backend, source, proto)

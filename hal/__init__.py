@@ -1,29 +1,24 @@
 """hal: one interface to compile, run and profile models on whatever accelerator is here.
 
+This module is the door for application code: ``compile``, ``load``,
+``devices``, ``backends`` and the nouns they return. Plugin authors import
+what they need to write a backend from :mod:`hal.plugin`.
+
 ``import hal`` imports no framework; backends import theirs lazily.
 """
 
-from .api import BackendStatus, HAL_VERSION as __version__, backends, compile, devices, load, resolve
-from .backend import Backend
+from .api import HAL_VERSION as __version__  # noqa: F401
+from .api import BackendStatus, backends, compile, devices, load
 from .errors import (ArtifactError, CompileError, DeviceUnavailableError, HalError,
                      InvalidInputError, ModelFormatError, NoConversionPath, UnsupportedError,
                      UsageError)
-from .executable import Executable, ExecutableInfo
-from .hookspecs import hookimpl
-from .plugins import load as load_plugins, registry
+from .executable import Executable
 from .profile import LayerTime, Profile
-from .types import PRECISIONS, CompileOptions, Device, Requirements, TensorSpec
-
-
-def plugins():
-    """Every plugin found, loaded or not, with its error."""
-    return registry().plugins
-
+from .types import PRECISIONS, Device, Requirements
 
 __all__ = [
-    "ArtifactError", "Backend", "BackendStatus", "CompileError", "CompileOptions", "Device",
-    "DeviceUnavailableError", "Executable", "ExecutableInfo", "HalError", "InvalidInputError",
-    "LayerTime", "ModelFormatError", "NoConversionPath", "PRECISIONS", "Profile", "Requirements",
-    "TensorSpec", "UnsupportedError", "UsageError", "backends", "compile", "devices", "hookimpl",
-    "load", "load_plugins", "plugins", "registry", "resolve",
+    "ArtifactError", "BackendStatus", "CompileError", "Device", "DeviceUnavailableError",
+    "Executable", "HalError", "InvalidInputError", "LayerTime", "ModelFormatError",
+    "NoConversionPath", "PRECISIONS", "Profile", "Requirements", "UnsupportedError", "UsageError",
+    "backends", "compile", "devices", "load",
 ]

@@ -17,7 +17,7 @@ from . import formats as _formats
 from .backend import Backend
 from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
                      UsageError, brief)
-from .executable import Executable, ExecutableInfo, as_numpy, read_artifact, write_hal
+from .executable import Executable, as_numpy, read_artifact, write_hal
 from .plugins import registry
 from .profile import random_inputs
 from .types import CompileOptions, Device, Requirements, check_precision
@@ -33,7 +33,8 @@ class BackendStatus:
     name: str
     description: str
     version: str | None
-    runtime: str | None  # None when usable, else why not
+    #: why the backend's runtime cannot be used (what to install), or None when it can
+    missing_runtime: str | None
     formats: list[str]
     precisions: list[str]
     devices: list[Device] = field(default_factory=list)
@@ -98,8 +99,8 @@ def resolve(target: str) -> tuple[Backend, Device]:
     if head in reg.backends:
         b = reg.backends[head]
         st = backend_status(b)
-        if st.error or (st.runtime and not st.devices):
-            raise DeviceUnavailableError(f"backend {head} is unusable: {st.error or st.runtime}",
+        if st.error or (st.missing_runtime and not st.devices):
+            raise DeviceUnavailableError(f"backend {head} is unusable: {st.error or st.missing_runtime}",
                                          "install its runtime, or choose another target")
         if rest:
             devs = [d for d in st.devices if _match(d, rest)]
@@ -134,24 +135,25 @@ def resolve(target: str) -> tuple[Backend, Device]:
     return reg.backends[dev.backend], dev
 
 
-def _timed(cands, measure, why_not: list[str]) -> list[tuple[float, Backend, Device]]:
+def _timed(cands, latency_of, why_not: list[str]) -> list[tuple[float, Backend, Device]]:
     """p50 latency of each candidate that compiles and runs; why not for the rest."""
     timed = []
     for b, d in cands:
         try:
-            timed.append((measure(b, d), b, d))
+            timed.append((latency_of(b, d), b, d))
         except HalError as e:
             why_not.append(f"{d.target}: {brief(e, 120)}")
     return timed
 
 
-def select(model: _formats.Model, req: Requirements,
-           measure: Callable[[Backend, Device], float] | None = None
+def select(model: _formats.Model, precision: str, req: Requirements,
+           latency_of: Callable[[Backend, Device], float] | None = None
            ) -> tuple[Backend, Device, str]:
     """``target='auto'``: pick among available *hardware* devices by capability
-    and requirements, and say why. Emulated devices are never candidates."""
+    and requirements, and say why. Emulated devices are never candidates.
+    ``latency_of`` compiles and times one candidate (for latency requirements,
+    and between devices of equal rank)."""
     reg = registry()
-    precision = req.precision or "fp32"
     cands, why_not = [], []
     for b in reg.backends.values():
         for d in backend_status(b).devices:
@@ -176,10 +178,10 @@ def select(model: _formats.Model, req: Requirements,
             + (f" ({'; '.join(why_not)})" if why_not else ""),
             "relax the requirements, install a backend, or name an emulated target explicitly")
     if req.max_latency_ms is not None:
-        if measure is None:
-            raise UsageError("a latency requirement needs example inputs to measure with",
-                             "pass example_inputs to hal.compile")
-        timed = _timed(cands, measure, why_not)
+        if latency_of is None:
+            raise UsageError("a latency requirement needs an example input to time with",
+                             "pass example_input to hal.compile")
+        timed = _timed(cands, latency_of, why_not)
         ok = sorted((t, b, d) for t, b, d in timed if t <= req.max_latency_ms)
         if not ok:
             seen = ", ".join(f"{d.target} {t:.3f} ms" for t, _, d in timed)
@@ -197,9 +199,9 @@ def select(model: _formats.Model, req: Requirements,
     cands.sort(key=order)
     tied = [bd for bd in cands if order(bd) == order(cands[0])]
     skipped = f"; skipped {'; '.join(why_not)}" if why_not else ""
-    if len(tied) > 1 and measure is not None:
-        # rank is a plugin's own claim: between equals, measure instead of trusting the order
-        timed = _timed(tied, measure, why_not)
+    if len(tied) > 1 and latency_of is not None:
+        # rank is a plugin's own claim: between equals, time them instead of trusting the order
+        timed = _timed(tied, latency_of, why_not)
         if timed:
             t, b, d = min(timed, key=lambda x: x[0])
             seen = ", ".join(f"{dd.target} {tt:.3f} ms" for tt, _, dd in timed)
@@ -235,26 +237,29 @@ def _native(a: np.ndarray) -> np.ndarray:
 def compile(
     model: Any,
     target: str = "auto",
+    *,
     precision: str = "fp32",
-    example_inputs: Iterable | None = None,
+    example_input: Any = None,
     calibration: Iterable | None = None,
     options: dict[str, Any] | None = None,
-    *,
+    requirements: Requirements | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    requirements: Requirements | None = None,
     check_finite: bool = True,
 ) -> Executable:
-    """Compile ``model`` (object or path) for ``target`` at ``precision``.
+    """Compile ``model`` (an object or a path) for ``target`` at ``precision``.
 
-    ``calibration`` is a list of input samples (each an array or a tuple of
-    arrays) and is required for ``int8``. The result comes from the on-disk
-    cache when the same model, target, precision, options and calibration were
-    compiled before (``cache=False`` or ``HAL_NO_CACHE=1`` bypasses it).
+    ``example_input`` is one sample (an array, or a tuple with one array per
+    model input) and fixes the input shapes; ``calibration`` is a list of such
+    samples and is required for ``int8``. ``options`` are the backend's own
+    knobs (see ``hal backends``). ``requirements`` constrain ``target="auto"``.
+    The result comes from the on-disk cache when the same model, target,
+    precision, options and calibration were compiled before (``cache=False``
+    or ``HAL_NO_CACHE=1`` bypasses it).
     """
     check_precision(precision)
     reg = registry()
-    ex = [] if example_inputs is None else _samples([example_inputs], "example_inputs")
+    ex = [] if example_input is None else _samples([example_input], "example_input")
     calib = _samples(calibration, "calibration")
     if precision == "int8" and not calib:
         raise UsageError("int8 (static) needs calibration data",
@@ -271,19 +276,17 @@ def compile(
                 raise InvalidInputError(f"calibration sample {n} contains NaN or Inf",
                                         "pass finite, representative inputs")
     src = _formats.identify(model, reg.formats)
-    src.example_inputs = ex[0] if ex else None
-    req = requirements or Requirements()
+    src.example_input = ex[0] if ex else None
+    if requirements is not None and not isinstance(requirements, Requirements):
+        raise UsageError(f"requirements is a {type(requirements).__name__}",
+                         "pass requirements=hal.Requirements(...)")
     if target == "auto":
-        req.precision = req.precision or precision
-        if req.precision != precision:
-            raise UsageError(f"requirements ask for {req.precision} but precision={precision}",
-                             "state the precision once")
-        def measure(b, d):  # compile (cached) and time a short run on each candidate
+        def latency_of(b, d):  # compile (cached) and time a short run on each candidate
             exe = _compile_on(b, d, src, precision, calib, options, cache, cache_dir, check_finite)
-            xs = src.example_inputs or tuple(random_inputs(exe.info.inputs))
+            xs = src.example_input or tuple(random_inputs(exe.info.inputs))
             return exe.profile(*xs, iterations=20, warmup=3, extras=False).latency_ms["p50"]
 
-        b, dev, why = select(src, req, measure)
+        b, dev, why = select(src, precision, requirements or Requirements(), latency_of)
     else:
         b, dev = resolve(target)
         why = None
@@ -301,16 +304,16 @@ def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, ca
         raise b.refuse_precision(precision, dev)
     b.check_options(options or {})
     chain = _formats.plan(src.format, b.formats_for(dev, precision), reg.converters)
-    opts = CompileOptions(precision=precision, example_inputs=src.example_inputs,
-                          calibration=calib or None, options=dict(options or {}),
+    opts = CompileOptions(precision=precision, example_input=src.example_input,
+                          calibration=calib or None, backend_options=dict(options or {}),
                           check_finite=check_finite)
     if not _cache.enabled(cache):
         return _build(b, dev, src, chain, opts, None)
     directory = _cache.cache_dir(cache_dir)
     parts = {"model": src.digest(reg.formats), "backend": b.name, "backend_version": b.version(),
              "device": dev.target, "device_name": dev.name, "precision": precision,
-             "options": opts.options, "check_finite": check_finite, "hal": HAL_VERSION,
-             "example": [(a.shape, str(a.dtype)) for a in src.example_inputs or ()]}
+             "options": opts.backend_options, "check_finite": check_finite, "hal": HAL_VERSION,
+             "example": [(a.shape, str(a.dtype)) for a in src.example_input or ()]}
     k = _cache.key(parts, calib)
     notes: list[str] = []
     try:
@@ -318,7 +321,7 @@ def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, ca
             opts.cache_dir = directory
             if path.exists():
                 try:
-                    exe = _load(path, b, dev, expect_key=k)
+                    exe = _from_cache(path, b, dev, expect_key=k)
                     exe.info.cache_hit = True
                     return exe
                 except Exception as e:  # noqa: BLE001 - any bad entry is rebuilt, never fatal
@@ -366,7 +369,7 @@ def load(path: str | os.PathLike, target: str | None = None) -> Executable:
         if b is None:
             raise ArtifactError(f"{path} was built by backend {info.backend!r}, which is not installed",
                                 f"install the plugin that provides {info.backend!r} (see `hal plugins`)")
-        _, dev = resolve(target or info.device)
+        _, dev = resolve(target or info.target)
         if dev.backend != b.name:
             raise UsageError(f"{path} is a {b.name} artifact; target {target!r} is {dev.backend}",
                              f"load it on a {b.name} device")
@@ -375,7 +378,7 @@ def load(path: str | os.PathLike, target: str | None = None) -> Executable:
     return _restore(Path(path), place)
 
 
-def _load(path: Path, b: Backend, dev: Device, expect_key: str) -> Executable:
+def _from_cache(path: Path, b: Backend, dev: Device, expect_key: str) -> Executable:
     """A cache entry: the artifact must be the one stored under this key."""
     def place(meta: dict) -> tuple[Backend, Device]:
         if meta.get("cache_key") != expect_key:

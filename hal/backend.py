@@ -8,15 +8,24 @@ lazily so that listing plugins never pays for, or breaks on, a framework.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import DeviceUnavailableError, UnsupportedError, UsageError
 from .executable import Executable, ExecutableInfo
 from .formats import Model
 from .packages import install_hint, installed_version, missing
-from .types import CompileOptions, Device
+from .types import CompileOptions, Device, TensorSpec
 
-__all__ = ["Backend", "installed_version"]
+__all__ = ["Backend", "host_memory_bytes", "installed_version"]
+
+
+def host_memory_bytes() -> int | None:
+    """The host's physical memory (a CPU device's ``memory_bytes``), or None if unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class Backend:
@@ -73,6 +82,15 @@ class Backend:
         raise NotImplementedError
 
     # helpers for implementations -------------------------------------------------
+    def executable_info(self, device: Device, precision: str, inputs: list[TensorSpec],
+                        outputs: list[TensorSpec], **fields) -> ExecutableInfo:
+        """The :class:`ExecutableInfo` of a new executable on ``device``: this
+        backend's name and runtime version and the device's target and kind are
+        filled in here, so no backend can get them wrong; ``fields`` are the rest
+        (``conversion_path``, ``backend_options``, ``notes``, ``extra``)."""
+        return ExecutableInfo(self.name, self.version(), device.target, device.kind, precision,
+                              list(inputs), list(outputs), **fields)
+
     def require_runtime(self) -> None:
         why = self.missing_runtime()
         if why:

@@ -2,7 +2,8 @@
 
 Every command takes ``--json`` for machine-readable output only. Errors are one
 line on stderr: exit 2 for usage errors, 1 for failures; ``--debug`` shows the
-traceback.
+traceback. Plugins add commands through the ``register_commands`` hook
+(``hal conformance`` and ``hal lab`` come from hal_conformance that way).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from rich.table import Table
 
 from . import api
 from .errors import HalError, InvalidInputError, UsageError, brief
-from .plugins import load as load_plugins
-from .plugins import registry
+from .plugins import discover, registry
 from .types import PRECISIONS
 
 # plain click help: typer's rich panels print "<bool>" after every flag
@@ -54,7 +54,7 @@ def _main(
         for name in ("torchao", "torch", "tensorflow", "absl", "nncf", "openvino", "jax"):
             logging.getLogger(name).setLevel(logging.ERROR)
     if plugins is not None:
-        load_plugins(only=[p.strip() for p in plugins.split(",") if p.strip()])
+        discover(only=[p.strip() for p in plugins.split(",") if p.strip()])
 
 
 def guarded(fn: Callable) -> Callable:
@@ -162,7 +162,7 @@ def _executable(model: Path, target: str, precision: str, inputs, calibration: O
         f"compiling {model.name} for {target} at {precision}"
         + (f" (calibrating on {len(calib)} samples)" if calib else "") + " …")
     with spinner:  # api.compile checks the precision name itself
-        exe = api.compile(model, target, precision, example_inputs=inputs, calibration=calib,
+        exe = api.compile(model, target, precision=precision, example_input=inputs, calibration=calib,
                           options=_options(option), cache=not no_cache)
     if target == "auto" and not quiet:  # say which device auto chose, and why
         for n in exe.info.notes:
@@ -185,13 +185,8 @@ NoCacheOpt = typer.Option(False, "--no-cache", help="Bypass the compile cache.")
 @app.command()
 @guarded
 def devices(as_json: bool = JsonOpt,
-            refresh: bool = typer.Option(False, "--refresh", help="Re-probe."),
-            cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS", help="Every node of the Ray cluster at HOST:PORT (or 'local'), grouped by host.")) -> None:
+            refresh: bool = typer.Option(False, "--refresh", help="Re-probe.")) -> None:
     """Every backend found and each of its devices, hardware or emulated, and why unavailable."""
-    if cluster:
-        from hal_conformance.lab import devices_cli
-
-        return devices_cli(cluster, as_json, out)
     statuses = api.backends(refresh)
     if as_json:
         devs = [d.to_dict() for st in statuses for d in st.devices]
@@ -202,7 +197,7 @@ def devices(as_json: bool = JsonOpt,
         t.add_column(c)
     for st in statuses:
         if not st.devices:
-            t.add_row(st.name, "-", "[red]no[/]", st.description, "", st.error or st.runtime or "")
+            t.add_row(st.name, "-", "[red]no[/]", st.description, "", st.error or st.missing_runtime or "")
         for d in st.devices:
             t.add_row(d.target, d.kind, "[green]yes[/]" if d.available else "[red]no[/]", d.name,
                       " ".join(d.precisions), d.reason)
@@ -240,7 +235,7 @@ def compile_(model: Path = ModelArg, target: str = TargetOpt, precision: str = P
         _dump({"output": str(output), **exe.info.to_dict()})
         return
     i = exe.info
-    out.print(f"[bold]{output}[/]: {i.backend} on {i.device} ({i.device_kind}), {i.precision}, "
+    out.print(f"[bold]{output}[/]: {i.backend} on {i.target} ({i.device_kind}), {i.precision}, "
               f"{output.stat().st_size / 1e3:.1f} kB file ({(i.artifact_size_bytes or 0) / 1e3:.1f} kB "
               f"unpacked), compiled in {i.compile_time_s:.2f}s" + (" (cache hit)" if i.cache_hit else ""))
     out.print("path: " + " → ".join(i.conversion_path))
@@ -268,7 +263,7 @@ def run(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, target: 
         np.savez(tmp, **{s.name: o for s, o in zip(exe.info.outputs, outs)})
         tmp.replace(output)
     if as_json:
-        _dump({"device": exe.info.device, "device_kind": exe.info.device_kind,
+        _dump({"target": exe.info.target, "device_kind": exe.info.device_kind,
                "precision": exe.info.precision,
                "outputs": [{"name": s.name, "shape": list(o.shape), "dtype": str(o.dtype),
                             "values": o.tolist()} for s, o in zip(exe.info.outputs, outs)]})
@@ -300,7 +295,7 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
         specs = [replace(s, shape=(None,) + tuple(s.shape[1:])) if s.shape else s
                  for s in exe.info.inputs]
         inputs = tuple(a[:batch_size] for a in random_inputs(specs, batch_size))
-        exe = _executable(model, exe.info.device, precision, inputs, calibration, option, no_cache,
+        exe = _executable(model, exe.info.target, precision, inputs, calibration, option, no_cache,
                           as_json)
     probe_result = _probe(exe, probe, precision) if probe else None
     kw = dict(iterations=None if duration else iterations, warmup=warmup, duration_s=duration,
@@ -317,32 +312,6 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
     _print_profile(p)
     if probe_result:
         out.print(f"probe {probe}: {probe_result}")
-
-
-@app.command()
-@guarded
-def conformance(
-    backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Only these backends (repeatable)."),
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Only these zoo models (repeatable)."),
-    precision: Optional[List[str]] = typer.Option(None, "--precision", "-p", help="Only these flows (repeatable)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
-    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (tables + plots) here."),
-    export_goldens: Optional[Path] = typer.Option(None, "--export-goldens", help="Write inputs + reference outputs to DIR."),
-    goldens: Optional[Path] = typer.Option(None, "--goldens", help="Judge against goldens in DIR (no reference stack needed)."),
-    timeout: float = typer.Option(300.0, "--timeout", help="Per-cell timeout in seconds."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Backends run in parallel worker processes."),
-    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write a markdown report here."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS", help="Run on every node of the Ray cluster at HOST:PORT, or 'local' (see docs/lab.md)."),
-) -> None:
-    """Run the zoo's models and flows on every installed backend and judge them against the fp64 oracle."""
-    from hal_conformance.cli import run_cli
-
-    code = run_cli(backend=backend, model=model, precision=precision, json_path=json_path,
-                   junit_path=junit_path, html_path=html_path, export_goldens=export_goldens,
-                   goldens=goldens, timeout_s=timeout, jobs=jobs, console=out, cluster=cluster,
-                   markdown_path=markdown_path)
-    raise typer.Exit(code)
 
 
 def _static_batch(exe) -> int | None:
@@ -363,7 +332,7 @@ def _probe(exe, probe: str, precision: str) -> dict:
 
 
 def _print_profile(p) -> None:
-    t = Table(title=f"{p.backend} on {p.device} ({p.device_kind}), {p.precision}, batch {p.batch_size}")
+    t = Table(title=f"{p.backend} on {p.target} ({p.device_kind}), {p.precision}, batch {p.batch_size}")
     for c in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "throughput/s", "iterations", "timer"):
         t.add_column(c, justify="right")
     lat = p.latency_ms
@@ -390,7 +359,9 @@ def _print_profile(p) -> None:
 
 
 def main() -> None:
-    app()
+    """The ``hal`` command: hal's own commands plus every plugin's (``register_commands``)."""
+    registry().add_commands(app)
+    app(prog_name="hal")
 
 
 if __name__ == "__main__":

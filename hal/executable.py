@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from math import isfinite
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -24,10 +24,14 @@ from . import safezip
 from .errors import ArtifactError, InvalidInputError
 from .types import Device, TensorSpec
 
+if TYPE_CHECKING:
+    from .profile import Profile
+
 ARTIFACT_DIR = "artifact"
 META_NAME = "hal.json"
-#: 2: hal.json lists a SHA-256 of every artifact file (``files``)
-FORMAT_VERSION = 2
+#: 2: hal.json lists a SHA-256 of every artifact file (``files``);
+#: 3: info.device → info.target, info.options → info.backend_options
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -36,7 +40,8 @@ class ExecutableInfo:
 
     backend: str
     backend_version: str
-    device: str
+    #: the device's target string, "backend:id" (``Executable.device`` is the Device)
+    target: str
     device_kind: str
     precision: str
     inputs: list[TensorSpec]
@@ -44,7 +49,8 @@ class ExecutableInfo:
     conversion_path: list[str] = field(default_factory=list)
     compile_time_s: float = 0.0
     artifact_size_bytes: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    #: the backend options it was compiled with (``hal.compile(options=...)``)
+    backend_options: dict[str, Any] = field(default_factory=dict)
     check_finite: bool = True
     cache_hit: bool = False
     notes: list[str] = field(default_factory=list)
@@ -67,13 +73,13 @@ class ExecutableInfo:
 
 #: field → accepted types, for the untrusted ``hal.json``
 _INFO_TYPES: dict[str, tuple[type, ...]] = {
-    "backend": (str,), "backend_version": (str,), "device": (str,), "device_kind": (str,),
+    "backend": (str,), "backend_version": (str,), "target": (str,), "device_kind": (str,),
     "precision": (str,), "inputs": (list,), "outputs": (list,), "conversion_path": (list,),
     "compile_time_s": (int, float), "artifact_size_bytes": (int, type(None)),
-    "options": (dict,), "check_finite": (bool,), "cache_hit": (bool,), "notes": (list,),
+    "backend_options": (dict,), "check_finite": (bool,), "cache_hit": (bool,), "notes": (list,),
     "extra": (dict,),
 }
-_REQUIRED = ("backend", "backend_version", "device", "device_kind", "precision", "inputs", "outputs")
+_REQUIRED = ("backend", "backend_version", "target", "device_kind", "precision", "inputs", "outputs")
 
 
 def _bad(what: str) -> ArtifactError:
@@ -170,9 +176,10 @@ class Executable:
         metric to why it cannot be read. Never estimate."""
         return {}
 
-    def measure(self, inputs: list[np.ndarray], iterations: int) -> list[float] | None:
-        """Optional device-side timer (seconds per iteration). ``None`` lets the
-        core time ``infer`` with a host clock."""
+    def device_timer(self, inputs: list[np.ndarray], iterations: int) -> list[float] | None:
+        """Optional: time ``iterations`` runs with the device's own clock (e.g. CUDA
+        events) and return seconds per run. ``None`` lets the core time ``infer``
+        with a host clock."""
         return None
 
     def throughput(self, inputs: list[np.ndarray], iterations: int | None,
@@ -250,11 +257,21 @@ class Executable:
         return [conform(as_numpy(x, f"input {spec.name!r}"), spec, self.info.check_finite)
                 for x, spec in zip(inputs, specs)]
 
-    def profile(self, *inputs: Any, **kwargs: Any):
-        """Latency percentiles and throughput; see :func:`hal.profile.profile`."""
+    def profile(self, *inputs: Any, iterations: int | None = 100, warmup: int = 10,
+                duration_s: float | None = None, batch_size: int | None = None,
+                mode: str = "latency", extras: bool = True,
+                progress: Callable[[int, int], None] | None = None) -> Profile:
+        """Latency percentiles and throughput of ``inputs`` (random when none).
+
+        ``iterations`` timed runs after ``warmup`` (or as many as fit in
+        ``duration_s``); ``batch_size`` repeats the inputs up to that batch;
+        ``mode="throughput"`` uses the backend's offline mode (async queues,
+        streams); ``extras`` adds what the backend can read (per-layer times,
+        peak memory, energy); ``progress(done, total)`` is called as it goes."""
         from .profile import profile
 
-        return profile(self, inputs, **kwargs)
+        return profile(self, inputs, iterations=iterations, warmup=warmup, duration_s=duration_s,
+                       batch_size=batch_size, mode=mode, extras=extras, progress=progress)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a self-contained ``.hal`` file atomically (no half-written file)."""
@@ -262,7 +279,7 @@ class Executable:
 
     def __repr__(self) -> str:
         i = self.info
-        return (f"<Executable {i.backend} on {i.device} ({i.device_kind}) {i.precision} "
+        return (f"<Executable {i.backend} on {i.target} ({i.device_kind}) {i.precision} "
                 f"inputs={[_fmt_shape(s.shape) for s in i.inputs]}>")
 
 

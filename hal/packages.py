@@ -45,3 +45,13 @@ def install_hint(modules: list[str] | tuple[str, ...], extra: str | None = None,
         return f"pip install 'hal-accel[{extra}]'"
     names = sorted({m.split(".")[0].replace("_", "-") for m in modules})
     return "pip install " + " ".join(names) if names else "install the plugin's runtime"
+
+
+def require(modules: tuple[str, ...] | list[str], what: str, error: type[Exception],
+            extra: str | None = None, install: str | None = None) -> None:
+    """Raise ``error`` (a hal error class) naming ``what`` needs which of
+    ``modules`` and the pip command that installs them, if any is missing."""
+    absent = missing(modules)
+    if absent:
+        raise error(f"{what} needs {', '.join(absent)}, which is not installed",
+                    install_hint(absent, extra, install))

@@ -1,9 +1,9 @@
-"""Load plugins from the ``hal`` entry-point group, the way pytest and llm do.
+"""Discover plugins in the ``hal`` entry-point group, the way pytest and llm do.
 
 Built-in backends are ordinary entry points; the only default plugin is the
-framework-level formats module. ``HAL_PLUGINS=a,b`` (or ``load(only=...)``)
-restricts which entry points load; a plugin that fails to import or register
-is recorded with its error and the others carry on.
+framework-level formats module. ``HAL_PLUGINS=a,b`` (or ``discover(only=...)``)
+restricts which entry points are imported; a plugin that fails to import or
+register is recorded with its error and the others carry on.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
+from typing import Callable
 
 import pluggy
 
@@ -39,19 +40,32 @@ class PluginInfo:
 
 @dataclass
 class Registry:
-    pm: pluggy.PluginManager
+    """What the discovered plugins registered."""
+
     plugins: list[PluginInfo]
     backends: dict[str, Backend]
     formats: dict[str, Format]
     converters: list[Converter]
+    #: ``register_commands`` implementations, called when the CLI starts
+    commands: list[tuple[PluginInfo | None, Callable[..., None]]] = field(default_factory=list)
+
+    def add_commands(self, cli) -> None:
+        """Let every plugin add its commands to ``cli`` (hal's typer app); a plugin
+        whose hook fails is recorded and the others carry on."""
+        for info, hook in self.commands:
+            try:
+                hook(cli=cli)
+            except Exception as e:  # noqa: BLE001 - a broken plugin must not take the CLI down
+                if info is not None:
+                    info.loaded, info.error = False, f"register_commands failed: {brief(e, 300, typed=True)}"
 
 
 _registry: Registry | None = None
 
 
-def load(only: list[str] | None = None) -> Registry:
-    """(Re)load every plugin. ``only`` (or ``$HAL_PLUGINS``) names the entry
-    points to load; the rest are listed as disabled."""
+def discover(only: list[str] | None = None) -> Registry:
+    """(Re)discover every plugin. ``only`` (or ``$HAL_PLUGINS``) names the entry
+    points to import; the rest are listed as disabled."""
     global _registry
     if only is None and os.environ.get(ENV_ONLY):
         only = [p.strip() for p in os.environ[ENV_ONLY].split(",") if p.strip()]
@@ -102,9 +116,12 @@ def load(only: list[str] | None = None) -> Registry:
     call("register_formats", lambda f, _: formats.__setitem__(f.name, f))
     call("register_converters", lambda c, _: converters.append(c))
     call("register_backends", add_backend)
-    _registry = Registry(pm, infos, backends, formats, converters)
+    commands = [(by_name.get(impl.plugin_name), impl.function)
+                for impl in pm.hook.register_commands.get_hookimpls()]
+    _registry = Registry(infos, backends, formats, converters, commands)
     return _registry
 
 
 def registry() -> Registry:
-    return _registry if _registry is not None else load()
+    """The plugins discovered in this process (discovering them on first use)."""
+    return _registry if _registry is not None else discover()

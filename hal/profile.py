@@ -1,7 +1,7 @@
 """One profiling loop for every backend.
 
 The core times ``infer`` with a monotonic host clock (or the backend's own
-device timer via ``Executable.measure``) and adds whatever the backend can read
+device timer via ``Executable.device_timer``) and adds whatever the backend can read
 (per-layer times, peak memory, energy). Missing metrics are reported as
 unavailable with a reason, never estimated.
 """
@@ -27,7 +27,7 @@ class LayerTime:
 @dataclass
 class Profile:
     backend: str
-    device: str
+    target: str
     device_kind: str
     precision: str
     batch_size: int
@@ -102,7 +102,7 @@ def profile(
     timer = "host perf_counter"
     if duration_s is None:
         n = iterations or 100
-        dev = exe.measure(arrays, n)
+        dev = exe.device_timer(arrays, n)
         if dev is not None:
             times, timer = list(dev), "device"
         else:
@@ -136,7 +136,7 @@ def profile(
     }
     prof = Profile(
         backend=exe.info.backend,
-        device=exe.info.device,
+        target=exe.info.target,
         device_kind=exe.info.device_kind,
         precision=exe.info.precision,
         batch_size=bs,
@@ -170,7 +170,7 @@ def _throughput(exe, arrays, bs, iterations, warmup, duration_s) -> Profile:
 
         raise UnsupportedError(f"the {exe.info.backend} backend has no throughput mode",
                                "profile in latency mode, or raise the batch size")
-    return Profile(backend=exe.info.backend, device=exe.info.device,
+    return Profile(backend=exe.info.backend, target=exe.info.target,
                    device_kind=exe.info.device_kind, precision=exe.info.precision, batch_size=bs,
                    iterations=int(got.get("iterations", 0)), warmup=warmup,
                    latency_ms=got.get("latency_ms", {}), throughput_per_s=got["throughput_per_s"],

@@ -92,10 +92,13 @@ class CompileOptions:
     """Everything that shapes a compiled artifact (and so the cache key)."""
 
     precision: str = "fp32"
-    example_inputs: tuple[np.ndarray, ...] | None = None
+    #: one sample: a tuple with one array per model input (fixes shapes and dtypes)
+    example_input: tuple[np.ndarray, ...] | None = None
+    #: many samples, each like ``example_input`` (sets int8 quantization ranges)
     calibration: list[tuple[np.ndarray, ...]] | None = None
-    #: backend-specific knobs, e.g. {"torch_compile": "max-autotune"}.
-    options: dict[str, Any] = field(default_factory=dict)
+    #: the backend's own knobs (the ``options={...}`` of ``hal.compile``), e.g.
+    #: {"torch_compile": "max-autotune"}; keys are checked against ``Backend.options``.
+    backend_options: dict[str, Any] = field(default_factory=dict)
     #: reject NaN/Inf inputs at run time (documented default).
     check_finite: bool = True
     #: where the backend may keep its runtime's own compile cache (a folder inside
@@ -105,9 +108,9 @@ class CompileOptions:
 
 @dataclass
 class Requirements:
-    """What ``target='auto'`` must satisfy. ``None`` means no constraint."""
+    """What ``target='auto'`` must satisfy besides the precision (which is
+    ``hal.compile``'s own argument). ``None`` means no constraint."""
 
-    precision: str | None = None
     max_latency_ms: float | None = None
     max_power_w: float | None = None
     #: "speed" ranks by device rank / measured latency, "power" by stated watts.

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 
 @pytest.fixture(scope="module")
 def exe(small_cnn, x16):
-    return hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache=False)
+    return hal.compile(small_cnn, target="cpu", example_input=(x16,), cache=False)
 
 
 def fix_of(err) -> str:
@@ -50,7 +50,7 @@ def test_non_finite_inputs_rejected_by_default(exe, x16, bad):
 
 
 def test_non_finite_passthrough_when_asked(small_cnn, x16):
-    e = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache=False, check_finite=False)
+    e = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache=False, check_finite=False)
     x = x16.copy()
     x[0, 0, 0, 0] = np.nan
     assert np.isnan(e(x)).any()  # documented: NaN propagates, nothing is hidden
@@ -68,36 +68,36 @@ def test_run_with_wrong_names(exe, x16):
 
 def test_unknown_target(small_cnn, x16):
     with pytest.raises(UsageError, match="unknown target 'warp-drive'") as e:
-        hal.compile(small_cnn, target="warp-drive", example_inputs=(x16,))
+        hal.compile(small_cnn, target="warp-drive", example_input=(x16,))
     assert "hal devices" in fix_of(e)
 
 
 def test_unknown_device_of_a_backend(small_cnn, x16):
     with pytest.raises(UsageError, match="no device 'gpu7'"):
-        hal.compile(small_cnn, target="reference:gpu7", example_inputs=(x16,))
+        hal.compile(small_cnn, target="reference:gpu7", example_input=(x16,))
 
 
 def test_unknown_precision(small_cnn, x16):
     with pytest.raises(UsageError, match="unknown precision 'int4'"):
-        hal.compile(small_cnn, target="cpu", precision="int4", example_inputs=(x16,))
+        hal.compile(small_cnn, target="cpu", precision="int4", example_input=(x16,))
 
 
 def test_precision_not_honoured_is_refused_not_replaced(small_cnn, x16):
     with pytest.raises(UnsupportedError, match="cannot run precision fp16") as e:
-        hal.compile(small_cnn, target="cpu", precision="fp16", example_inputs=(x16,))
+        hal.compile(small_cnn, target="cpu", precision="fp16", example_input=(x16,))
     assert "fp32" in fix_of(e)
 
 
 def test_int8_needs_calibration(small_cnn, x16):
     with pytest.raises(UsageError, match="needs calibration data"):
-        hal.compile(small_cnn, target="cpu", precision="int8", example_inputs=(x16,))
+        hal.compile(small_cnn, target="cpu", precision="int8", example_input=(x16,))
 
 
 def test_nan_in_calibration(small_cnn, x16):
     bad = x16.copy()
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(InvalidInputError, match="NaN or Inf"):
-        hal.compile(small_cnn, target="cpu", precision="int8", example_inputs=(x16,),
+        hal.compile(small_cnn, target="cpu", precision="int8", example_input=(x16,),
                     calibration=[x16, bad])
 
 
@@ -220,12 +220,12 @@ def test_save_is_atomic(exe, tmp_path, monkeypatch):
 
 
 def test_emulated_or_absent_devices_are_never_auto(small_cnn, x16):
-    exe = hal.compile(small_cnn, target="auto", example_inputs=(x16,), cache=False)
+    exe = hal.compile(small_cnn, target="auto", example_input=(x16,), cache=False)
     assert exe.info.device_kind == "hardware"
     assert any(n.startswith("auto:") for n in exe.info.notes)
 
 
 def test_auto_with_impossible_requirements(small_cnn, x16):
     with pytest.raises(DeviceUnavailableError, match="no available hardware device"):
-        hal.compile(small_cnn, target="auto", example_inputs=(x16,),
+        hal.compile(small_cnn, target="auto", example_input=(x16,),
                     requirements=hal.Requirements(max_power_w=0.001))

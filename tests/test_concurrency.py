@@ -33,7 +33,7 @@ def test_openvino_small_inputs_many_threads(mlp):
     if not any(d.target == "openvino:CPU" for d in ti.available()):
         pytest.skip("openvino:CPU is not available")
     xs = np.random.default_rng(3).standard_normal((THREADS * CALLS, 1, 64)).astype(np.float32)
-    exe = hal.compile(mlp, "openvino:CPU", example_inputs=(xs[0],), cache=False)
+    exe = hal.compile(mlp, "openvino:CPU", example_input=(xs[0],), cache=False)
     hammer(exe, lambda i: (xs[i],), "openvino:CPU (small inputs)")
 
 

@@ -20,9 +20,10 @@ pytest.importorskip("sklearn", reason="the zoo's data is scikit-learn's digits")
 
 from hal_conformance import data, zoo  # noqa: E402
 from hal_conformance.models import MODELS, WEIGHTS_DIR  # noqa: E402
-from hal_conformance.policy import POLICY, judge, measure  # noqa: E402
+from hal_conformance.policy import POLICY, compare, judge  # noqa: E402
 from hal_conformance.results import Report  # noqa: E402
-from hal_conformance.runner import Options, Suite  # noqa: E402
+from hal_conformance.options import Options  # noqa: E402
+from hal_conformance.runner import Suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,33 +124,33 @@ def test_fp32_rejects_half_precision_sized_error(ref):
     scale = np.abs(r).max()
     single = r + rng.standard_normal(r.shape) * 1e-6 * scale
     half = r + rng.standard_normal(r.shape) * 1e-3 * scale
-    assert judge(measure(single, r, labels), "fp32", 1.0) == []
-    broken = judge(measure(half, r, labels), "fp32", 1.0)
+    assert judge(compare(single, r, labels), "fp32", 1.0) == []
+    broken = judge(compare(half, r, labels), "fp32", 1.0)
     assert any("max abs error" in b for b in broken) and any("SNR" in b for b in broken)
-    assert judge(measure(half, r, labels), "fp16", 1.0) == []
+    assert judge(compare(half, r, labels), "fp16", 1.0) == []
 
 
 def test_int8_rule_is_top1_and_accuracy(ref):
     r, labels = ref
     flipped = r.copy()
     flipped[:12] = flipped[:12, ::-1]  # 2% of predictions change
-    m = measure(flipped, r, labels)
+    m = compare(flipped, r, labels)
     assert m.top1_agreement == pytest.approx(0.98)
     broken = judge(m, "int8", 1.0)
     assert any("top-1" in b for b in broken) and any("accuracy" in b for b in broken)
     few = r.copy()
     few[:3] = few[:3, ::-1]
-    assert judge(measure(few, r, labels), "int8", 1.0) == []  # 99.5%, 0.5 points lost
+    assert judge(compare(few, r, labels), "int8", 1.0) == []  # 99.5%, 0.5 points lost
 
 
 def test_bit_exact_output_has_no_snr(ref):
     r, labels = ref
-    m = measure(r.copy(), r, labels)
+    m = compare(r.copy(), r, labels)
     assert m.snr_db is None and m.max_abs_err == 0 and judge(m, "fp32", 1.0) == []
-    assert judge(measure(r * np.nan, r, labels), "fp32", 1.0) == ["outputs contain NaN or Inf"]
+    assert judge(compare(r * np.nan, r, labels), "fp32", 1.0) == ["outputs contain NaN or Inf"]
 
 
-def test_policy_covers_every_flow():
+def test_policy_covers_every_precision():
     assert set(POLICY) == {"fp32", "fp16", "bf16", "int8", "int8-dynamic"}
     assert POLICY["fp32"].max_rel_err < POLICY["fp16"].max_rel_err < POLICY["bf16"].max_rel_err
 
@@ -158,7 +159,7 @@ def test_policy_covers_every_flow():
 @pytest.fixture(scope="module")
 def goldens(tmp_path_factory):
     """The oracle's run, exported once (ONNX included); the runs below judge against it."""
-    from hal_conformance.goldens import export_goldens
+    from hal_conformance.runner import export_goldens
 
     d = tmp_path_factory.mktemp("goldens")
     man = export_goldens(d, ["mlp"])
@@ -185,7 +186,7 @@ def test_reference_cells(reference_run):
     assert by["int8-dynamic"].result == "pass", by["int8-dynamic"].message
     assert by["fp16"].result == "unsupported" and "does not offer fp16" in by["fp16"].message
     c = by["fp32"]
-    assert c.device == "reference:cpu" and c.device_kind == "hardware"
+    assert c.target == "reference:cpu" and c.device_kind == "hardware"
     for k in ("compile_time_s", "artifact_size_bytes", "latency_p50_ms", "accuracy", "snr_db"):
         assert getattr(c, k) is not None, k
     assert c.roundtrip_max_abs == 0.0
@@ -197,7 +198,7 @@ def test_json_report_is_complete(reference_run):
     tmp, report, _ = reference_run
     d = json.loads((tmp / "out.json").read_text())
     assert d["complete"] and d["summary"]["pass"] == 2 and d["summary"]["unsupported"] == 1
-    assert d["oracle"]["device"] == "reference:cpu" and d["oracle"]["precision"] == "fp64"
+    assert d["oracle"]["target"] == "reference:cpu" and d["oracle"]["precision"] == "fp64"
     assert d["models"]["mlp"]["reference_accuracy"] > 0.95
     back = Report.from_dict(d)
     assert [c.id for c in back.cells] == [c.id for c in report.cells]
@@ -213,17 +214,17 @@ def test_junit_and_html(reference_run, tmp_path):
     assert len(root.findall(".//testcase")) == 3
     write_html(report, tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
-    # one plot per flow that ran (fp32, int8-dynamic; fp16 is unsupported) and the latency
+    # one plot per precision that ran (fp32, int8-dynamic; fp16 is unsupported) and the latency
     assert html.count("data:image/png;base64,") == 3 and "reference:cpu/mlp/fp32" in html
-    assert "data-flow='fp32'" in html and "data-flow='int8-dynamic'" in html
-    assert "data-flow='fp16'" not in html
+    assert "data-precision='fp32'" in html and "data-precision='int8-dynamic'" in html
+    assert "data-precision='fp16'" not in html
 
 
 # --- the HTML report of the committed full run -------------------------------------------
 @pytest.fixture(scope="module")
 def host_report():
     """reports/conformance-cpu-host.json: a real run of every installed backend on the CPU
-    host, with all five flows judged and seven devices that could not run here."""
+    host, with all five precisions judged and seven devices that could not run here."""
     return Report.from_dict(json.loads((ROOT / "reports" / "conformance-cpu-host.json").read_text()))
 
 
@@ -256,28 +257,28 @@ def test_html_lists_what_was_not_run(host_report, tmp_path):
     assert "class='verdict bad'>FAIL" in page
 
 
-def test_html_plots_each_flow_against_its_own_rule(host_report):
-    """Float flows: relative error on a log axis against the flow's limit. int8 flows:
-    top-1 agreement against the minimum, never against a float flow's error limit."""
-    from hal_conformance.policy import FLOWS
-    from hal_conformance.report import flow_figure, judged_value
+def test_html_plots_each_precision_against_its_own_rule(host_report):
+    """Float precisions: relative error on a log axis against the precision's limit. int8 precisions:
+    top-1 agreement against the minimum, never against a float precision's error limit."""
+    from hal_conformance.policy import JUDGED_PRECISIONS
+    from hal_conformance.report import precision_figure, judged_value
     from hal_conformance.results import _order
 
-    ran = [f for f in FLOWS if any(c.precision == f and c.result == "pass" for c in host_report.cells)]
-    assert len(ran) >= 4, ran  # the host report has passing cells in most flows
-    for flow in FLOWS:
-        fig = flow_figure(host_report, flow)
-        cells = sorted((c for c in host_report.cells if c.precision == flow and c.result == "pass"),
+    ran = [f for f in JUDGED_PRECISIONS if any(c.precision == f and c.result == "pass" for c in host_report.cells)]
+    assert len(ran) >= 4, ran  # the host report has passing cells in most precisions
+    for precision in JUDGED_PRECISIONS:
+        fig = precision_figure(host_report, precision)
+        cells = sorted((c for c in host_report.cells if c.precision == precision and c.result == "pass"),
                        key=_order)
-        if flow not in ran:  # e.g. fp16 on a CPU without FP16: nothing to plot, no figure
-            assert fig is None, flow
+        if precision not in ran:  # e.g. fp16 on a CPU without FP16: nothing to plot, no figure
+            assert fig is None, precision
             continue
-        assert fig is not None and cells, flow
+        assert fig is not None and cells, precision
         ax = fig.axes[0]
         xs = [float(pc.get_offsets()[0][0]) for pc in ax.collections if len(pc.get_offsets())]
         limits = {float(ln.get_xdata()[0]) for ln in ax.get_lines()
                   if len(set(map(float, ln.get_xdata()))) == 1 and ln.get_linestyle() == "--"}
-        tol = POLICY[flow]
+        tol = POLICY[precision]
         if tol.max_rel_err is not None:
             assert ax.get_xscale() == "log"
             assert limits == {tol.max_rel_err}
@@ -296,8 +297,8 @@ def test_html_plots_each_flow_against_its_own_rule(host_report):
 
 def test_html_shows_a_failing_cell(host_report, tmp_path):
     """A cell that broke the policy is the first thing on the page and a red ✕ in its
-    flow's plot (here an fp32 cell with fp16-sized error)."""
-    from hal_conformance.report import flow_figure, write_html
+    precision's plot (here an fp32 cell with fp16-sized error)."""
+    from hal_conformance.report import precision_figure, write_html
 
     d = host_report.to_dict()
     bad = next(c for c in d["cells"] if c["precision"] == "fp32" and c["result"] == "pass")
@@ -309,7 +310,7 @@ def test_html_shows_a_failing_cell(host_report, tmp_path):
     fp32 = sum(c["precision"] == "fp32" and c["result"] in ("pass", "fail") for c in d["cells"])
     assert f"class='verdict bad'>FAIL: 1 of {runnable} runnable cells did not pass" in page
     assert bad["id"] in _section(page, "problems") and "2e-03 of max|ref|" in _section(page, "problems")
-    ax = flow_figure(r, "fp32").axes[0]
+    ax = precision_figure(r, "fp32").axes[0]
     assert ax.get_title(loc="left").endswith(f"{fp32 - 1} of {fp32} pass, 1 does not")
     marks = [pc for pc in ax.collections if len(pc.get_offsets())
              and float(pc.get_offsets()[0][0]) == pytest.approx(2e-3)]
@@ -361,7 +362,7 @@ def test_export_goldens(goldens):
     assert z["x_eval"].shape == (600, 64) and z["reference"].shape == (600, 10)
     assert z["reference"].dtype == np.float64 and z["x_calib"].shape == (100, 64)
     oracle = json.loads((d / "manifest.json").read_text())["oracle"]
-    assert oracle["device"] == "reference:cpu" and oracle["precision"] == "fp64"
+    assert oracle["target"] == "reference:cpu" and oracle["precision"] == "fp64"
     # the oracle's fp64 outputs are the model's: its accuracy is the trained one
     assert entry["reference_accuracy"] == pytest.approx(0.9717, abs=1e-3)
 
@@ -383,7 +384,7 @@ def test_goldens_are_checked(goldens, tmp_path):
     import shutil
 
     import hal
-    from hal_conformance.goldens import load_goldens
+    from hal_conformance.goldens import read_goldens
 
     d, _ = goldens
     bad = tmp_path / "bad"
@@ -392,9 +393,9 @@ def test_goldens_are_checked(goldens, tmp_path):
         f.seek(100)
         f.write(b"\0\0\0\0")
     with pytest.raises(hal.UsageError, match="checksum"):
-        load_goldens(bad, ["mlp"])
+        read_goldens(bad, ["mlp"])
     with pytest.raises(hal.UsageError, match="no model resnet"):
-        load_goldens(d, ["resnet"])
+        read_goldens(d, ["resnet"])
 
 
 # --- interruption -----------------------------------------------------------------------

@@ -68,8 +68,9 @@ def mixed_run(site, tmp_path_factory):
 
 def test_environment_is_untouched(site):
     import hal
+    import hal.plugin
 
-    assert {"example", "wrong", "abort"}.isdisjoint(hal.registry().backends)
+    assert {"example", "wrong", "abort"}.isdisjoint(hal.plugin.registry().backends)
 
 
 def test_abort_is_a_crash_and_the_run_goes_on(mixed_run):

@@ -17,7 +17,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
 import hal  # noqa: E402
-from hal import CompileOptions  # noqa: E402
+import hal.plugin  # noqa: E402
+from hal.plugin import CompileOptions  # noqa: E402
 from hal.formats import Model  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
@@ -58,7 +59,7 @@ def x_of(batch: int, seed: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def backend():
-    return hal.registry().backends["cuda"]
+    return hal.plugin.registry().backends["cuda"]
 
 
 def cuda_device(backend, id_: str = "0") -> hal.Device:
@@ -67,7 +68,7 @@ def cuda_device(backend, id_: str = "0") -> hal.Device:
 
 # --- runs everywhere -------------------------------------------------------------------
 def test_plugin_import_does_not_import_torch():
-    code = ("import sys, hal; reg = hal.load_plugins(only=['cuda']); "
+    code = ("import sys, hal, hal.plugin; reg = hal.plugin.discover(only=['cuda']); "
             "import hal_backends.cuda.backend, hal_backends.cuda.options, hal_backends.cuda.devices; "
             "assert 'cuda' in reg.backends, reg.plugins; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
@@ -101,7 +102,7 @@ def test_probe_lists_cuda0_unavailable_with_reason(backend):
 def test_compile_without_cuda_names_the_reason(target, backend):
     reason = cuda_device(backend).reason
     with pytest.raises(hal.DeviceUnavailableError) as e:
-        hal.compile(Net(), target, example_inputs=(x_of(1),), cache=False)
+        hal.compile(Net(), target, example_input=(x_of(1),), cache=False)
     assert reason in str(e.value)
 
 
@@ -111,7 +112,7 @@ def test_compile_without_cuda_names_the_reason(target, backend):
 def test_unsupported_precisions_are_refused_with_a_reason(backend, precision, why):
     dev = cuda_device(backend)
     assert precision not in backend.precisions_for(dev)
-    model = Model("torch.nn", Net(), example_inputs=(x_of(1),))
+    model = Model("torch.nn", Net(), example_input=(x_of(1),))
     with pytest.raises(hal.UnsupportedError) as e:
         backend.compile(model, dev, CompileOptions(precision=precision))
     assert why in str(e.value) and "fp16" in str(e.value)
@@ -124,16 +125,16 @@ def test_unsupported_precisions_are_refused_with_a_reason(backend, precision, wh
     ({"torch_compile": "reduce-overhead", "cuda_graphs": True}, "already captures CUDA graphs"),
 ])
 def test_bad_options_are_named_before_the_device_is_needed(backend, opts, msg):
-    model = Model("torch.nn", Net(), example_inputs=(x_of(1),))
+    model = Model("torch.nn", Net(), example_input=(x_of(1),))
     with pytest.raises(hal.UsageError, match=msg):
-        backend.compile(model, cuda_device(backend), CompileOptions(options=opts))
+        backend.compile(model, cuda_device(backend), CompileOptions(backend_options=opts))
 
 
 def test_tf32_only_for_fp32(backend):
-    model = Model("torch.nn", Net(), example_inputs=(x_of(1),))
+    model = Model("torch.nn", Net(), example_input=(x_of(1),))
     with pytest.raises(hal.UsageError, match="tf32=True only affects fp32"):
         backend.compile(model, cuda_device(backend), CompileOptions(precision="fp16",
-                                                                    options={"tf32": True}))
+                                                                    backend_options={"tf32": True}))
 
 
 def test_recipe_round_trips():
@@ -176,9 +177,9 @@ def test_prepare_exports_at_the_precision_on_the_host(precision, dtype, tmp_path
     """The artifact is the model cast to its precision, exported with a free batch
     dimension, and placed on a device by ``runnable`` (meta here: no GPU needed)."""
     from hal_backends import torch_common as tc
-    from hal_backends.cuda import flow, runtime
+    from hal_backends.cuda import pipeline, runtime
 
-    p = flow.prepare(Model("torch.nn", Net(), example_inputs=(x_of(1),)), precision)
+    p = pipeline.prepare(Model("torch.nn", Net(), example_input=(x_of(1),)), precision)
     assert p.dynamic and p.not_saveable is None
     assert p.args[0].dtype == torch.float32  # the caller keeps float32 inputs
     assert all(v.dtype == dtype for v in p.program.state_dict.values())
@@ -215,7 +216,7 @@ def fp64_ref(net):
 
 @pytest.fixture(scope="module")
 def exe32(net):
-    return hal.compile(net, "cuda", "fp32", example_inputs=(x_of(1),), cache=False)
+    return hal.compile(net, "cuda", precision="fp32", example_input=(x_of(1),), cache=False)
 
 
 @gpu
@@ -229,7 +230,7 @@ def test_probe_lists_every_gpu(backend):
         assert d.properties["compute_capability"] == f"{p.major}.{p.minor}"
         assert d.properties["cuda_runtime"] == torch.version.cuda
         assert d.properties["driver_version"] != "unknown"
-    assert hal.resolve("gpu")[1].target == "cuda:0"
+    assert hal.plugin.resolve("gpu")[1].target == "cuda:0"
 
 
 @gpu
@@ -240,7 +241,7 @@ def test_fp32_matches_cpu_with_tf32_off(exe32, net, fp64_ref):
     assert torch.backends.cuda.matmul.fp32_precision == before  # no leaked global state
     assert got.dtype == np.float32 and got.shape == (4, 10)
     rel_close(got, cpu, 1e-5)
-    assert exe32.info.options["tf32"] is False
+    assert exe32.info.backend_options["tf32"] is False
 
 
 @gpu
@@ -249,7 +250,7 @@ def test_half_precisions_within_tolerance(net, fp64_ref, precision, rtol, backen
     if precision not in backend.precisions_for(cuda_device(backend)):
         pytest.skip(f"{precision} is not offered on this GPU")
     x, ref, _ = fp64_ref
-    exe = hal.compile(net, "cuda:0", precision, example_inputs=(x_of(1),), cache=False)
+    exe = hal.compile(net, "cuda:0", precision=precision, example_input=(x_of(1),), cache=False)
     assert exe.info.inputs[0].dtype == "float32" and exe.info.outputs[0].dtype == "float32"
     got = exe(x)
     assert got.dtype == np.float32
@@ -258,7 +259,7 @@ def test_half_precisions_within_tolerance(net, fp64_ref, precision, rtol, backen
 
 @gpu
 def test_cuda_graphs_equal_eager(net, exe32):
-    exe = hal.compile(net, "cuda", "fp32", example_inputs=(x_of(1),), cache=False,
+    exe = hal.compile(net, "cuda", precision="fp32", example_input=(x_of(1),), cache=False,
                       options={"cuda_graphs": True})
     for b in (1, 3, 3):
         x = x_of(b, seed=b)
@@ -269,7 +270,7 @@ def test_cuda_graphs_equal_eager(net, exe32):
 @gpu
 def test_torch_compile_matches_eager(net, exe32):
     pytest.importorskip("triton", reason="torch.compile on CUDA needs triton")
-    exe = hal.compile(net, "cuda", "fp32", example_inputs=(x_of(2),), cache=False,
+    exe = hal.compile(net, "cuda", precision="fp32", example_input=(x_of(2),), cache=False,
                       options={"torch_compile": "default"})
     x = x_of(2, seed=5)
     rel_close(exe(x), exe32(x), 1e-4)
@@ -298,7 +299,7 @@ def test_cuda_tensor_on_another_gpu_is_refused(exe32):
 @two_gpus
 def test_multi_gpu_splits_the_batch_in_order(net, fp64_ref):
     x = x_of(7, seed=3)  # uneven split on purpose
-    exe = hal.compile(net, "cuda:*", "fp32", example_inputs=(x_of(1),), cache=False)
+    exe = hal.compile(net, "cuda:*", precision="fp32", example_input=(x_of(1),), cache=False)
     assert len(exe.replicas) == N_GPUS
     with torch.no_grad():
         cpu = net(torch.from_numpy(x)).numpy()
@@ -319,7 +320,7 @@ def test_profile_reports_device_time_peak_memory_and_energy(exe32):
 
 @gpu
 def test_save_and_load(net, tmp_path):
-    exe = hal.compile(net, "cuda", "fp16", example_inputs=(x_of(1),), cache=False,
+    exe = hal.compile(net, "cuda", precision="fp16", example_input=(x_of(1),), cache=False,
                       options={"cuda_graphs": True})
     path = exe.save(tmp_path / "net.hal")
     back = hal.load(path)
@@ -333,7 +334,7 @@ def test_out_of_memory_says_asked_and_free():
     from hal_backends.cuda.runtime import CudaOutOfMemoryError
 
     x = np.ones((1, 1), np.float32)
-    exe = hal.compile(Hog(), "cuda", example_inputs=(x,), cache=False)
+    exe = hal.compile(Hog(), "cuda", example_input=(x,), cache=False)
     with pytest.raises(CudaOutOfMemoryError) as e:
         exe(np.ones((4096, 1), np.float32))
     msg = str(e.value)

@@ -42,7 +42,7 @@ def calib():
 @pytest.fixture(scope="module")
 def torch_exe(small_cnn, calib):
     pytest.importorskip("litert_torch", reason="litert-torch (torch → TFLite) is not installed")
-    return hal.compile(small_cnn, EMU, "int8", calibration=calib, cache=False)
+    return hal.compile(small_cnn, EMU, precision="int8", calibration=calib, cache=False)
 
 
 # --- plugin and devices ---------------------------------------------------------------
@@ -70,25 +70,25 @@ def test_devices_list_emulator_and_absent_hardware_with_reason():
 @needs_no_edgetpu
 def test_bare_target_never_picks_the_emulator(small_cnn, x16):
     with pytest.raises(DeviceUnavailableError) as e:
-        hal.compile(small_cnn, "edgetpu", "int8", calibration=[x16], cache=False)
+        hal.compile(small_cnn, "edgetpu", precision="int8", calibration=[x16], cache=False)
     assert "edgetpu:emulated" in str(e.value) and "libedgetpu" in str(e.value)
 
 
 def test_float_precision_refused(small_cnn, x16):
     for p in ("fp32", "fp16", "int8-dynamic"):
         with pytest.raises(UnsupportedError, match="only fully int8"):
-            hal.compile(small_cnn, EMU, p, example_inputs=(x16,), cache=False)
+            hal.compile(small_cnn, EMU, precision=p, example_input=(x16,), cache=False)
 
 
 def test_unknown_option_refused(small_cnn, x16):
     with pytest.raises(UsageError, match="has no option"):
-        hal.compile(small_cnn, EMU, "int8", calibration=[x16], options={"rawio": True}, cache=False)
+        hal.compile(small_cnn, EMU, precision="int8", calibration=[x16], options={"rawio": True}, cache=False)
 
 
 def test_calibration_of_another_shape_refused(small_cnn, x16):
     bad = np.zeros((1, 3, 8, 8), np.float32)
     with pytest.raises(UsageError, match="calibration sample 1"):
-        hal.compile(small_cnn, EMU, "int8", example_inputs=(x16,), calibration=[x16, bad], cache=False)
+        hal.compile(small_cnn, EMU, precision="int8", example_input=(x16,), calibration=[x16, bad], cache=False)
 
 
 # --- torch → full int8 → emulated Edge TPU --------------------------------------------
@@ -114,7 +114,7 @@ def test_torch_cnn_int8_matches_float_model(torch_exe, small_cnn):
 
 
 def test_raw_int8_io(torch_exe, x16, calib):
-    raw = hal.compile(torch_exe.files.int8, EMU, "int8", calibration=calib,
+    raw = hal.compile(torch_exe.files.int8, EMU, precision="int8", calibration=calib,
                       options={"raw_io": True}, cache=False)
     assert [s.dtype for s in raw.info.inputs + raw.info.outputs] == ["int8", "int8"]
     d_in = raw._it.get_input_details()[0]
@@ -132,7 +132,7 @@ def test_raw_int8_io(torch_exe, x16, calib):
 def test_save_load_roundtrip(torch_exe, x16, tmp_path):
     path = torch_exe.save(tmp_path / "cnn.hal")
     back = hal.load(path)
-    assert back.info.device == EMU and back.info.precision == "int8"
+    assert back.info.target == EMU and back.info.precision == "int8"
     np.testing.assert_array_equal(back(x16), torch_exe(x16))
     assert back.info.extra["edgetpu_mapping"]["ops_on_edgetpu"] > 0
 
@@ -159,7 +159,7 @@ def keras_model():
 def test_keras_full_int8_via_tflite_converter(keras_model):
     rng = np.random.default_rng(2)
     calib = [rng.standard_normal((4, 8, 8, 3)).astype(np.float32) for _ in range(4)]
-    exe = hal.compile(keras_model, EMU, "int8", calibration=calib, cache=False)
+    exe = hal.compile(keras_model, EMU, precision="int8", calibration=calib, cache=False)
     assert any("TFLITE_BUILTINS_INT8" in s for s in exe.info.conversion_path)
     assert exe.info.inputs[0].shape == (1, 8, 8, 3)  # frozen batch: the Edge TPU needs static shapes
     g = graph.read_graph(exe.files.int8)
@@ -181,9 +181,9 @@ def test_float_tflite_refused_and_its_float_tensors_reported(keras_model):
     assert all(any("float32" in r for r in o.reasons) for o in report.cpu_ops())
     x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype(np.float32)
     with pytest.raises(UnsupportedError, match="only full-int8") as e:
-        hal.compile(float_tflite, EMU, "int8", calibration=[x], cache=False)
+        hal.compile(float_tflite, EMU, precision="int8", calibration=[x], cache=False)
     assert "allow_float_ops" in str(e.value) and "CONV_2D" in str(e.value)
-    exe = hal.compile(float_tflite, EMU, "int8", calibration=[x], cache=False,
+    exe = hal.compile(float_tflite, EMU, precision="int8", calibration=[x], cache=False,
                       options={"allow_float_ops": True})
     assert any("not fully int8" in n for n in exe.info.notes)
     np.testing.assert_allclose(exe(x), keras_model(x).numpy(), atol=1e-5)
@@ -249,7 +249,7 @@ def test_compiled_model_version_is_read_and_checked():
 def test_compiled_model_refused_by_the_emulator():
     data = _edgetpu_compiled_tflite(14, "16.0")
     with pytest.raises(UnsupportedError, match="edgetpu-custom-op"):
-        hal.compile(data, EMU, "int8", calibration=[np.zeros((1, 4), np.float32)], cache=False)
+        hal.compile(data, EMU, precision="int8", calibration=[np.zeros((1, 4), np.float32)], cache=False)
 
 
 @needs_no_edgetpu
@@ -272,8 +272,7 @@ def test_hardware_compile_without_edgetpu_compiler_is_refused(torch_exe):
     if compiler.path() is not None:
         pytest.skip("edgetpu_compiler is installed here")
     dev = hal.Device("edgetpu", "usb:0", "Coral", precisions=("int8",))
-    from hal.formats import Model
-    from hal.types import CompileOptions
+    from hal.plugin import CompileOptions, Model
 
     with pytest.raises(hal.CompileError, match="nothing would run on the Edge TPU"):
         etb.EdgeTpuBackend().compile(Model("tflite", torch_exe.files.int8), dev,

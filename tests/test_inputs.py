@@ -139,7 +139,7 @@ def test_a_module_that_writes_into_its_input_never_touches_the_callers(target):
             return torch.nn.functional.relu(x, inplace=True)
 
     x = np.linspace(-2, 2, 16, dtype=np.float32).reshape(1, 16)
-    exe = hal.compile(Writes(), target, example_inputs=(x.copy(),), cache=False)
+    exe = hal.compile(Writes(), target, example_input=(x.copy(),), cache=False)
     want = np.maximum(x - 1, 0)
     for given in (x, _read_only(x)):
         before = given.copy()
@@ -208,7 +208,7 @@ def test_nan_and_inf_are_refused_in_small_inputs_of_every_float_type(dtype):
             return x * 2
 
     x = np.linspace(-3, 3, 64, dtype=dtype).reshape(1, 64)
-    exe = hal.compile(Double(), "cpu", example_inputs=(x,), cache=False)
+    exe = hal.compile(Double(), "cpu", example_input=(x,), cache=False)
     np.testing.assert_array_equal(exe(x), x * 2)
     np.testing.assert_array_equal(exe(np.full_like(x, 1e30 if dtype != "float16" else 6e4)),
                                   np.full_like(x, 2e30 if dtype != "float16" else np.inf))

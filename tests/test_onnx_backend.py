@@ -29,7 +29,7 @@ REGRESSIONS = ["node/test_clip_example_cpu", "node/test_reduce_sum_default_axes_
 
 
 def installed(backend: str) -> bool:
-    return any(b.name == backend and b.runtime is None for b in hal.backends())
+    return any(b.name == backend and b.missing_runtime is None for b in hal.backends())
 
 
 def test_device_names_follow_the_target():

@@ -170,7 +170,7 @@ def test_light_cnns_oracle_agrees_with_openvino_fp32():
     """Pre-softmax logits within 1e-4·max|logit| of OpenVINO fp32 on every
     light_* CNN; per-model error and time per call are printed (pytest -s)."""
     pytest.importorskip("onnxruntime", reason="onnxruntime (the second implementation) is not installed")
-    if "openvino" not in {b.name for b in hal.backends() if b.runtime is None}:
+    if "openvino" not in {b.name for b in hal.backends() if b.missing_runtime is None}:
         pytest.skip("the openvino backend's runtime is not installed")
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     rows = []
@@ -193,7 +193,8 @@ def test_conformance_cells_are_not_judged_where_the_oracle_disagrees(tmp_path):
     backend runs, nothing passes, JUnit marks them skipped with the reason."""
     from hal_conformance.policy import ORACLE_DISAGREEMENT
     from hal_conformance.report import summary_line, write_junit
-    from hal_conformance.runner import CellSpec, Options, Suite
+    from hal_conformance.options import Options
+    from hal_conformance.runner import CellSpec, Suite
 
     suite = Suite(Options(models=["mlp"], backends=["reference"], workdir=tmp_path / "w"))
     try:

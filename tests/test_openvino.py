@@ -16,6 +16,7 @@ ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip inst
 torch = pytest.importorskip("torch")
 
 import hal  # noqa: E402
+import hal.plugin  # noqa: E402
 from hal_backends.openvino import compat  # noqa: E402
 
 SHAPE = (1, 3, 32, 32)
@@ -59,7 +60,7 @@ def ov_model(cnn, data):
 
 @pytest.fixture(scope="module")
 def fp32(cnn, data):
-    return hal.compile(cnn, target="openvino:CPU", example_inputs=(data[0],), cache=False)
+    return hal.compile(cnn, target="openvino:CPU", example_input=(data[0],), cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,8 @@ def test_devices_listed_with_full_names(cpu):
 def test_auto_target_prefers_openvino_cpu_over_reference(cnn, cpu):
     ref = next(d for d in hal.devices() if d.target == "reference:cpu")
     assert cpu.rank > ref.rank
-    model = hal.formats.identify(cnn, hal.registry().formats)
-    _, dev, why = hal.api.select(model, hal.Requirements("fp32"))
+    model = hal.formats.identify(cnn, hal.plugin.registry().formats)
+    _, dev, why = hal.api.select(model, "fp32", hal.Requirements())
     higher = [d for d in hal.devices() if d.available and d.kind == "hardware" and d.rank > cpu.rank
               and "fp32" in d.precisions]
     if not higher:
@@ -100,11 +101,11 @@ def test_auto_target_prefers_openvino_cpu_over_reference(cnn, cpu):
 def test_movidius_target_names_npu_or_myriad():
     o = compat.api()
     if any(d.startswith(o.movidius_device) for d in ov.Core().available_devices):
-        _, dev = hal.resolve("movidius")
+        _, dev = hal.plugin.resolve("movidius")
         assert dev.id.startswith(o.movidius_device)
     else:
         with pytest.raises(hal.DeviceUnavailableError, match="MYRIAD|NPU"):
-            hal.resolve("movidius")
+            hal.plugin.resolve("movidius")
 
 
 # --- precision ----------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_openvino_cache_dir_is_under_hal_cache(ov_model, data, tmp_path, monkeyp
     b = hal.compile(ov_model, target="openvino:CPU")
     assert b.info.cache_hit and b.info.extra["loaded_from"] == "compiled blob"
     np.testing.assert_array_equal(a(data[0]), b(data[0]))
-    if "fp16" in hal.resolve("openvino:CPU")[1].precisions:
+    if "fp16" in hal.plugin.resolve("openvino:CPU")[1].precisions:
         # OpenVINO's cache key ignores the precision hint: hal keys the cache dir by
         # the properties, so fp32 after fp16 of the same model still runs at f32
         opts = {"config": {"NUM_STREAMS": "1"}}
@@ -285,7 +286,7 @@ def test_device_vanished_maps_to_device_unavailable(fp32, ov_model, tmp_path):
             body = zi.read(n)
             if n == "hal.json":
                 meta = json.loads(body)
-                meta["info"]["device"] = "openvino:GPU"
+                meta["info"]["target"] = "openvino:GPU"
                 body = json.dumps(meta).encode()
             zo.writestr(n, body)
     if "GPU" not in core.available_devices:
@@ -313,7 +314,7 @@ def test_bad_options_refused(ov_model):
 
 
 def test_plugin_registers_without_importing_openvino():
-    code = ("import sys, hal; r = hal.load_plugins(); assert 'openvino' in r.backends, r.plugins; "
+    code = ("import sys, hal, hal.plugin; r = hal.plugin.discover(); assert 'openvino' in r.backends, r.plugins; "
             "assert 'openvino.model' in r.formats; "
             "assert any(c.target == 'openvino.model' for c in r.converters); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('openvino', 'nncf', 'torch', 'onnx')]; "

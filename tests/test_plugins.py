@@ -54,7 +54,7 @@ def test_restriction_skips_the_broken_plugin(site):
 
 
 def test_importing_hal_imports_no_framework():
-    code = ("import sys, hal; hal.plugins(); "
+    code = ("import sys, hal, hal.plugin; hal.plugin.registry().plugins; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch','tensorflow','openvino','onnx','onnxruntime','jax','keras','ai_edge_litert')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -78,7 +78,7 @@ def test_auto_measures_between_equally_ranked_devices(site, tmp_path):
 
 
 def test_install_hints_name_what_to_pip_install():
-    from hal import Backend
+    from hal.plugin import Backend
 
     class Npu(Backend):
         name, requires, install = "npu-x", ("hal_no_such_runtime_mod",), "hal-npu-plugin[runtime]"
@@ -93,8 +93,9 @@ def test_install_hints_name_what_to_pip_install():
 
 def test_torch_to_tflite_is_an_ordinary_converter():
     import hal
+    import hal.plugin
     from hal.formats import plan
 
     pytest.importorskip("litert_torch", reason="litert-torch (the edgetpu extra) is not installed")
-    chain = plan("torch.nn", ("tflite",), hal.registry().converters)
+    chain = plan("torch.nn", ("tflite",), hal.plugin.registry().converters)
     assert [c.name for c in chain] == ["litert_torch.convert"]

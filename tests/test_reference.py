@@ -16,7 +16,7 @@ def ref(model, x):
 
 
 def test_fp32_matches_torch_eager(small_cnn, x16):
-    exe = hal.compile(small_cnn, target="cpu", precision="fp32", example_inputs=(x16,), cache=False)
+    exe = hal.compile(small_cnn, target="cpu", precision="fp32", example_input=(x16,), cache=False)
     y = exe(x16)
     np.testing.assert_allclose(y, ref(small_cnn, x16), rtol=1e-5, atol=1e-6)
     assert exe.info.precision == "fp32" and exe.info.device_kind == "hardware"
@@ -26,12 +26,12 @@ def test_fp32_matches_torch_eager(small_cnn, x16):
 
 
 def test_torch_tensors_accepted(small_cnn, x16):
-    exe = hal.compile(small_cnn, target="cpu", example_inputs=(torch.from_numpy(x16),), cache=False)
+    exe = hal.compile(small_cnn, target="cpu", example_input=(torch.from_numpy(x16),), cache=False)
     np.testing.assert_allclose(exe(torch.from_numpy(x16)), ref(small_cnn, x16), rtol=1e-5, atol=1e-6)
 
 
 def test_fp64_oracle_runs_in_double(small_cnn, x16):
-    exe = hal.compile(small_cnn, target="reference:cpu", precision="fp64", example_inputs=(x16,),
+    exe = hal.compile(small_cnn, target="reference:cpu", precision="fp64", example_input=(x16,),
                       cache=False)
     y = exe(x16)
     assert y.dtype == np.float64
@@ -41,7 +41,7 @@ def test_fp64_oracle_runs_in_double(small_cnn, x16):
 
 def test_int8_dynamic_mlp_compresses_more_than_3x(mlp):
     x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
-    exe = hal.compile(mlp, target="cpu", precision="int8-dynamic", example_inputs=(x,), cache=False)
+    exe = hal.compile(mlp, target="cpu", precision="int8-dynamic", example_input=(x,), cache=False)
     assert exe.info.extra["compression_ratio"] > 3
     assert exe.info.extra["model_size_bytes"] < exe.info.extra["fp32_size_bytes"]
     y, r = exe(x), ref(mlp, x)
@@ -53,7 +53,7 @@ def test_int8_dynamic_mlp_compresses_more_than_3x(mlp):
 def test_int8_static_pt2e(small_cnn, x16):
     rng = np.random.default_rng(2)
     calib = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(16)]
-    exe = hal.compile(small_cnn, target="cpu", precision="int8", example_inputs=(x16,),
+    exe = hal.compile(small_cnn, target="cpu", precision="int8", example_input=(x16,),
                       calibration=calib, cache=False)
     y, r = exe(x16), ref(small_cnn, x16)
     assert not np.array_equal(y, r)
@@ -62,13 +62,13 @@ def test_int8_static_pt2e(small_cnn, x16):
 
 
 def test_compile_cache_hit_and_bypass(small_cnn, x16, tmp_path):
-    a = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=tmp_path)
-    b = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=tmp_path)
+    a = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=tmp_path)
+    b = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=tmp_path)
     assert not a.info.cache_hit and b.info.cache_hit
     np.testing.assert_array_equal(a(x16), b(x16))
-    c = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=tmp_path, cache=False)
+    c = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=tmp_path, cache=False)
     assert not c.info.cache_hit
-    d = hal.compile(small_cnn, target="cpu", precision="fp64", example_inputs=(x16,), cache_dir=tmp_path)
+    d = hal.compile(small_cnn, target="cpu", precision="fp64", example_input=(x16,), cache_dir=tmp_path)
     assert not d.info.cache_hit  # precision is part of the key
     assert len(list(tmp_path.glob("*.hal"))) == 2
 
@@ -78,17 +78,17 @@ def test_cache_key_follows_weights(x16, tmp_path):
 
     torch.manual_seed(5)
     m = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)).eval()
-    hal.compile(m, target="cpu", example_inputs=(x16,), cache_dir=tmp_path)
+    hal.compile(m, target="cpu", example_input=(x16,), cache_dir=tmp_path)
     with torch.no_grad():
         m[1].weight.add_(1.0)
-    e = hal.compile(m, target="cpu", example_inputs=(x16,), cache_dir=tmp_path)
+    e = hal.compile(m, target="cpu", example_input=(x16,), cache_dir=tmp_path)
     assert not e.info.cache_hit
     np.testing.assert_allclose(e(x16), ref(m, x16), rtol=1e-5, atol=1e-5)
 
 
 def test_save_load_roundtrip(small_cnn, x16, tmp_path):
     for precision in ("fp32", "int8-dynamic"):
-        exe = hal.compile(small_cnn, target="cpu", precision=precision, example_inputs=(x16,),
+        exe = hal.compile(small_cnn, target="cpu", precision=precision, example_input=(x16,),
                           cache=False)
         path = exe.save(tmp_path / f"m-{precision}.hal")
         again = hal.load(path)
@@ -98,7 +98,7 @@ def test_save_load_roundtrip(small_cnn, x16, tmp_path):
 
 
 def test_profile_reports_percentiles(small_cnn, x16):
-    exe = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache=False)
+    exe = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache=False)
     p = exe.profile(x16, iterations=20, warmup=2, batch_size=4)
     assert p.batch_size == 4 and p.iterations == 20
     lat = p.latency_ms
@@ -136,7 +136,7 @@ def test_concurrent_compiles_share_one_entry(tmp_path):
         torch.manual_seed(0)
         m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
         x = np.ones((1, 3, 2, 2), np.float32)
-        e = hal.compile(m, target="cpu", example_inputs=(x,), cache_dir={str(tmp_path)!r})
+        e = hal.compile(m, target="cpu", example_input=(x,), cache_dir={str(tmp_path)!r})
         print("HIT" if e.info.cache_hit else "MISS", float(e(x).sum()))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -149,10 +149,10 @@ def test_concurrent_compiles_share_one_entry(tmp_path):
 
 
 def test_auto_measures_candidates_against_a_latency_requirement(small_cnn, x16):
-    exe = hal.compile(small_cnn, target="auto", example_inputs=(x16,),
+    exe = hal.compile(small_cnn, target="auto", example_input=(x16,),
                       requirements=hal.Requirements(max_latency_ms=10_000))
     assert exe.info.device_kind == "hardware"
     assert any("measured" in n and "p50" in n for n in exe.info.notes)
     with pytest.raises(hal.DeviceUnavailableError, match="no device meets 1e-06 ms"):
-        hal.compile(small_cnn, target="auto", example_inputs=(x16,),
+        hal.compile(small_cnn, target="auto", example_input=(x16,),
                     requirements=hal.Requirements(max_latency_ms=1e-6))

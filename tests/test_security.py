@@ -45,7 +45,7 @@ def pt2(tmp_path_factory, small_cnn, x16) -> Path:
 
 @pytest.fixture(scope="module")
 def good_hal(tmp_path_factory, small_cnn, x16) -> Path:
-    exe = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache=False)
+    exe = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache=False)
     return exe.save(tmp_path_factory.mktemp("hal") / "m.hal")
 
 
@@ -156,9 +156,9 @@ def test_a_lying_hal_json_is_refused(good_hal, tmp_path):
 @pytest.mark.parametrize("meta,needle", [
     (b"{not json", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
-    (b'{"format_version": 2, "files": {}}', "'info' is not an object"),
-    (b'{"format_version": 2, "info": {"backend": "reference"}, "files": {}}', "lacks"),
-    (b'{"format_version": 2, "format_version": 2}', "repeats a key"),
+    (b'{"format_version": 3, "files": {}}', "'info' is not an object"),
+    (b'{"format_version": 3, "info": {"backend": "reference"}, "files": {}}', "lacks"),
+    (b'{"format_version": 3, "format_version": 3}', "repeats a key"),
 ])
 def test_bad_hal_json_is_one_error_in_api_and_cli(good_hal, tmp_path, x16, meta, needle):
     items = [(i.filename, d) for i, d in craft.members(good_hal) if i.filename != "hal.json"]
@@ -193,22 +193,22 @@ def _damage(kind: str, entry: Path, other: Path) -> None:
 @pytest.mark.parametrize("kind", ["bad-json", "missing-key", "truncated", "another-model", "not-a-zip"])
 def test_a_damaged_cache_entry_is_rebuilt(small_cnn, mlp, x16, tmp_path, kind):
     other_dir = tmp_path / "other"
-    hal.compile(mlp, target="cpu", example_inputs=(np.ones((1, 64), np.float32),), cache_dir=other_dir)
+    hal.compile(mlp, target="cpu", example_input=(np.ones((1, 64), np.float32),), cache_dir=other_dir)
     cache = tmp_path / "cache"
-    first = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=cache)
+    first = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=cache)
     _damage(kind, _entry(cache), _entry(other_dir))
-    again = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=cache)
+    again = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=cache)
     assert not again.info.cache_hit
     assert any("removed and rebuilt" in n for n in again.info.notes), again.info.notes
     np.testing.assert_array_equal(again(x16), first(x16))
-    third = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=cache)
+    third = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=cache)
     assert third.info.cache_hit  # the rebuilt entry is good
 
 
 def test_cache_dir_that_is_a_file_is_skipped_with_a_note(small_cnn, x16, tmp_path, pt2):
     f = tmp_path / "not-a-dir"
     f.write_text("x")
-    exe = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=f)
+    exe = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=f)
     assert any(n.startswith("not cached:") for n in exe.info.notes), exe.info.notes
     assert f.read_text() == "x"
     p = cli("compile", str(pt2), "-t", "cpu", "-o", str(tmp_path / "o.hal"), env={"HAL_CACHE_DIR": str(f)})
@@ -219,7 +219,7 @@ def test_a_world_writable_cache_is_not_trusted(small_cnn, x16, tmp_path):
     d = tmp_path / "shared"
     d.mkdir()
     d.chmod(0o777)
-    exe = hal.compile(small_cnn, target="cpu", example_inputs=(x16,), cache_dir=d)
+    exe = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=d)
     assert any("writable by every user" in n for n in exe.info.notes)
     assert list(d.iterdir()) == []
 
@@ -234,7 +234,7 @@ def test_a_save_killed_midway_leaves_no_orphan_after_the_next_compile(tmp_path):
         zipfile.ZipFile.write = die
         torch.manual_seed(0)
         m = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
-        hal.compile(m, target="cpu", example_inputs=(np.ones((1, 8), np.float32),),
+        hal.compile(m, target="cpu", example_input=(np.ones((1, 8), np.float32),),
                     cache_dir={str(cache)!r})
     """)
     p = subprocess.run([sys.executable, "-c", script], timeout=300)
@@ -243,7 +243,7 @@ def test_a_save_killed_midway_leaves_no_orphan_after_the_next_compile(tmp_path):
     assert orphans, "the killed save should have left its temp file"
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
-    exe = hal.compile(m, target="cpu", example_inputs=(np.ones((1, 8), np.float32),), cache_dir=cache)
+    exe = hal.compile(m, target="cpu", example_input=(np.ones((1, 8), np.float32),), cache_dir=cache)
     assert [f for f in cache.iterdir() if f.name.startswith(".")] == []
     assert not exe.info.cache_hit and len(list(cache.glob("*.hal"))) == 1
 
@@ -253,10 +253,10 @@ def test_cache_false_writes_nothing_persistent(small_cnn, x16, tmp_path, monkeyp
     monkeypatch.setenv("HAL_CACHE_DIR", str(cache))
     targets = ["cpu"] + [d.target for d in hal.devices() if d.target == "openvino:CPU" and d.available]
     for t in targets:
-        hal.compile(small_cnn, target=t, example_inputs=(x16,), cache=False)
+        hal.compile(small_cnn, target=t, example_input=(x16,), cache=False)
     monkeypatch.setenv("HAL_NO_CACHE", "1")
     for t in targets:
-        hal.compile(small_cnn, target=t, example_inputs=(x16,))
+        hal.compile(small_cnn, target=t, example_input=(x16,))
     assert not cache.exists() or list(cache.rglob("*")) == []
 
 
@@ -268,7 +268,7 @@ def test_conversion_scratch_dirs_end_with_their_compile(small_cnn, x16, tmp_path
 
     onnx_model = onnx.load_from_string(_to_onnx(small_cnn, x16))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    hal.compile(onnx_model, target="openvino:CPU", example_inputs=(x16,), cache=False)
+    hal.compile(onnx_model, target="openvino:CPU", example_input=(x16,), cache=False)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("hal-")] == []
 
 
@@ -280,9 +280,9 @@ def _to_onnx(model, x) -> bytes:
 # --- options and the low list ----------------------------------------------------------------
 def test_unknown_options_are_refused_by_every_backend(small_cnn, x16):
     with pytest.raises(UsageError, match="backend reference has no option"):
-        hal.compile(small_cnn, target="cpu", example_inputs=(x16,), options={"fast": True}, cache=False)
+        hal.compile(small_cnn, target="cpu", example_input=(x16,), options={"fast": True}, cache=False)
     with pytest.raises(UsageError, match="not a dict"):
-        hal.compile(small_cnn, target="cpu", example_inputs=(x16,), options=["fast"], cache=False)
+        hal.compile(small_cnn, target="cpu", example_input=(x16,), options=["fast"], cache=False)
 
 
 @pytest.mark.parametrize("calib,needle", [
@@ -292,7 +292,7 @@ def test_unknown_options_are_refused_by_every_backend(small_cnn, x16):
 ])
 def test_reference_int8_calibration_errors(small_cnn, x16, tmp_path, pt2, calib, needle):
     with pytest.raises(InvalidInputError, match=needle):
-        hal.compile(small_cnn, target="cpu", precision="int8", example_inputs=(x16,),
+        hal.compile(small_cnn, target="cpu", precision="int8", example_input=(x16,),
                     calibration=list(calib), cache=False)
     np.save(tmp_path / "c.npy", calib)
     one_line_error(cli("compile", str(pt2), "-t", "cpu", "-p", "int8", "-c", str(tmp_path / "c.npy"),
@@ -301,7 +301,7 @@ def test_reference_int8_calibration_errors(small_cnn, x16, tmp_path, pt2, calib,
 
 def test_nan_in_example_inputs_only_fixes_shapes(small_cnn, x16):
     nan = np.full_like(x16, np.nan)
-    exe = hal.compile(small_cnn, target="cpu", example_inputs=(nan,), check_finite=False, cache=False)
+    exe = hal.compile(small_cnn, target="cpu", example_input=(nan,), check_finite=False, cache=False)
     assert np.isnan(exe(nan)).all()
 
 
@@ -401,8 +401,8 @@ def test_openvino_conversion_writes_nothing_in_home(tmp_path):
     home.mkdir()
     script = ("import numpy as np, torch, hal\n"
               "m = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(); x = np.ones((1, 4), np.float32)\n"
-              "hal.compile(m, target='openvino:CPU', example_inputs=(x,), cache=False)\n"
-              "hal.compile(m, target='openvino:CPU', precision='int8', example_inputs=(x,),\n"
+              "hal.compile(m, target='openvino:CPU', example_input=(x,), cache=False)\n"
+              "hal.compile(m, target='openvino:CPU', precision='int8', example_input=(x,),\n"
               "            calibration=[x] * 4, cache=False)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
     subprocess.run([sys.executable, "-c", script], env={**env, "HOME": str(home)}, timeout=300,

@@ -149,10 +149,10 @@ WHY = {"initializer": "WriteFile", "function": "WriteFile", "pyfunc": "PyFunc", 
 def test_tpu_compile_refuses_unsafe_or_damaged_saved_models(evil, good_sm, how):
     sm, d = evil(how)
     with pytest.raises(ModelFormatError) as e:
-        hal.compile(sm, TPU, example_inputs=(X,), cache=False)
+        hal.compile(sm, TPU, example_input=(X,), cache=False)
     assert WHY[how] in one_line(e)
     assert written(d) == []
-    exe = hal.compile(good_sm, TPU, example_inputs=(X,), cache=False)  # and the next one works
+    exe = hal.compile(good_sm, TPU, example_input=(X,), cache=False)  # and the next one works
     np.testing.assert_allclose(exe(X), X @ np.eye(4, 2, dtype=np.float32), rtol=1e-6)
 
 
@@ -160,7 +160,7 @@ def test_tpu_compile_refuses_unsafe_or_damaged_saved_models(evil, good_sm, how):
 def test_edgetpu_compile_refuses_unsafe_saved_models(evil, how):
     sm, d = evil(how)
     with pytest.raises(ModelFormatError) as e:
-        hal.compile(sm, ETPU, "int8", calibration=[X[:1]], cache=False)
+        hal.compile(sm, ETPU, precision="int8", calibration=[X[:1]], cache=False)
     one_line(e)
     assert written(d) == []
 
@@ -200,7 +200,7 @@ def keras_exe():
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(0)
     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    return hal.compile(m, TPU, example_inputs=(X,), cache=False)
+    return hal.compile(m, TPU, example_input=(X,), cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def torch_bf16_exe():
     torch = pytest.importorskip("torch")
     pytest.importorskip("litert_torch", reason="torch reaches XLA through litert-torch")
     torch.manual_seed(0)
-    return hal.compile(torch.nn.Linear(4, 3).eval(), TPU, "bf16", example_inputs=(X,), cache=False)
+    return hal.compile(torch.nn.Linear(4, 3).eval(), TPU, precision="bf16", example_input=(X,), cache=False)
 
 
 def resave(exe, path: Path, edit) -> Path:
@@ -392,16 +392,16 @@ def _rename_custom_ops(data: bytes, name: str) -> bytes:
 @pytest.mark.parametrize("case,needle", [("flex", "FlexWriteFile"), ("custom", "MyVendorOp")])
 def test_tflite_flex_and_custom_ops_refused(tflites, root, case, needle):
     with pytest.raises(ModelFormatError, match=needle) as e:
-        hal.compile(tflites[case], ETPU, "int8", calibration=[X[:1]], cache=False)
+        hal.compile(tflites[case], ETPU, precision="int8", calibration=[X[:1]], cache=False)
     one_line(e)
     assert not (root / "pwned_tflite").exists()
-    exe = hal.compile(tflites["int8"], ETPU, "int8", calibration=[X[:1]], cache=False)
+    exe = hal.compile(tflites["int8"], ETPU, precision="int8", calibration=[X[:1]], cache=False)
     assert exe(X[:1]).shape == (1, 3)
 
 
 @pytest.fixture(scope="module")
 def etpu_hal(tflites, root) -> Path:
-    exe = hal.compile(tflites["int8"], ETPU, "int8", calibration=[X[:1]], cache=False)
+    exe = hal.compile(tflites["int8"], ETPU, precision="int8", calibration=[X[:1]], cache=False)
     return exe.save(root / "etpu.hal")
 
 
@@ -463,7 +463,7 @@ def test_fuzz_saved_model_pb(good_sm, tmp_path_factory, cut, flips):
     (sm / "saved_model.pb").write_bytes(_mutate((good_sm / "saved_model.pb").read_bytes(), cut, flips))
     before = _files(d)
     try:
-        exe = hal.compile(sm, TPU, example_inputs=(X,), cache=False)
+        exe = hal.compile(sm, TPU, example_input=(X,), cache=False)
         exe(X)
     except HalError as e:
         assert "\n" not in str(e)
@@ -475,7 +475,7 @@ def test_fuzz_saved_model_pb(good_sm, tmp_path_factory, cut, flips):
 def test_fuzz_tflite_bytes(tflites, cut, flips):
     data = _mutate(tflites["int8"], cut, flips)
     try:
-        exe = hal.compile(data, ETPU, "int8", calibration=[X[:1]], cache=False)
+        exe = hal.compile(data, ETPU, precision="int8", calibration=[X[:1]], cache=False)
         exe(X[:1])
     except HalError as e:
         assert "\n" not in str(e)

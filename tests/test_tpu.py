@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import hal
-from hal import (DeviceUnavailableError, InvalidInputError, UnsupportedError, UsageError)
+from hal import DeviceUnavailableError, InvalidInputError, UnsupportedError, UsageError
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow", reason="the tpu backend runs on TensorFlow/XLA")
@@ -67,13 +67,13 @@ def cnn():
 @pytest.fixture(scope="module")
 def cnn_fp32(cnn):
     pytest.importorskip("litert_torch", reason="torch reaches XLA through litert-torch's StableHLO")
-    return hal.compile(cnn, EMU, example_inputs=(batch(2),), options={"max_batch": 2}, cache=False)
+    return hal.compile(cnn, EMU, example_input=(batch(2),), options={"max_batch": 2}, cache=False)
 
 
 @pytest.fixture(scope="module")
 def cnn_bf16(cnn):
     pytest.importorskip("litert_torch", reason="torch reaches XLA through litert-torch's StableHLO")
-    return hal.compile(cnn, EMU, precision="bf16", example_inputs=(batch(2),), cache=False)
+    return hal.compile(cnn, EMU, precision="bf16", example_input=(batch(2),), cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def kbatch(n: int, seed: int = 0) -> np.ndarray:
 
 # --- plugin and devices -------------------------------------------------------------------
 def test_plugin_import_and_probe_import_no_framework():
-    code = ("import sys, hal; import hal_backends.tpu; hal.load_plugins(only=['tpu']); "
+    code = ("import sys, hal, hal.plugin; import hal_backends.tpu; hal.plugin.discover(only=['tpu']); "
             "print([d.target for d in hal.devices()]); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'tensorflow','torch','jax','keras','litert_torch'}))")
@@ -123,10 +123,10 @@ def test_bare_tpu_target_refuses_the_emulator(cnn):
     if system.evidence():
         pytest.skip("a TPU may be attached here")
     with pytest.raises(DeviceUnavailableError) as e:
-        hal.compile(cnn, "tpu", example_inputs=(batch(2),), cache=False)
+        hal.compile(cnn, "tpu", example_input=(batch(2),), cache=False)
     assert "no available hardware device" in str(e.value) and EMU in str(e.value)
     with pytest.raises(DeviceUnavailableError, match="no TPU found"):
-        hal.compile(cnn, "tpu:0", example_inputs=(batch(2),), cache=False)
+        hal.compile(cnn, "tpu:0", example_input=(batch(2),), cache=False)
 
 
 # --- torch through StableHLO ----------------------------------------------------------------
@@ -210,13 +210,13 @@ def test_unsupported_op_is_named():
             return torch.cumprod(x, 1)
 
     with pytest.raises(UnsupportedError, match=r"aten\.cumprod"):
-        hal.compile(CumProd(), EMU, example_inputs=(np.ones((2, 4), np.float32),), cache=False)
+        hal.compile(CumProd(), EMU, example_input=(np.ones((2, 4), np.float32),), cache=False)
 
 
 # --- Keras and SavedModel ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def keras_fp32(keras_model):
-    return hal.compile(keras_model, EMU, example_inputs=(kbatch(2),), cache=False)
+    return hal.compile(keras_model, EMU, example_input=(kbatch(2),), cache=False)
 
 
 def test_keras_fp32(keras_model, keras_fp32):
@@ -227,7 +227,7 @@ def test_keras_fp32(keras_model, keras_fp32):
 
 
 def test_padding_to_power_of_two_buckets(keras_model):
-    exe = hal.compile(keras_model, EMU, example_inputs=(kbatch(2),), options={"max_batch": 8},
+    exe = hal.compile(keras_model, EMU, example_input=(kbatch(2),), options={"max_batch": 8},
                       cache=False)
     assert exe.buckets.sizes == (1, 2, 4, 8)
     for n in (1, 3, 5, 8, 19):  # 19 rows: 8 + 8 + 3 padded to 4
@@ -243,7 +243,7 @@ def test_padding_to_power_of_two_buckets(keras_model):
 
 
 def test_keras_bf16(keras_model, tmp_path):
-    exe = hal.compile(keras_model, EMU, precision="bf16", example_inputs=(kbatch(2),), cache=False)
+    exe = hal.compile(keras_model, EMU, precision="bf16", example_input=(kbatch(2),), cache=False)
     x = kbatch(2, seed=5)
     ref = keras_model(x).numpy().astype(np.float64)
     assert FP32_REL < rel_err(exe(x), ref) < BF16_REL
@@ -255,7 +255,7 @@ def test_keras_bf16(keras_model, tmp_path):
 
 def test_saved_model_fp32_and_reload(keras_model, keras_fp32, tmp_path):
     keras_model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
-    exe = hal.compile(tmp_path / "sm", EMU, example_inputs=(kbatch(2),), cache=False)
+    exe = hal.compile(tmp_path / "sm", EMU, example_input=(kbatch(2),), cache=False)
     x = kbatch(2, seed=9)
     assert rel_err(exe(x), keras_model(x).numpy().astype(np.float64)) < FP32_REL
     again = hal.load(exe.save(tmp_path / "sm.hal"))
@@ -269,7 +269,7 @@ def test_saved_model_fp32_and_reload(keras_model, keras_fp32, tmp_path):
 def test_int8_and_fp16_refused(keras_model, precision):
     x = kbatch(2)
     with pytest.raises(UnsupportedError, match="bf16") as e:
-        hal.compile(keras_model, EMU, precision=precision, example_inputs=(x,),
+        hal.compile(keras_model, EMU, precision=precision, example_input=(x,),
                     calibration=[x] if precision == "int8" else None, cache=False)
     assert "TPU" in str(e.value)
 
@@ -279,13 +279,13 @@ def test_dynamic_dims_need_examples():
     seq = keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(2)])
     with pytest.raises(InvalidInputError, match="dynamic dimension"):
         hal.compile(seq, EMU, cache=False)
-    exe = hal.compile(seq, EMU, example_inputs=(np.ones((1, 5, 4), np.float32),), cache=False)
+    exe = hal.compile(seq, EMU, example_input=(np.ones((1, 5, 4), np.float32),), cache=False)
     assert exe.info.inputs[0].shape == (None, 5, 4)
 
 
 def test_bad_options(keras_model):
     with pytest.raises(UsageError, match="has no option"):
-        hal.compile(keras_model, EMU, example_inputs=(kbatch(2),), options={"jit": 1}, cache=False)
+        hal.compile(keras_model, EMU, example_input=(kbatch(2),), options={"jit": 1}, cache=False)
     with pytest.raises(UsageError, match="below the example batch"):
-        hal.compile(keras_model, EMU, example_inputs=(kbatch(4),), options={"max_batch": 2},
+        hal.compile(keras_model, EMU, example_input=(kbatch(4),), options={"max_batch": 2},
                     cache=False)

@@ -72,7 +72,7 @@ def device_params() -> list:
 @functools.cache
 def _compile(target: str):
     dev = next(d for d in available() if d.target == target)
-    kw: dict = {"cache": False, "example_inputs": sample(0)}
+    kw: dict = {"cache": False, "example_input": sample(0)}
     if "fp32" not in dev.precisions and "int8" in dev.precisions:
         kw.update(precision="int8", calibration=[sample(1000 + i) for i in range(16)])
     try:

@@ -1,7 +1,7 @@
 """The CUDA GPU backend (PyTorch on NVIDIA GPUs), registered through the ``hal``
 entry-point group. Importing it imports no framework."""
 
-from hal import hookimpl
+from hal.plugin import hookimpl
 
 
 @hookimpl

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hal import (Backend, CompileOptions, Device, Executable, ExecutableInfo, UnsupportedError)
-from hal.formats import Model
+from hal import Device, Executable, UnsupportedError
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model
 
 from . import options as _options
 from .devices import ALL
@@ -62,17 +62,17 @@ class CudaBackend(Backend):
         return _options.parse(precision, opts)
 
     def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
-        recipe = self._recipe(options.precision, device, options.options)
+        recipe = self._recipe(options.precision, device, options.backend_options)
         self.require_runtime()
-        from . import flow
+        from . import pipeline
 
-        return flow.build(self, model, device, options, recipe)
+        return pipeline.build(self, model, device, options, recipe)
 
     def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
         self.require_runtime()
-        from . import flow
+        from . import pipeline
 
-        return flow.load(self, artifact, info, device)
+        return pipeline.load(self, artifact, info, device)
 
     def probe_gemm(self, device: Device | str | int, dtype: str = "fp32", n: int = 10000) -> float:
         """Peak matmul throughput of one GPU in TFLOP/s: an ``n``×``n`` by ``n``×``n``

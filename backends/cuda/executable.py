@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hal import (CompileError, Executable, ExecutableInfo, InvalidInputError, TensorSpec,
-                 UnsupportedError)
-from hal.executable import as_numpy, conform
+from hal import CompileError, Executable, InvalidInputError, UnsupportedError
+from hal.plugin import ExecutableInfo, TensorSpec, as_numpy, conform
 
 from .. import torch_common as tc
 from . import nvml
@@ -175,7 +174,7 @@ class CudaExecutable(Executable):
         for r in self.replicas:
             torch.cuda.synchronize(r.device)
 
-    def measure(self, inputs: list, iterations: int) -> list[float] | None:
+    def device_timer(self, inputs: list, iterations: int) -> list[float] | None:
         if self.multi:
             return None  # events on different GPUs do not share a clock: host timer
         r = self.replicas[0]

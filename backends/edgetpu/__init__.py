@@ -4,7 +4,7 @@ Registering imports nothing but the backend class; LiteRT, litert-torch and
 TensorFlow are imported only when a model is compiled or loaded.
 """
 
-from hal import hookimpl
+from hal.plugin import hookimpl
 
 
 @hookimpl

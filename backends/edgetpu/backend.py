@@ -8,12 +8,11 @@ never means the emulator (the core refuses that); it must be named.
 from __future__ import annotations
 
 import os
-from hal.backend import installed_version
+from hal.plugin import installed_version
 from pathlib import Path
 
-from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device, Executable,
-                 ExecutableInfo, ModelFormatError, UnsupportedError)
-from hal.formats import Model
+from hal import ArtifactError, CompileError, Device, Executable, ModelFormatError, UnsupportedError
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model
 
 from . import compiler, devices
 
@@ -82,12 +81,12 @@ class EdgeTpuBackend(Backend):
 
     # --- compile / load --------------------------------------------------------------
     def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
-        from . import convert, graph
+        from . import graph, pipeline
         from .executable import Artifacts, EdgeTpuExecutable, EdgeTpuOptions
 
         self.require_runtime()
-        opts = EdgeTpuOptions.parse(options.options)
-        conv = convert.to_int8(model, options)
+        opts = EdgeTpuOptions.parse(options.backend_options)
+        conv = pipeline.to_int8(model, options)
         graph.check_model(conv.tflite, ModelFormatError if model.format == "tflite" else CompileError,
                         "the given TFLite model" if model.format == "tflite" else
                         "the converted TFLite model")
@@ -127,10 +126,9 @@ class EdgeTpuBackend(Backend):
                 notes.append("the Edge TPU compile step was not done (edgetpu_compiler is not on "
                              "PATH): the artifact is the int8 TFLite that edgetpu_compiler takes")
         notes.append(f"mapping (predicted): {report.summary()}")
-        info = ExecutableInfo(
-            self.name, self.version(), device.target, device.kind, "int8", [], [],
+        info = self.executable_info(device, "int8", [], [],
             conversion_path=conv.path + (["edgetpu_compiler"] if creport else []),
-            options=dict(options.options), notes=notes,
+            backend_options=dict(options.backend_options), notes=notes,
             extra={"edgetpu_mapping": report.to_dict(),
                    "edgetpu_compiler": creport.to_dict() if creport else None,
                    "int8_tflite_bytes": len(files.int8) if files.int8 else None,
@@ -167,7 +165,7 @@ class EdgeTpuBackend(Backend):
             from . import graph
 
             self._check_precompiled(graph.read_graph(files.compiled), device)
-        info.device, info.device_kind = device.target, device.kind
+        info.target, info.device_kind = device.target, device.kind
         return EdgeTpuExecutable(info, device, files, opts)
 
     @staticmethod

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from hal import (ArtifactError, DeviceUnavailableError, Executable, ExecutableInfo, HalError,
-                 TensorSpec, UnsupportedError, UsageError)
-from hal.executable import read_json_object
+from hal import (ArtifactError, DeviceUnavailableError, Executable, HalError, UnsupportedError,
+                 UsageError)
+from hal.plugin import ExecutableInfo, TensorSpec, read_json_object
 from hal.types import Device
 
 from . import devices

@@ -4,8 +4,7 @@ Importing this module imports no framework and not OpenVINO; the runtime is
 imported when devices are probed or a model is compiled.
 """
 
-from hal import hookimpl
-from hal.formats import Converter, Format
+from hal.plugin import Converter, Format, hookimpl
 
 
 @hookimpl

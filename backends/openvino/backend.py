@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from hal import (ArtifactError, Backend, CompileError, CompileOptions, Device,
-                 DeviceUnavailableError, Executable, ExecutableInfo, TensorSpec, UnsupportedError,
-                 UsageError)
+from hal import (ArtifactError, CompileError, Device, DeviceUnavailableError, Executable,
+                 UnsupportedError, UsageError)
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, TensorSpec
 from hal import cache as hal_cache
-from hal.executable import read_json_object
-from hal.formats import Model
+from hal.plugin import Model, read_json_object
 
-from . import bitview, build, compat, devices
+from . import bitview, compat, devices, pipeline
 from .convert import read_ir, short, take_notes
 
 
@@ -24,7 +23,7 @@ class OpenVINOBackend(Backend):
     aliases = ("movidius", "npu")
     requires = ("openvino",)
     extra = "openvino"
-    options = build.OPTIONS
+    options = pipeline.OPTIONS
 
     def version(self) -> str:
         o = compat.api()
@@ -40,27 +39,27 @@ class OpenVINOBackend(Backend):
     # --- compile ----------------------------------------------------------------------
     def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
         self.require_runtime()
-        build.check_options(options.options)
+        pipeline.check_options(options.backend_options)
         core = _core()
         precision = options.precision
         notes = take_notes(model.value)  # what a converter had to say (a fallback, a kept input)
-        ov_model = _static_shapes(model.value, options.example_inputs, copy=not model.path_taken)
+        ov_model = _static_shapes(model.value, options.example_input, copy=not model.converted)
         bitview.check_ports(ov_model)
         path = []
         if precision == "int8":
-            ov_model, step = build.quantize_int8(ov_model, options.calibration or [], options.options)
+            ov_model, step = pipeline.quantize_int8(ov_model, options.calibration or [], options.backend_options)
             path.append(step)
         elif precision == "int8-dynamic":
-            ov_model, step = build.compress_int8(ov_model, options.options)
+            ov_model, step = pipeline.compress_int8(ov_model, options.backend_options)
             path.append(step)
-        config = build.config_for(precision, device, options.options)
+        config = pipeline.config_for(precision, device, options.backend_options)
         compiled = _compile(core, ov_model, device, config, options.cache_dir)
-        facts = build.verify(compiled, precision, device, config, model=ov_model)
+        facts = pipeline.verify(compiled, precision, device, config, model=ov_model)
         path.append(f"Core.compile_model({device.id}, "
                     + ", ".join(f"{k}={v}" for k, v in config.items()) + ")")
         ins, outs = _specs(compiled)
-        info = ExecutableInfo(self.name, self.version(), device.target, device.kind, precision,
-                              ins, outs, conversion_path=path, options=dict(options.options),
+        info = self.executable_info(device, precision,
+                              ins, outs, conversion_path=path, backend_options=dict(options.backend_options),
                               extra={"config": config, **facts,
                                      "execution_devices": _exec_devices(compiled)})
         info.notes.extend(notes)
@@ -80,8 +79,8 @@ class OpenVINOBackend(Backend):
             raise self.refuse_precision(info.precision, device)
         core = o.core()
         # derived from the precision, never copied from the (untrusted) openvino.json
-        build.check_options(info.options)
-        config = build.config_for(info.precision, device, info.options)
+        pipeline.check_options(info.backend_options)
+        config = pipeline.config_for(info.precision, device, info.backend_options)
         compiled, source = None, "ir"
         blob = artifact / "compiled.blob"
         same = (meta.get("blob") and blob.exists() and device.id == meta.get("device_id")
@@ -95,7 +94,7 @@ class OpenVINOBackend(Backend):
         if compiled is None:
             compiled = _compile(core, ov_model, device, config,
                                 hal_cache.cache_dir() if hal_cache.enabled(True) else None)
-        facts = build.verify(compiled, info.precision, device, config, model=ov_model)
+        facts = pipeline.verify(compiled, info.precision, device, config, model=ov_model)
         real = [[(s.shape, s.dtype) for s in specs] for specs in _specs(compiled)]
         claimed = [[(s.shape, s.dtype) for s in specs] for specs in (info.inputs, info.outputs)]
         if real != claimed:  # hal.json is untrusted: the compiled model decides
@@ -129,7 +128,7 @@ def _compile(core, ov_model, device: Device, config: dict[str, str], cache_dir):
         raise DeviceUnavailableError(f"{device.target} ({device.name}) is no longer available",
                                      "reconnect the device, or choose another target")
     try:
-        return core.compile_model(ov_model, device.id, build.with_cache(config, cache_dir))
+        return core.compile_model(ov_model, device.id, pipeline.with_cache(config, cache_dir))
     except RuntimeError as e:
         err = runtime_error(core, device, e, "compile")
         if isinstance(err, DeviceUnavailableError):
@@ -139,16 +138,16 @@ def _compile(core, ov_model, device: Device, config: dict[str, str], cache_dir):
                            + ("" if device.id == "CPU" else ", or target openvino:CPU")) from None
 
 
-def _static_shapes(ov_model, example_inputs, copy: bool):
+def _static_shapes(ov_model, example_input, copy: bool):
     """Fix dynamic input dimensions to the example inputs' shapes: static shapes
     compile to faster kernels, and benchmark_app sees the same model."""
-    if not example_inputs:
+    if not example_input:
         return ov_model
-    if len(example_inputs) != len(ov_model.inputs):
-        raise UsageError(f"{len(example_inputs)} example input(s) for a model with "
+    if len(example_input) != len(ov_model.inputs):
+        raise UsageError(f"{len(example_input)} example input(s) for a model with "
                          f"{len(ov_model.inputs)} input(s)", "pass one example array per input")
     new, changed = {}, False
-    for i, (port, a) in enumerate(zip(ov_model.inputs, example_inputs)):
+    for i, (port, a) in enumerate(zip(ov_model.inputs, example_input)):
         ps = port.get_partial_shape()
         if ps.rank.is_static and (ps.rank.get_length() != a.ndim or any(
                 d.is_static and d.get_length() != n for d, n in zip(ps, a.shape))):

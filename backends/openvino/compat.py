@@ -10,7 +10,6 @@ code is the same on both.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hal import UnsupportedError
+
+from hal.plugin import missing
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,9 @@ class OV:
         """Outputs as views (hal copies them once): ``share_outputs`` is 2023.1+."""
         return {} if self.legacy else {"share_outputs": True}
 
-    def shared_tensor(self, array):
-        """A zero-copy tensor over a C-contiguous array."""
-        return self.ov.Tensor(array, shared_memory=True)
-
 
 def installed() -> bool:
-    return importlib.util.find_spec("openvino") is not None
+    return not missing(("openvino",))
 
 
 ENV_TELEMETRY = "HAL_OPENVINO_TELEMETRY"

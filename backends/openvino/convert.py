@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hal import CompileError, HalError, ModelFormatError
-from hal.formats import Model
+from hal.plugin import Model
 from hal.formats.builtin import scratch_dir, torch_example_args
 
 from . import compat

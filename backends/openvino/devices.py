@@ -9,13 +9,13 @@ up front instead of being quietly run at another precision.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
 from hal import Device
 
 from . import compat
 from .convert import short as _short
+
+from hal.plugin import host_memory_bytes, missing
 
 NAME = "openvino"
 #: target="auto" ranking among hardware: accelerators above the CPU, the
@@ -40,7 +40,7 @@ def aliases_for(device_id: str, legacy: bool) -> tuple[str, ...]:
 
 
 def _nncf() -> bool:
-    return importlib.util.find_spec("nncf") is not None
+    return not missing(("nncf",))
 
 
 def precisions(kind: str, caps: list[str], props: list[str]) -> tuple[str, ...]:
@@ -77,13 +77,6 @@ def why_not(precision: str, device: Device) -> str:
     if caps:
         return f"the {kind} plugin's OPTIMIZATION_CAPABILITIES are {', '.join(caps)}"
     return device.reason or ""
-
-
-def _ram() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _get(core, device: str, prop: str, default=None):
@@ -125,7 +118,7 @@ def probe() -> list[Device]:
         kind = kind_of(dev_id)
         caps = list(_get(core, dev_id, "OPTIMIZATION_CAPABILITIES", []) or [])
         props = list(_get(core, dev_id, "SUPPORTED_PROPERTIES", {}) or {})
-        mem = _ram() if kind == "CPU" else _get(core, dev_id, f"{kind}_DEVICE_TOTAL_MEM_SIZE")
+        mem = host_memory_bytes() if kind == "CPU" else _get(core, dev_id, f"{kind}_DEVICE_TOTAL_MEM_SIZE")
         devs.append(Device(
             NAME, dev_id, str(_get(core, dev_id, "FULL_DEVICE_NAME", dev_id)),
             kind="hardware", available=True, memory_bytes=int(mem) if mem else None,

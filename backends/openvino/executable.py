@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from hal import DeviceUnavailableError, Device, Executable, ExecutableInfo, HalError, LayerTime
+from hal import Device, DeviceUnavailableError, Executable, HalError, LayerTime
+from hal.plugin import ExecutableInfo
 
-from . import build, compat
+from . import compat, pipeline
 from .convert import short
 
 META = "openvino.json"
@@ -150,7 +151,7 @@ class OpenVINOExecutable(Executable):
                 except RuntimeError as e:
                     raise runtime_error(self.core, self.device, e,
                                         f"compiling the {name} variant") from None
-                build.verify(cm, self.info.precision, self.device, cfg, model=self.ov_model)
+                pipeline.verify(cm, self.info.precision, self.device, cfg, model=self.ov_model)
                 self._variants[name] = cm
             return self._variants[name]
 

@@ -3,7 +3,7 @@
 Registered through the ``hal`` entry-point group like any third-party plugin.
 """
 
-from hal import hookimpl
+from hal.plugin import hookimpl
 
 
 @hookimpl

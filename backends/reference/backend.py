@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hal import (Backend, CompileOptions, Device, Executable, ExecutableInfo, TensorSpec,
-                 UnsupportedError)
-from hal.formats import Model
+from hal import Device, Executable, UnsupportedError
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec, host_memory_bytes
 
 
 def _cpu_name() -> str:
@@ -23,13 +22,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _ram() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 class ReferenceBackend(Backend):
@@ -50,22 +42,22 @@ class ReferenceBackend(Backend):
         why = self.missing_runtime()
         return [Device(self.name, "cpu", f"{_cpu_name()} ({os.cpu_count()} cores, PyTorch eager)",
                        kind="hardware", available=why is None, reason=why or "",
-                       memory_bytes=_ram(), aliases=("cpu",), precisions=self.precisions, rank=0,
+                       memory_bytes=host_memory_bytes(), aliases=("cpu",), precisions=self.precisions, rank=0,
                        properties={"threads": os.cpu_count(), "machine": platform.machine()})]
 
     def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
         if model.format == "onnx":
             return _compile_onnx(self, model, device, options)
-        from . import torch_flow
+        from . import pipeline
 
-        return torch_flow.compile(self, model, device, options)
+        return pipeline.compile(self, model, device, options)
 
     def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
         if (artifact / "model.onnx").exists():
             return _load_onnx(self, artifact / "model.onnx", info, device)
-        from . import torch_flow
+        from . import pipeline
 
-        return torch_flow.load(artifact, info, device)
+        return pipeline.load(artifact, info, device)
 
 
 class OnnxReferenceExecutable(Executable):
@@ -165,7 +157,7 @@ def _compile_onnx(b: ReferenceBackend, model: Model, device: Device, options: Co
         from .onnx_oracle import to_double
 
         outs = onnx_specs(to_double(model.value))[1]
-    info = ExecutableInfo(b.name, b.version(), device.target, device.kind, options.precision,
+    info = b.executable_info(device, options.precision,
                           ins, outs, conversion_path=[_ONNX_PATH[options.precision]])
     return _executable(info, device, model.value)
 

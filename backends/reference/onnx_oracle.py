@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
 
 import numpy as np
 

@@ -5,7 +5,7 @@ no framework; TensorFlow is imported inside probe/compile/load, and only when
 a TPU (or the emulator) is actually used.
 """
 
-from hal import hookimpl
+from hal.plugin import hookimpl
 
 
 @hookimpl

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from hal import ArtifactError, ExecutableInfo
-from hal.executable import read_json_object
+from hal import ArtifactError
+from hal.plugin import ExecutableInfo, read_json_object
 
 META = "tpu.json"
 SAVED = "saved_model"

@@ -9,12 +9,11 @@ signs of a TPU.
 
 from __future__ import annotations
 
-from hal.backend import installed_version
+from hal.plugin import installed_version
 from pathlib import Path
 
-from hal import (Backend, CompileOptions, Device, DeviceUnavailableError,
-                 Executable, ExecutableInfo, UnsupportedError)
-from hal.formats import Model
+from hal import Device, DeviceUnavailableError, Executable, UnsupportedError
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model
 
 from . import system as tpu_system
 from .buckets import KNOWN_OPTIONS
@@ -86,14 +85,14 @@ class TpuBackend(Backend):
         if options.precision not in PRECISIONS:
             raise self.refuse_precision(options.precision, device)
         system = self._system(device)
-        from . import flows
+        from . import pipeline
 
         if model.format in ("torch.nn", "torch.export"):
-            return flows.compile_torch(self, model, device, options, system)
+            return pipeline.compile_torch(self, model, device, options, system)
         if model.format == "keras":
-            return flows.compile_keras(self, model, device, options, system)
+            return pipeline.compile_keras(self, model, device, options, system)
         if model.format == "savedmodel":
-            return flows.compile_saved_model(self, model, device, options, system)
+            return pipeline.compile_saved_model(self, model, device, options, system)
         raise UnsupportedError(f"the tpu backend cannot take a {model.format} model",
                                f"pass one of: {', '.join(self.formats)}")
 
@@ -103,6 +102,6 @@ class TpuBackend(Backend):
 
         meta = read_meta(artifact, info)
         system = self._system(device)
-        from . import flows
+        from . import pipeline
 
-        return flows.load(self, artifact, info, device, meta, system)
+        return pipeline.load(self, artifact, info, device, meta, system)

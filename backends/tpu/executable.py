@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from hal import Device, Executable, ExecutableInfo, InvalidInputError
+from hal import Device, Executable, InvalidInputError
+from hal.plugin import ExecutableInfo
 from hal.errors import brief
 
 from .artifact import META, PROGRAM_DIR, SAVED, WEIGHTS, write_weights

@@ -101,7 +101,3 @@ def connect() -> TpuSystem:
     name = f"Cloud TPU {accel or tpu} ({cores} cores, mesh {'x'.join(map(str, props['mesh_shape']))})"
     _system = TpuSystem(resolver, topology, strategy, cores, name, props)
     return _system
-
-
-def last_error() -> str | None:
-    return _error

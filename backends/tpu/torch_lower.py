@@ -22,7 +22,7 @@ import torch
 from hal import CompileError, UnsupportedError
 from hal.errors import brief
 from hal.formats.builtin import export_static
-from hal.formats import Model
+from hal.plugin import Model
 
 from .. import tf_graph_guard as guard
 from .. import torch_common as tc

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .scheduler import CROSS_CHECK, Lab, LabOptions
+from .scheduler import CROSS_CHECK, Lab
 
-__all__ = ["CROSS_CHECK", "Lab", "LabOptions", "cluster_devices", "devices_cli", "lab_tables"]
+__all__ = ["CROSS_CHECK", "Lab", "cluster_devices", "devices_cli", "lab_tables"]
 
 
 def cluster_devices(address: str) -> list[dict[str, Any]]:
@@ -30,7 +30,7 @@ def cluster_devices(address: str) -> list[dict[str, Any]]:
             adv = n.devices
             row = {**n.to_dict(), "hal_version": (n.info or {}).get("hal_version"), "devices": []}
             if n.info:
-                row["backends"] = {b: {k: v.get(k) for k in ("version", "runtime", "error")}
+                row["backends"] = {b: {k: v.get(k) for k in ("version", "missing_runtime", "error")}
                                    for b, v in n.info["backends"].items()}
                 row["devices"] = [{**{k: d.get(k) for k in ("target", "kind", "available", "name",
                                                            "precisions", "reason", "backend_version")},
@@ -103,7 +103,7 @@ def lab_tables(r) -> list:
         for c in ("after", "host", "device", "in flight", "reason"):
             lt.add_column(c, overflow="fold")
         for x in lab["losses"]:
-            lt.add_row(f"{x['after_s']:.0f}s", x["host"], x["device"], x.get("in_flight") or "",
+            lt.add_row(f"{x['after_s']:.0f}s", x["host"], x["target"], x.get("in_flight") or "",
                        x["reason"])
         out.append(lt)
     return out

@@ -1,4 +1,4 @@
-"""What one host has: hal, its plugins, every backend's devices and the flows each
+"""What one host has: hal, its plugins, every backend's devices and the precisions each
 device can attempt, and the Ray custom resources that advertise those devices.
 
 ``python -m hal_conformance.lab resources`` prints the resources for
@@ -9,13 +9,14 @@ node itself, with the node's own plugins and environment (``HAL_PLUGINS``,
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import platform
 import socket
 from typing import Any
+
+from hal.plugin import missing
 
 #: every resource hal advertises starts with this
 PREFIX = "hal/"
@@ -50,25 +51,26 @@ def source() -> str:
     else the goldens' ONNX files (as ``hal_conformance.worker`` decides)."""
     from ..runner import ENV_SOURCE
 
-    return os.environ.get(ENV_SOURCE) or ("torch.nn" if importlib.util.find_spec("torch") else "onnx")
+    return os.environ.get(ENV_SOURCE) or ("onnx" if missing(("torch",)) else "torch.nn")
 
 
 def probe_host() -> dict[str, Any]:
-    """This host's hal, plugins and backends, each device with its flows: the same
+    """This host's hal, plugins and backends, each device with its precisions: the same
     ``ready`` record each backend's conformance worker sends, made here without
     starting one (the planner only plans; no framework is imported for it)."""
     import hal
+    import hal.plugin
 
     from ..worker import Worker
 
-    reg = hal.registry()
+    reg = hal.plugin.registry()
     src = source()
     backends: dict[str, Any] = {}
     for name in reg.backends:
         buf = io.StringIO()
         Worker(name, src, buf).ready()
         ready = json.loads(buf.getvalue())
-        backends[name] = {k: ready.get(k) for k in ("version", "runtime", "error", "description",
+        backends[name] = {k: ready.get(k) for k in ("version", "missing_runtime", "error", "description",
                                                      "devices")}
     return {"host": host_label(), "hostname": socket.gethostname(), "hal_version": hal.__version__,
             "python": platform.python_version(), "machine": platform.machine(),

@@ -28,8 +28,8 @@ def hosts_rows(r: Report) -> list[dict[str, Any]]:
                    and not str(p.get("source")) == "default"]
         broken = [p["name"] for p in h.get("plugins") or () if p.get("error")
                   and not str(p["error"]).startswith("disabled")]
-        backends = ", ".join(f"{b} {v.get('version') or '?'}" + (f" ({v.get('runtime')})"
-                                                                   if v.get("runtime") else "")
+        backends = ", ".join(f"{b} {v.get('version') or '?'}" + (f" ({v.get('missing_runtime')})"
+                                                                   if v.get("missing_runtime") else "")
                              for b, v in sorted((h.get("backends") or {}).items())
                              if not v.get("error"))
         rows.append({"host": host, "ip": h.get("ip"), "alive": h.get("alive"),
@@ -46,8 +46,8 @@ def hosts_rows(r: Report) -> list[dict[str, Any]]:
 def consistency_rows(r: Report) -> list[dict[str, Any]]:
     out = []
     for e in (r.meta.get("lab") or {}).get("consistency") or ():
-        if "flows" in e:
-            out.append({"what": f"{e['device']} flows", "hosts": ", ".join(sorted(e["flows"])),
+        if "precisions" in e:
+            out.append({"what": f"{e['target']} precisions", "hosts": ", ".join(sorted(e["precisions"])),
                         "verdict": "differ", "detail": e["why"]})
             continue
         pairs = e.get("pairs") or []
@@ -63,9 +63,9 @@ def consistency_rows(r: Report) -> list[dict[str, Any]]:
 
 def _pair(p: dict[str, Any]) -> str:
     """One pair's comparison against its limit, e.g. ``1.8e-04 > 0.0001·max|ref|``."""
-    if p.get("measure") == "max_rel_err":
+    if p.get("rule") == "max_rel_err":
         return f"{p['rel_diff']:.1e} {'≤' if p['agree'] else '>'} {p['limit']:g}·max|ref|"
-    if p.get("measure") == "top1":
+    if p.get("rule") == "top1":
         return f"top-1 {p['top1_agreement']:.1%} {'≥' if p['agree'] else '<'} {p['limit']:.1%}"
     return p.get("why") or "same outcome"
 
@@ -98,7 +98,7 @@ def write_markdown(r: Report, path: str | Path) -> None:
         if losses:
             md += ["", "## Node losses", "", "| after | host | device | in flight | reason |",
                    "|---|---|---|---|---|"]
-            md += [f"| {x['after_s']:.0f} s | {x['host']} | {x['device']} | {x.get('in_flight') or ''} | "
+            md += [f"| {x['after_s']:.0f} s | {x['host']} | {x['target']} | {x.get('in_flight') or ''} | "
                    f"{_md(x['reason'])} |" for x in losses]
             reruns = lab.get("reruns") or []
             if reruns:
@@ -141,7 +141,7 @@ def html_section(r: Report) -> str:
                    f"<td class=l>{e(h['backends'])}</td><td class=l>{e(h['devices'])}</td>"
                    f"<td class=l>{e(h['cells'])}{'<br>' + e(str(h['error'])) if h['error'] else ''}</td></tr>")
     out.append("</table><h2 id=consistency>cross-host consistency</h2><p class=note>the same cell on "
-               "every host with its device, compared with each other by the flow's own rule</p>")
+               "every host with its device, compared with each other by the precision's own rule</p>")
     rows = consistency_rows(r)
     if rows:
         out.append("<table><tr><th class=l>cell</th><th class=l>hosts</th><th class=l>verdict</th>"
@@ -159,7 +159,7 @@ def html_section(r: Report) -> str:
         out.append("<table><tr><th>after s</th><th class=l>host</th><th class=l>device</th>"
                    "<th class=l>in flight</th><th class=l>reason</th></tr>")
         out += [f"<tr><td>{x['after_s']:.0f}</td><td class=l>{e(x['host'])}</td><td class=l>"
-                f"{e(x['device'])}</td><td class=l>{e(str(x.get('in_flight') or ''))}</td>"
+                f"{e(x['target'])}</td><td class=l>{e(str(x.get('in_flight') or ''))}</td>"
                 f"<td class=l>{e(x['reason'])}</td></tr>" for x in losses]
         out.append("</table>")
     out.append("<h2 id=where>where each cell ran</h2><table class=cells><tr><th class=l>cell</th>"

@@ -29,9 +29,10 @@ import hal
 from hal.errors import brief
 
 from ..results import CellResult, Report
-from ..runner import CellSpec, Options, Suite
+from ..options import Options
+from ..runner import CellSpec, Suite
 from . import cluster as cl
-from .consistency import compare_copies, compare_flows
+from .consistency import compare_copies, compare_precisions
 from .probe import device_resource, kind_resource
 
 #: what runs on every node that has a device, besides the device's share of the cells
@@ -44,17 +45,6 @@ NODE_ANSWER_S = 10.0
 
 def _ping() -> bool:
     return True
-
-
-@dataclass
-class LabOptions:
-    #: ``host:port`` of a running cluster's head, or ``local``
-    address: str = "local"
-    #: none | first (each model's first runnable flow) | all: cells that run on every
-    #: host that has the device, so the hosts can be compared
-    cross_check: str = "first"
-    #: ``local`` only: devices run at once (the local node's Ray CPUs)
-    jobs: int = 1
 
 
 @dataclass
@@ -74,6 +64,8 @@ class Device:
     copies: dict[str, dict[str, tuple[CellResult, np.ndarray | None]]] = field(default_factory=dict)
     #: the last loss of a node that had this device: (host, reason)
     last_loss: tuple[str, str] | None = None
+    #: host → precision → why that host cannot run it (None: it can)
+    unsupported: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,14 +97,18 @@ class Runner:
 
 
 class Lab:
-    def __init__(self, opts: Options, lab: LabOptions,
+    """A conformance run over a Ray cluster: ``opts.cluster`` is the head's
+    ``host:port`` or ``local``; ``opts.cross_check`` says which cells run on every
+    host that has the device (none | first: each model's first runnable precision | all);
+    ``opts.jobs`` (``local`` only) is how many devices run at once."""
+
+    def __init__(self, opts: Options,
                  on_cell: Callable[[CellResult], None] | None = None,
                  on_note: Callable[[str], None] | None = None) -> None:
-        if lab.cross_check not in CROSS_CHECK:
-            raise hal.UsageError(f"unknown cross-check {lab.cross_check!r}",
+        if opts.cross_check not in CROSS_CHECK:
+            raise hal.UsageError(f"unknown cross-check {opts.cross_check!r}",
                                  f"use one of: {', '.join(CROSS_CHECK)}")
         self.opts = opts
-        self.lab = lab
         self.on_cell = on_cell or (lambda c: None)
         self.on_note = on_note or (lambda s: None)
         self.devices: dict[tuple[str, str], Device] = {}
@@ -124,7 +120,7 @@ class Lab:
 
     # --- the run ------------------------------------------------------------------------
     def run(self) -> Report:
-        conn = cl.connect(self.lab.address, num_cpus=max(1, self.lab.jobs))
+        conn = cl.connect(self.opts.cluster or "local", num_cpus=max(1, self.opts.jobs))
         try:
             return self._run(conn)
         finally:
@@ -137,14 +133,14 @@ class Lab:
         # references, the judging, the report and its incremental JSON
         self.suite = suite = Suite(Options(
             models=o.models, precisions=o.precisions, timeout_s=o.timeout_s,
-            startup_timeout_s=o.startup_timeout_s, goldens=o.goldens, measure=o.measure,
+            startup_timeout_s=o.startup_s, goldens=o.goldens, profile=o.profile,
             json_path=o.json_path, workdir=o.workdir), on_cell=self.on_cell, on_note=self.on_note)
         r = self.report = suite.report
         suite.start_report()
         r.meta["filters"]["backends"] = o.backends
         try:
             self.nodes = cl.nodes()
-            r.meta["lab"] = {"address": conn.address, "cross_check": self.lab.cross_check,
+            r.meta["lab"] = {"address": conn.address, "cross_check": self.opts.cross_check,
                              "hosts": {}, "consistency": [], "losses": self.losses, "reruns": []}
             self._hosts()
             self._plan()
@@ -189,7 +185,7 @@ class Lab:
             entry.update({k: info.get(k) for k in ("hostname", "hal_version", "python", "machine",
                                                     "platform", "cpu_count", "source")})
             entry["plugins"] = info["plugins"]
-            entry["backends"] = {b: {"version": v.get("version"), "runtime": v.get("runtime"),
+            entry["backends"] = {b: {"version": v.get("version"), "missing_runtime": v.get("missing_runtime"),
                                      "error": v.get("error")} for b, v in info["backends"].items()}
             r.meta["lab"]["hosts"][n.host] = entry
             r.plugins += [{**p, "host": n.host} for p in info["plugins"]]
@@ -197,7 +193,7 @@ class Lab:
                 if wanted is not None and name not in wanted:
                     continue
                 r.backends[f"{name}@{n.host}"] = {
-                    "host": n.host, "version": b.get("version"), "runtime": b.get("runtime"),
+                    "host": n.host, "version": b.get("version"), "missing_runtime": b.get("missing_runtime"),
                     "error": b.get("error"), "description": b.get("description"),
                     "devices": [{**{k: d.get(k) for k in ("target", "name", "kind", "available",
                                                           "reason")}, "host": n.host}
@@ -248,8 +244,7 @@ class Lab:
                 dev = self.devices.get(key)
                 if dev is None:
                     dev = self.devices[key] = Device(t, d["kind"], name)
-                    dev.flows = {}  # type: ignore[attr-defined]
-                dev.flows[n.host] = d["flows"]  # type: ignore[attr-defined]
+                dev.unsupported[n.host] = d["unsupported"]
                 if n.slots >= 1:
                     self.runners.append(Runner(dev, n))
         for b in sorted((wanted or set()) - found):
@@ -259,18 +254,18 @@ class Lab:
             self.report.errors.append(f"no host of the cluster has a device {t}")
         suite = self.suite
         for dev in sorted(self.devices.values(), key=lambda d: d.target):
-            hosts = sorted(dev.flows)  # type: ignore[attr-defined]
-            flows = dev.flows[hosts[0]]  # type: ignore[attr-defined]
+            hosts = sorted(dev.unsupported)
+            why_not = dev.unsupported[hosts[0]]
             for m in suite.models:
                 for p in suite.precisions:
                     dev.specs.append(CellSpec(dev.backend, self._device_dict(dev, hosts[0]), m, p,
-                                              unsupported=flows.get(p)))
+                                              unsupported=why_not.get(p)))
             runnable = [s for s in dev.specs if not s.unsupported]
             mine = [rn for rn in self.runners if rn.device is dev]
-            if len(mine) > 1 and self.lab.cross_check != "none":
+            if len(mine) > 1 and self.opts.cross_check != "none":
                 for m in suite.models:
                     ms = [s for s in runnable if s.model == m]
-                    dev.checks += ms[:1] if self.lab.cross_check == "first" else ms
+                    dev.checks += ms[:1] if self.opts.cross_check == "first" else ms
             check_ids = {s.id for s in dev.checks}
             rest = [s for s in runnable if s.id not in check_ids]
             mine.sort(key=lambda rn: rn.host)
@@ -278,7 +273,7 @@ class Lab:
                 (mine[i % len(mine)].own if mine else dev.shared).append(spec)
             for rn in mine:
                 rn.private = deque(dev.checks)
-            mismatch = compare_flows(dev.target, dev.kind, dev.flows)  # type: ignore[attr-defined]
+            mismatch = compare_precisions(dev.target, dev.kind, dev.unsupported)
             if mismatch:
                 self.report.meta["lab"]["consistency"].append(mismatch)
                 self.report.errors.append(mismatch["why"])
@@ -335,9 +330,9 @@ class Lab:
                     num_cpus=1, max_restarts=0, max_task_retries=0,
                     resources={device_resource(dev.target): 1, kind_resource(dev.kind): 1},
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-                ).remote(dev.backend, dev.target, self.opts.startup_timeout_s, self.opts.timeout_s)
+                ).remote(dev.backend, dev.target, self.opts.startup_s, self.opts.timeout_s)
                 rn.state = "starting"
-                self._await(rn, rn.actor.start.remote(), self.opts.startup_timeout_s + 120)
+                self._await(rn, rn.actor.start.remote(), self.opts.startup_s + 120)
 
     def _spread(self, dev: Device) -> int:
         return sum(1 for rn in self.runners if rn.device is dev and rn.live)
@@ -427,10 +422,10 @@ class Lab:
             self._dispatch(rn)
             return
         o = self.opts
-        cmd = {"op": "cell", "id": spec.id, "device": dev.target, "model": spec.model,
-               "precision": spec.precision, "measure": o.measure}
+        cmd = {"op": "cell", "id": spec.id, "target": dev.target, "model": spec.model,
+               "precision": spec.precision, "profile": o.profile}
         self._await(rn, rn.actor.cell.remote(cmd, self.data[spec.model], self.onnx.get(spec.model)),
-                    o.startup_timeout_s + 2 * o.timeout_s + 60)
+                    o.startup_s + 2 * o.timeout_s + 60)
 
     def _finish(self, rn: Runner, spec: CellSpec, done: dict[str, Any], out: np.ndarray | None) -> None:
         dev = rn.device
@@ -478,7 +473,7 @@ class Lab:
         rn.state = "lost"
         cl.ray_module().kill(rn.actor, no_restart=True)
         self.on_note(f"lost: {why}")
-        loss = {"host": node.host, "device": rn.device.target, "after_s": round(time.time() - self.t0, 2),
+        loss = {"host": node.host, "target": rn.device.target, "after_s": round(time.time() - self.t0, 2),
                 "reason": why, "while": was, "in_flight": rn.current.id if rn.current else None}
         self.losses.append(loss)
         rn.device.last_loss = (node.host, why)

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,7 +29,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin.pt")
 
 @dataclass(frozen=True)
 class Format:
-    """A model representation: how to recognise it and how to load/hash it."""
+    """A model representation: how to recognise it and how to read and hash it."""
 
     name: str
     description: str
@@ -39,7 +39,7 @@ class Format:
     #: path test beyond the suffix (e.g. a SavedModel directory).
     sniff: Callable[[Path], bool] | None = None
     #: path → in-memory value; raise ModelFormatError on a bad file.
-    load: Callable[[Path], Any] | None = None
+    read: Callable[[Path], Any] | None = None
     #: value → bytes that change whenever the model changes (cache key).
     fingerprint: Callable[[Any], bytes] | None = None
     requires: tuple[str, ...] = ()
@@ -67,13 +67,15 @@ class Converter:
 
 @dataclass
 class Model:
-    """A model in one format, with where it came from and how it got here."""
+    """A model in one format: its value, the file it came from, and one example input."""
 
     format: str
     value: Any
     path: Path | None = None
-    example_inputs: tuple | None = None
-    path_taken: list[str] = field(default_factory=list)
+    example_input: tuple | None = None
+    #: made by a converter during this compile (so the backend may change it in place),
+    #: not the caller's own object
+    converted: bool = False
     _fingerprint: str | None = None
 
     def digest(self, formats: dict[str, Format]) -> str:
@@ -141,7 +143,7 @@ def _identify_path(path: Path, formats: dict[str, Format]) -> Model:
             if absent:
                 raise NoConversionPath(f"reading {fmt.name} models needs {', '.join(absent)}",
                                        install_hint(absent, fmt.extra, fmt.install))
-            value = fmt.load(path) if fmt.load else path
+            value = fmt.read(path) if fmt.read else path
             return Model(fmt.name, value, path=path)
     known = sorted({s for f in formats.values() for s in f.suffixes})
     raise ModelFormatError(
@@ -227,6 +229,5 @@ def _bfs(source: str, targets: tuple[str, ...], convs: list[Converter]) -> list[
 def convert(model: Model, chain: list[Converter], options: CompileOptions) -> Model:
     for conv in chain:
         value = conv.convert(model, options)
-        model = Model(conv.target, value, example_inputs=model.example_inputs,
-                      path_taken=model.path_taken + [conv.name])
+        model = Model(conv.target, value, example_input=model.example_input, converted=True)
     return model

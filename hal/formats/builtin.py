@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import CompileError, ModelFormatError, UsageError, brief
 from ..hookspecs import hookimpl
 from . import Converter, Format, Model, hash_path, scratch_dir
-from .pt2 import load as safe_export_load
+from .pt2 import read as safe_export_read
 
 
 def _type_names(obj: Any) -> set[str]:
@@ -83,7 +83,7 @@ def _fp_keras(m) -> bytes:
 
 
 # --- safe loaders -------------------------------------------------------------------
-def _load_onnx(path: Path):
+def _read_onnx(path: Path):
     import onnx
 
     try:
@@ -108,11 +108,11 @@ def check_tflite(data: bytes, where: str) -> bytes:
     return data
 
 
-def _load_tflite(path: Path) -> bytes:
+def _read_tflite(path: Path) -> bytes:
     return check_tflite(path.read_bytes(), str(path))
 
 
-def _load_ir(path: Path) -> Path:
+def _read_ir(path: Path) -> Path:
     bin_ = path.with_suffix(".bin")
     head = path.read_bytes()[:512].lstrip()
     if not head.startswith(b"<?xml") and b"<net" not in head:
@@ -123,7 +123,7 @@ def _load_ir(path: Path) -> Path:
     return path
 
 
-def _load_keras(path: Path):
+def _read_keras(path: Path):
     import keras
 
     try:
@@ -141,10 +141,10 @@ def _is_saved_model_dir(path: Path) -> bool:
 def torch_example_args(model: Model) -> tuple:
     import torch
 
-    if not model.example_inputs:
+    if not model.example_input:
         raise UsageError("converting a torch module needs example inputs",
-                         "pass example_inputs=(x,) to hal.compile")
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+                         "pass example_input=(x,) to hal.compile")
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_input)
 
 
 def export_static(module, args: tuple):
@@ -166,7 +166,7 @@ def _to_onnx(model: Model, options) -> Any:
     import torch
 
     src = model.value
-    args = torch_example_args(model) if model.example_inputs else ()
+    args = torch_example_args(model) if model.example_input else ()
     if model.format == "torch.nn":
         src = src.eval()
     try:
@@ -218,18 +218,18 @@ def register_formats(register):
     register(Format("torch.nn", "PyTorch nn.Module (+ example inputs)",
                     detect=_is_torch_module, fingerprint=_fp_torch_module, requires=("torch",)))
     register(Format("torch.export", "torch.export ExportedProgram (.pt2)", suffixes=(".pt2",),
-                    detect=_is_exported, load=safe_export_load, fingerprint=_fp_exported,
+                    detect=_is_exported, read=safe_export_read, fingerprint=_fp_exported,
                     requires=("torch",), extra="cpu"))
     register(Format("onnx", "ONNX ModelProto (.onnx)", suffixes=(".onnx",), detect=_is_onnx,
-                    load=_load_onnx, fingerprint=lambda m: m.SerializeToString(),
+                    read=_read_onnx, fingerprint=lambda m: m.SerializeToString(),
                     requires=("onnx",), extra="cpu"))
     register(Format("tflite", "TFLite flatbuffer (.tflite)", suffixes=(".tflite",),
-                    detect=_is_tflite, load=_load_tflite, fingerprint=bytes))
+                    detect=_is_tflite, read=_read_tflite, fingerprint=bytes))
     register(Format("keras", "Keras model (.keras)", suffixes=(".keras",), detect=_is_keras,
-                    load=_load_keras, fingerprint=_fp_keras, requires=("keras",), extra="tpu"))
+                    read=_read_keras, fingerprint=_fp_keras, requires=("keras",), extra="tpu"))
     register(Format("savedmodel", "TensorFlow SavedModel directory", sniff=_is_saved_model_dir,
                     fingerprint=lambda p: hash_path(Path(p))))
-    register(Format("openvino.ir", "OpenVINO IR (.xml + .bin)", suffixes=(".xml",), load=_load_ir,
+    register(Format("openvino.ir", "OpenVINO IR (.xml + .bin)", suffixes=(".xml",), read=_read_ir,
                     fingerprint=lambda p: hash_path(Path(p)) + hash_path(Path(p).with_suffix(".bin"))))
 
 

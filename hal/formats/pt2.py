@@ -73,7 +73,7 @@ def unsafe_members(z) -> list[str]:
     return bad
 
 
-def load(path: Path):
+def read(path: Path):
     """``torch.export.load`` of a ``.pt2`` that was proven to unpickle nothing."""
     import torch
 

@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from hal import (Backend, CompileError, Device, Executable, ExecutableInfo, TensorSpec, hookimpl)
+from hal import CompileError, Device, Executable
+from hal.plugin import Backend, TensorSpec, hookimpl
 
 
 class DriftBackend(Backend):
@@ -32,8 +33,8 @@ class DriftBackend(Backend):
         module = copy.deepcopy(model.value).eval()
         dtype = torch.float16 if options.precision == "fp16" else torch.float32
         module = module.to(dtype)
-        ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_inputs)]
-        info = ExecutableInfo(self.name, "0", device.target, device.kind, options.precision, ins,
+        ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_input)]
+        info = self.executable_info(device, options.precision, ins,
                               [TensorSpec("output_0", (None, 10), "float32")],
                               conversion_path=["torch eager", f"offset {os.environ.get('HAL_DRIFT', '0')}"])
         return DriftExecutable(info, device, module, dtype)

@@ -7,7 +7,8 @@ import os
 import time
 from types import SimpleNamespace
 
-from hal import Backend, Device, Executable, ExecutableInfo, TensorSpec, hookimpl
+from hal import Device, Executable
+from hal.plugin import Backend, TensorSpec, hookimpl
 
 
 class _Fixture(Backend):
@@ -18,8 +19,8 @@ class _Fixture(Backend):
         return [Device(self.name, "cpu", f"host CPU ({self.description})", precisions=self.precisions)]
 
     def compile(self, model, device, options):
-        ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_inputs)]
-        info = ExecutableInfo(self.name, "0", device.target, device.kind, options.precision, ins,
+        ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_input)]
+        info = self.executable_info(device, options.precision, ins,
                               [TensorSpec("output_0", (None, 10), "float32")])
         return _Exe(info, device, self.name)
 

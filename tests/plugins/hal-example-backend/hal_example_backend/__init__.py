@@ -1,6 +1,6 @@
 """hal plugin module: only registers the backend (no runtime import here)."""
 
-from hal import hookimpl
+from hal.plugin import hookimpl
 
 
 @hookimpl

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hal import (Backend, CompileError, CompileOptions, Device, Executable, ExecutableInfo,
-                 TensorSpec)
-from hal.formats import Model
+from hal import CompileError, Device, Executable
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec
 
 
 class ExampleBackend(Backend):
@@ -63,7 +62,7 @@ class ExampleBackend(Backend):
         sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         ins = [_spec(i) for i in sess.get_inputs()]
         outs = [_spec(o) for o in sess.get_outputs()]
-        info = ExecutableInfo(self.name, self.version(), device.target, device.kind, precision,
+        info = self.executable_info(device, precision,
                               ins, outs, conversion_path=path)
         return OrtExecutable(info, device, data, sess)
 

@@ -7,7 +7,8 @@ import copy
 
 import numpy as np
 
-from hal import (Backend, CompileError, Device, Executable, ExecutableInfo, TensorSpec, hookimpl)
+from hal import CompileError, Device, Executable
+from hal.plugin import Backend, TensorSpec, hookimpl
 
 
 class WrongBackend(Backend):
@@ -22,8 +23,8 @@ class WrongBackend(Backend):
 
     def compile(self, model, device, options):
         module = copy.deepcopy(model.value).eval()
-        ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_inputs)]
-        info = ExecutableInfo(self.name, "0", device.target, device.kind, options.precision, ins,
+        ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_input)]
+        info = self.executable_info(device, options.precision, ins,
                               [TensorSpec("output_0", (None, 10), "float32")],
                               conversion_path=["torch eager", "class axis reversed"])
         return WrongExecutable(info, device, module)

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hal import (ArtifactError, CompileError, CompileOptions, Device, Executable, ExecutableInfo,
-                 InvalidInputError)
+from hal import ArtifactError, CompileError, Device, Executable, InvalidInputError
+from hal.plugin import CompileOptions, ExecutableInfo
 from hal.errors import brief
-from hal.executable import read_json_object
-from hal.formats import Model
+from hal.plugin import Model, read_json_object
 
 from .. import torch_common as tc
 
@@ -181,7 +180,7 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
     outs = tc.run_example(module, [a.double() if precision == "fp64" and a.is_floating_point()
                                    else a for a in args])
     ins, outs_spec = tc.specs(args, outs, dynamic)
-    info = ExecutableInfo(backend.name, backend.version(), device.target, device.kind, precision,
+    info = backend.executable_info(device, precision,
                           ins, outs_spec, conversion_path=path, extra=extra)
     return TorchExecutable(info, device, module, program, recipe)
 

@@ -11,7 +11,6 @@ Both freeze the batch size of the example inputs: the Edge TPU needs static shap
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import warnings
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hal import CompileError, CompileOptions, ModelFormatError, NoConversionPath, UsageError
-from hal.formats import Model
+from hal import CompileError, ModelFormatError, NoConversionPath, UsageError
+from hal.plugin import CompileOptions, Model, require
 
 from .devices import short
 from .graph import mapping_report
@@ -34,22 +33,19 @@ class Converted:
 
 
 def _need(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise NoConversionPath(f"converting this model for the Edge TPU needs {', '.join(missing)}",
-                               "pip install 'hal-accel[edgetpu]'")
+    require(modules, "converting this model for the Edge TPU", NoConversionPath, extra="edgetpu")
 
 
 def example_arrays(model: Model, options: CompileOptions) -> tuple[np.ndarray, ...]:
     """The shapes the model is frozen at: the example inputs, else one row of
     the first calibration sample (batch 1)."""
-    if model.example_inputs:
-        return tuple(np.asarray(a) for a in model.example_inputs)
+    if model.example_input:
+        return tuple(np.asarray(a) for a in model.example_input)
     if model.format == "torch.export" and model.value.example_inputs:
         return tuple(t.detach().cpu().numpy() for t in model.value.example_inputs[0])
     if options.calibration:
         return tuple(np.asarray(a)[:1] for a in options.calibration[0])
-    raise UsageError("the Edge TPU needs a fixed input shape", "pass example_inputs=(x,) to hal.compile")
+    raise UsageError("the Edge TPU needs a fixed input shape", "pass example_input=(x,) to hal.compile")
 
 
 def calibration_batches(options: CompileOptions, example: tuple[np.ndarray, ...]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from hal import (ArtifactError, CompileError, CompileOptions, Device, ExecutableInfo,
-                 UnsupportedError, UsageError)
+from hal import ArtifactError, CompileError, Device, UnsupportedError, UsageError
+from hal.plugin import CompileOptions, ExecutableInfo
 from hal.errors import HalError, brief
-from hal.formats import Model
+from hal.plugin import Model
 
 from .. import torch_common as tc
 from .devices import gpu_indices
@@ -136,10 +136,9 @@ def build(backend, model: Model, device: Device, options: CompileOptions,
     outs = _warm(replicas, args)
     ins, outs_spec = tc.specs(args, outs, dynamic)
     extra["dynamic_batch"] = dynamic
-    info = ExecutableInfo(backend.name, backend.version(), device.target, device.kind,
-                          recipe.precision, ins, outs_spec,
+    info = backend.executable_info(device, recipe.precision, ins, outs_spec,
                           conversion_path=_path(recipe, len(indices), program is not None),
-                          options=recipe.options(), notes=_notes(recipe), extra=extra)
+                          backend_options=recipe.options(), notes=_notes(recipe), extra=extra)
     return CudaExecutable(info, device, replicas, program, recipe)
 
 
@@ -164,5 +163,5 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device) -> CudaE
     args = tuple(torch.zeros(tuple(1 if d is None else d for d in s.shape), dtype=getattr(torch, s.dtype))
                  for s in info.inputs)
     _warm(replicas, args)
-    info.device = device.target
+    info.target = device.target
     return CudaExecutable(info, device, replicas, program, recipe)

@@ -7,17 +7,15 @@ failures (unsupported ops, shape errors) surface here, not at the first call.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from hal import (ArtifactError, CompileOptions, Device, ExecutableInfo, HalError,
-                 InvalidInputError, NoConversionPath, TensorSpec, UnsupportedError,
-                 UsageError)
-from hal.formats import Model
+from hal import (ArtifactError, Device, HalError, InvalidInputError, NoConversionPath,
+                 UnsupportedError, UsageError)
+from hal.plugin import CompileOptions, ExecutableInfo, Model, TensorSpec, require
 
 from .. import tf_graph_guard as guard
 from . import artifact as A
@@ -69,9 +67,8 @@ def _first_run(program: P.Program, n: int, arrays: list[np.ndarray], what: str) 
 
 def _info(backend, device: Device, options: CompileOptions, ins, outs, path: list[str],
           buckets: Buckets, notes: list[str]) -> ExecutableInfo:
-    info = ExecutableInfo(backend.name, backend.version(), device.target, device.kind,
-                          options.precision, ins, outs, conversion_path=path,
-                          options=dict(options.options), notes=notes)
+    info = backend.executable_info(device, options.precision, ins, outs, conversion_path=path,
+                          backend_options=dict(options.backend_options), notes=notes)
     info.extra.update(batch_buckets=list(buckets.sizes), xla_target=XLA_TARGET[device.kind])
     return info
 
@@ -86,13 +83,11 @@ def _bucket_note(buckets: Buckets) -> str:
 
 # --- torch ---------------------------------------------------------------------------------
 def compile_torch(backend, model: Model, device: Device, options: CompileOptions, system) -> TpuExecutable:
-    if importlib.util.find_spec("litert_torch") is None:
-        raise NoConversionPath("torch models reach the TPU through litert-torch's StableHLO "
-                               "lowering, which is not installed",
-                               "pip install litert-torch (hal-accel[edgetpu] installs it)")
+    require(("litert_torch",), "a torch model on the TPU (through litert-torch's StableHLO lowering)",
+            NoConversionPath, extra="tpu")
     from . import torch_lower as TL
 
-    opts = parse_options(options.options)
+    opts = parse_options(options.backend_options)
     precision = options.precision
     module, args = TL.prepare(model, precision)
     arrays = [a.numpy() for a in args]
@@ -153,7 +148,7 @@ def _static_inputs(names: list[str], shapes: list[tuple], dtypes: list[str],
     if example:
         if len(example) != len(names):
             raise InvalidInputError(f"the {what} takes {len(names)} input(s) {names}, "
-                                    f"example_inputs has {len(example)}",
+                                    f"example_input has {len(example)}",
                                     "pass one example array per model input")
         return [np.ascontiguousarray(a) for a in example]
     out = []
@@ -163,14 +158,14 @@ def _static_inputs(names: list[str], shapes: list[tuple], dtypes: list[str],
             raise InvalidInputError(
                 f"input {name!r} of the {what} has dynamic dimension(s) "
                 f"{dyn or 'of unknown rank'} (shape {shape}); XLA needs static shapes and only the "
-                f"batch axis can be bucketed", "pass example_inputs to fix the other dimensions")
+                f"batch axis can be bucketed", "pass example_input to fix the other dimensions")
         out.append(np.zeros((1,) + tuple(shape)[1:] if len(shape) else (), dtype=dt))
     return out
 
 
 def _finish_tf(backend, device, options, program: P.Program, make_fn: Callable, in_names,
                arrays, path: list[str], meta: dict[str, Any], what: str) -> TpuExecutable:
-    opts = parse_options(options.options)
+    opts = parse_options(options.backend_options)
     notes = full_fp32(device, options.precision)
     b = batch_of(arrays)
     first = b if b is not None else 0
@@ -207,13 +202,13 @@ def compile_keras(backend, model: Model, device: Device, options: CompileOptions
     except Exception:  # noqa: BLE001 - an unbuilt Sequential has no inputs yet
         declared = []
     names = [getattr(t, "name", None) or f"input_{i}" for i, t in enumerate(declared)] or \
-        [f"input_{i}" for i in range(len(model.example_inputs or ()))]
+        [f"input_{i}" for i in range(len(model.example_input or ()))]
     if not names:
         raise UsageError("this Keras model declares no inputs (it was never built)",
-                         "pass example_inputs, or build the model with keras.Input")
+                         "pass example_input, or build the model with keras.Input")
     arrays = _static_inputs(names, [tuple(t.shape) for t in declared] or [None] * len(names),
                             [str(t.dtype) for t in declared] or ["float32"] * len(names),
-                            model.example_inputs, "Keras model")
+                            model.example_input, "Keras model")
     mod = P.keras_module(keras_model, options.precision, strategy)
     program = P.Program(mod, {}, strategy)
     path = []
@@ -236,7 +231,7 @@ def compile_saved_model(backend, model: Model, device: Device, options: CompileO
     in_keys = [s.name for s in specs]
     arrays = _static_inputs(in_keys, [tuple(s.shape.as_list()) if s.shape.rank is not None
                                       else None for s in specs],
-                            [s.dtype.name for s in specs], model.example_inputs, "SavedModel")
+                            [s.dtype.name for s in specs], model.example_input, "SavedModel")
     program = P.Program(mod, {}, strategy)
     return _finish_tf(backend, device, options, program,
                       lambda s: P.saved_fn(mod, key, in_keys, out_keys, s), in_keys, arrays,
@@ -298,6 +293,6 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: di
         full_fp32(device, info.precision)
         program, report = P.restore(str(artifact / SAVED), buckets.sizes, specs, strategy)
         _claimed_precision(info, meta["kind"], DT_BFLOAT16 in report.dtypes)
-    info.device, info.device_kind = device.target, device.kind
+    info.target, info.device_kind = device.target, device.kind
     info.extra["xla_target"] = XLA_TARGET[device.kind]
     return TpuExecutable(info, device, program, buckets, meta, stablehlo)

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from hal import CompileError, Device, InvalidInputError, UnsupportedError, UsageError
-from hal import cache as hal_cache
 
 from .convert import short
 from .devices import kind_of

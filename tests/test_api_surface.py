@@ -1,0 +1,148 @@
+"""The public surface (issue #12): two doors, one word per idea, no import cycle.
+
+These check the shape of the API a user and a plugin author meet, and that the
+conformance CLI arrives as an ordinary plugin through ``register_commands``."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hal
+import hal.plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"hal": ROOT / "hal", "hal_backends": ROOT / "backends",
+            "hal_conformance": ROOT / "conformance"}
+
+
+def test_the_application_door_holds_no_plugin_author_names():
+    author_only = {"Backend", "CompileOptions", "ExecutableInfo", "TensorSpec", "hookimpl",
+                   "registry", "discover", "resolve", "Format", "Converter", "Model"}
+    assert not author_only & set(hal.__all__)
+    assert {"compile", "load", "devices", "backends", "Executable", "Device", "Profile",
+            "Requirements", "HalError", "UsageError"} <= set(hal.__all__)
+    assert author_only <= set(hal.plugin.__all__)
+    for name in hal.__all__ + hal.plugin.__all__:
+        module = hal if name in hal.__all__ else hal.plugin
+        assert getattr(module, name) is not None, name
+
+
+def test_compile_takes_keywords_after_the_target():
+    with pytest.raises(TypeError, match="positional"):
+        hal.compile("model.onnx", "cpu", "fp32")  # noqa - the point of the test
+
+
+def test_requirements_do_not_repeat_the_precision():
+    assert not hasattr(hal.Requirements(), "precision")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg, folder in PACKAGES.items():
+        for f in folder.rglob("*.py"):
+            rel = f.relative_to(folder).with_suffix("")
+            parts = [pkg, *rel.parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every in-project module ``name`` imports, at any depth of the file (lazy ones too)."""
+    is_pkg = path.name == "__init__.py"
+    base = name if is_pkg else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                up = base.split(".")
+                up = up[:len(up) - (node.level - 1)]
+                mod = ".".join(up + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                out.add(t)
+    return out
+
+
+def test_no_import_cycle_between_modules():
+    """Between modules, not counting a package's import of its own submodules: a cycle
+    means two modules that can only be understood together (issue #12 found goldens ↔ runner)."""
+    mods = _modules()
+    graph = {m: {t for t in _imports(m, p, set(mods)) if not m.startswith(t + ".")}
+             for m, p in mods.items()}
+    cycles, state = [], {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif not state.get(t):
+                visit(t, stack + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if not state.get(m):
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def _hal(*args: str, **env: str) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if k != "HAL_PLUGINS"}
+    e.update(env)
+    return subprocess.run([sys.executable, "-m", "hal.cli", *args], capture_output=True, text=True,
+                          env=e, timeout=120)
+
+
+def test_conformance_command_arrives_through_the_plugin_hook():
+    assert "conformance" in _hal("--help").stdout
+    # conformance is an ordinary plugin: leave it out and its commands are gone
+    p = _hal("--help", HAL_PLUGINS="reference")
+    assert p.returncode == 0 and "conformance" not in p.stdout and "lab" not in p.stdout.split()
+    # python -m hal_conformance and hal conformance are one command with one set of options
+    direct = subprocess.run([sys.executable, "-m", "hal_conformance", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    flags = lambda text: sorted(w for w in text.split() if w.startswith("--"))  # noqa: E731
+    assert flags(direct.stdout) == flags(_hal("conformance", "--help").stdout)
+
+
+def test_a_broken_register_commands_is_recorded_not_fatal():
+    reg = hal.plugin.registry()
+    info = hal.plugin.PluginInfo("boom", "test", loaded=True)
+
+    def boom(cli):
+        raise RuntimeError("no")
+
+    reg.commands.append((info, boom))
+    try:
+        import typer
+
+        reg.add_commands(typer.Typer())
+    finally:
+        reg.commands.remove((info, boom))
+    assert not info.loaded and "register_commands failed: RuntimeError: no" in info.error
+
+
+def test_pytest_options_come_from_the_same_definition():
+    from hal_conformance.options import OPTIONS
+
+    p = subprocess.run([sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    for flag in OPTIONS:
+        assert (flag.pytest_flag in p.stdout) == flag.pytest, flag.pytest_flag
