@@ -27,15 +27,19 @@ def run_cli(opts: Options, console=None) -> int:
     if not con.is_terminal:
         con.width = max(con.width, 132)  # logs and README: do not squeeze the matrix
     err = Console(stderr=True)
+    run = None
 
     def note(msg: str) -> None:
         con.print(f"[dim]· {msg}[/dim]", highlight=False)
 
+    progress = Progress()
+
     def cell(c: CellResult) -> None:
+        eta = progress.tick(c, run.planned if run is not None else 0, opts.jobs)
         if c.result == "unsupported":
             return
         extra = rep.headline(c)
-        con.print(f"[{rep.STYLE[c.result]}]{rep.MARK[c.result]:>7}[/] {c.id:<42} {extra:>9} "
+        con.print(f"[dim]{eta}[/dim] [{rep.STYLE[c.result]}]{rep.MARK[c.result]:>7}[/] {c.id:<42} {extra:>9} "
                   + (f"[dim]{c.host:<12}[/dim] " if c.host else "")
                   + f"[dim]{c.duration_s or 0:5.1f}s[/dim]"
                   + (f"  [dim]{c.message[:160]}[/dim]" if c.result != "pass" else ""),
@@ -49,7 +53,7 @@ def run_cli(opts: Options, console=None) -> int:
             if opts.goldens:
                 raise hal.UsageError("--export-goldens and --goldens exclude each other",
                                      "export on the host with the reference stack, check elsewhere")
-            man = export_goldens(opts.export_goldens, opts.models, on_note=note,
+            man = export_goldens(opts.export_goldens, opts.models, on_note=note, suite=opts.suite,
                                  timeout_s=opts.timeout_s)
             con.print(f"wrote goldens for {len(man['models'])} model(s) to {opts.export_goldens} "
                       f"(oracle {man['oracle'].get('target')} {man['oracle'].get('version')})")
@@ -59,9 +63,11 @@ def run_cli(opts: Options, console=None) -> int:
         if opts.cluster:
             from .lab import Lab
 
-            r = Lab(opts, on_cell=cell, on_note=note).run()
+            lab = Lab(opts, on_cell=cell, on_note=note)
+            r = lab.run()
         else:
-            r = Suite(opts, on_cell=cell, on_note=note).run()
+            run = Suite(opts, on_cell=cell, on_note=note)
+            r = run.run()
     except hal.HalError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         return e.exit_code
@@ -92,3 +98,32 @@ def run_cli(opts: Options, console=None) -> int:
         if p:
             con.print(f"[dim]{what}: {p}[/dim]")
     return r.summary()["exit_code"]
+
+
+class Progress:
+    """``[done/planned ETA m:ss]`` for each cell line: the remaining runnable cells times
+    the mean time of those finished, over the backends that run at once. The plan grows
+    as each backend's worker starts, so early estimates are low."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.t0 = self.clock()
+        self.done = 0
+        self.ran = 0
+        self.ran_s = 0.0
+
+    def tick(self, c, planned: int, jobs: int) -> str:
+        self.done += 1
+        if c.runnable:
+            self.ran += 1
+            self.ran_s += c.duration_s or 0.0
+        planned = max(planned, self.done)
+        elapsed = self.clock() - self.t0
+        if self.ran and planned > self.done:
+            left = (planned - self.done) * (self.ran_s / self.ran) * (self.ran / self.done) / max(1, jobs)
+            eta = f"ETA {int(left) // 60}:{int(left) % 60:02d}"
+        else:
+            eta = f"{int(elapsed) // 60}:{int(elapsed) % 60:02d}"
+        return f"[{self.done}/{planned} {eta}]"

@@ -1,7 +1,7 @@
 """Goldens: the evaluation inputs and the oracle's outputs, on disk.
 
-``--export-goldens DIR`` writes, per zoo model, ``<model>.npz`` (``x_eval``,
-``y_eval``, ``x_calib``, ``reference``), ``<model>.onnx`` (the same model via
+``--export-goldens DIR`` writes, per zoo model, ``<model>.npz`` (``x_eval_<i>``,
+``y_eval`` for the zoo, ``x_calib_<i>``, ``reference``), ``<model>.onnx`` (the same model via
 torch.onnx, for a host without torch) and ``manifest.json``. ``--goldens DIR``
 judges against those outputs, so a device host needs no reference stack:
 no torch on the reference side, no scikit-learn, and with
@@ -21,7 +21,8 @@ import numpy as np
 from .models import weights_digest
 
 FORMAT = "hal-conformance-goldens"
-VERSION = 1
+#: 2: inputs as x_eval_<i> / x_calib_<i> (several inputs), labels optional, any suite
+VERSION = 2
 
 
 @dataclass
@@ -30,11 +31,13 @@ class Reference:
 
     model: str
     outputs: np.ndarray
-    labels: np.ndarray
-    accuracy: float
+    labels: np.ndarray | None  # the zoo only
+    accuracy: float | None
     data_path: Path
     onnx_path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: relative error of the model under torch autocast fp16 / bf16 (precision honesty)
+    emulated: dict[str, float | None] = field(default_factory=dict)
 
 
 def sha256(path: Path) -> str:
@@ -62,7 +65,7 @@ def read_goldens(directory: Path, models: list[str]):
         if entry is None:
             raise UsageError(f"the goldens in {directory} have no model {name}",
                              f"export them again, or choose --model from {', '.join(manifest['models'])}")
-        if entry["weights_sha256"] != weights_digest(name):
+        if entry.get("weights_sha256") and entry["weights_sha256"] != weights_digest(name):
             raise UsageError(f"the goldens for {name} were made with other zoo weights",
                              "export the goldens again from this version of hal")
         npz = Path(directory) / entry["file"]
@@ -74,9 +77,11 @@ def read_goldens(directory: Path, models: list[str]):
         if onnx is not None and (not onnx.is_file() or sha256(onnx) != entry.get("onnx_sha256")):
             raise UsageError(f"{onnx} is missing or does not match its manifest checksum",
                              "copy the goldens folder again")
-        out, labels = d["reference"], d["y_eval"]
-        refs[name] = Reference(name, out, labels, float((out.argmax(-1) == labels).mean()), npz,
-                               onnx_path=onnx)
+        out = d["reference"]
+        labels = d["y_eval"] if "y_eval" in d.files else None
+        refs[name] = Reference(name, out, labels, None if labels is None else
+                               float((out.argmax(-1) == labels).mean()), npz, onnx_path=onnx,
+                               emulated=dict(entry.get("emulated_rel_err") or {}))
     oracle = dict(manifest.get("oracle", {}))
     oracle["source"] = f"goldens {directory} ({manifest.get('created')})"
     return refs, oracle

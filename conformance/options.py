@@ -19,6 +19,8 @@ class Options:
 
     #: backend names or device targets ("name:id"); None = every installed backend
     backends: list[str] | None = None
+    #: quick (the zoo) | ops (operators) | models (architectures) | full (all three)
+    suite: str = "quick"
     models: list[str] | None = None
     precisions: list[str] | None = None
     timeout_s: float = 300.0
@@ -74,7 +76,11 @@ class Flag:
 OPTIONS: tuple[Flag, ...] = (
     Flag("backends", ("-b", "--backend"), "only this backend or device target (repeatable)",
          "NAME", multiple=True),
-    Flag("models", ("-m", "--model"), "only this zoo model (repeatable)", "MODEL", multiple=True),
+    Flag("suite", ("--suite",), "which models: quick (the five-model zoo, default), ops "
+         "(one case per operator), models (real architectures at 224×224), or full (all)",
+         "SUITE", choices=("quick", "ops", "models", "full")),
+    Flag("models", ("-m", "--model"), "only this model, or operator family, of the suite "
+         "(repeatable)", "MODEL", multiple=True),
     Flag("precisions", ("-p", "--precision"),
          "only this precision: fp32 fp16 bf16 int8 int8-dynamic (repeatable)", "PRECISION",
          multiple=True),

@@ -32,6 +32,8 @@ class WorkerProcess:
                  env: dict[str, str] | None = None) -> None:
         self.backend = backend
         self.log_path = log_path
+        #: the stage the current cell last entered (a crash or a timeout names it)
+        self.stage: str | None = None
         r, w = os.pipe()
         cmd = [sys.executable, "-m", "hal_conformance.worker", "--backend", backend, "--fd", str(w)]
         if source:
@@ -77,6 +79,8 @@ class WorkerProcess:
                 continue
             if msg is None:
                 raise WorkerDied(self.death())
+            if msg.get("event") == "stage":
+                self.stage = msg.get("stage")
             if msg.get("event") == event:
                 return msg
 
@@ -178,6 +182,7 @@ class BackendRun:
         w = self.worker
         assert w is not None
         t0 = time.monotonic()
+        w.stage = None
         try:
             w.send(cmd)
             w.expect("start", self.timeout_s)
@@ -185,13 +190,14 @@ class BackendRun:
         except WorkerTimeout:
             w.kill()
             self.worker = None
-            return {"status": "timeout", "duration_s": time.monotonic() - t0,
+            return {"status": "timeout", "duration_s": time.monotonic() - t0, "stage": w.stage,
                     "message": f"no result within {self.timeout_s:g}s; the worker was killed "
                                f"and restarted for the remaining cells",
                     "detail": w.log_tail(lines=40, chars=6000)}
         except WorkerDied as e:
             self.worker = None
             return {"status": "crash", "duration_s": time.monotonic() - t0, "message": str(e),
+                    "stage": w.stage,
                     "detail": w.log_tail(lines=40, chars=6000)}
 
     def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:

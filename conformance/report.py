@@ -18,18 +18,22 @@ from .results import CellResult, Report
 
 STYLE = {"pass": "green", "fail": "bold red", "unsupported": "dim", "error": "yellow",
          "crash": "bold magenta", "timeout": "magenta", "lost": "bold yellow",
-         "oracle-disagreement": "cyan"}
+         "oracle-disagreement": "cyan", "precision-not-honoured": "bold red"}
 MARK = {"pass": "✓", "fail": "✗", "unsupported": "–", "error": "error", "crash": "crash",
-        "timeout": "timeout", "lost": "lost", "oracle-disagreement": "no oracle"}
+        "timeout": "timeout", "lost": "lost", "oracle-disagreement": "no oracle",
+        "precision-not-honoured": "≠"}
 
 
 def headline(c: CellResult) -> str:
     """The one number that matters for a cell: relative max error for float
-    precisions, top-1 agreement for int8 precisions."""
-    if c.top1_agreement is None:
+    precisions, top-1 agreement for int8 precisions (SNR for an operator, which has
+    no classes)."""
+    if c.rel_max_err is None:
         return ""
     if POLICY[c.precision].max_rel_err is not None:
         return "exact" if not c.max_abs_err else f"{c.rel_max_err:.1e}"
+    if c.top1_agreement is None:
+        return "exact" if c.snr_db is None else f"{c.snr_db:.0f} dB"
     return f"{c.top1_agreement:.1%}"
 
 
@@ -89,6 +93,11 @@ def rich_tables(r: Report):
 
     from rich import box
 
+    head = Text(f"hal conformance — {summary_line(r)}", style="bold")
+    if len({(c.target, c.model) for c in r.cells}) > MATRIX_ROWS:
+        from .coverage import rich_summary
+
+        return [head, rich_summary(r)] + _problems(r)
     precisions = [p for p in JUDGED_PRECISIONS if any(c.precision == p for c in r.cells)]
     t = Table(box=box.SIMPLE_HEAD, caption="float precisions: max|err|/max|ref| against the fp64 "
               "oracle · int8 precisions: top-1 agreement · – unsupported", caption_justify="left")
@@ -101,7 +110,7 @@ def rich_tables(r: Report):
     rows: dict[tuple, dict[str, CellResult]] = defaultdict(dict)
     order = list(MODELS)
     for c in r.cells:
-        rows[(c.target, c.device_kind, c.model)][c.precision] = c
+        rows[(c.target, c.device_kind, c.model + ("@dynamic" if c.shapes == "dynamic" else ""))][c.precision] = c
     last = None
     for (dev, kind, model) in sorted(rows, key=lambda k: (k[0], order.index(k[2]) if k[2] in order else 99)):
         cells = rows[(dev, kind, model)]
@@ -122,16 +131,34 @@ def rich_tables(r: Report):
         row.append(Text(_fmt(timed[0].latency_p50_ms if timed else None, ".3f")
                         + (f" {timed[0].precision}" if timed and timed[0].precision != "fp32" else "")))
         t.add_row(*row)
-    head = Text(f"hal conformance — {summary_line(r)}", style="bold")
-    out = [head, t]
+    return [head, t] + _problems(r)
+
+
+#: above this many device × model rows the console shows totals, not the matrix
+MATRIX_ROWS = 60
+#: at most this many non-passing cells are listed on the console
+PROBLEMS_LISTED = 80
+
+
+def _problems(r: Report) -> list:
+    """The cells that did not pass (with their stage), then what was not run."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out = []
     problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != "pass"]
     if problems:
         pt = Table(title="cells that did not pass", title_justify="left", show_lines=False)
         pt.add_column("cell")
         pt.add_column("result")
+        pt.add_column("stage")
         pt.add_column("why", overflow="fold")
-        for c in problems:
-            pt.add_row(c.id, Text(c.result, style=STYLE[c.result]), c.message[:400])
+        for c in problems[:PROBLEMS_LISTED]:
+            pt.add_row(c.id, Text(c.result, style=STYLE[c.result]), str(c.stage or ""),
+                       c.message[:400])
+        if len(problems) > PROBLEMS_LISTED:
+            pt.add_row(f"… {len(problems) - PROBLEMS_LISTED} more", "", "",
+                       "see the JSON, markdown or HTML report")
         out.append(pt)
     other = [(n.what, n.line()) for n in not_run(r)]
     if other:
@@ -235,8 +262,9 @@ def precision_figure(r: Report, precision: str):
     from .results import _order
 
     tol = POLICY[precision]
+    # the zoo's cells only: each suite has its own limits, and the big suites have their matrix
     cells = sorted((c for c in r.cells if c.precision == precision and c.precision in POLICY
-                    and judged_value(c) is not None), key=_order)
+                    and c.suite == "quick" and judged_value(c) is not None), key=_order)
     if not cells:
         return None
     plt = _pyplot()
@@ -421,7 +449,7 @@ def write_html(r: Report, path: str | Path) -> None:
                + "".join(f"<th>{p}</th>" for p in precisions) + "<th>p50 ms</th></tr>")
     rows: dict[tuple, dict[str, CellResult]] = defaultdict(dict)
     for c in r.cells:
-        rows[(c.target, c.device_kind, c.model)][c.precision] = c
+        rows[(c.target, c.device_kind, c.model + ("@dynamic" if c.shapes == "dynamic" else ""))][c.precision] = c
     order = list(MODELS)
     last = None
     for key in sorted(rows, key=lambda k: (k[0], order.index(k[2]) if k[2] in order else 99)):
@@ -455,6 +483,9 @@ def write_html(r: Report, path: str | Path) -> None:
     else:
         out.append("<p>every device of every installed backend was tested.</p>")
 
+    from .coverage import html as coverage_html
+
+    out.append(coverage_html(r))
     # plots
     imgs = plot_errors(r)
     out.append("<h2 id=plots>error per precision, against that precision's own rule</h2><p class=note>"

@@ -29,6 +29,25 @@ class Result(str, Enum):
     LOST = "lost"
     #: the oracle's two implementations disagreed, so nothing was judged
     ORACLE_DISAGREEMENT = "oracle-disagreement"
+    #: its numbers are impossible for the precision it claims (e.g. "fp16" that is
+    #: fp32 to the last bits, "int8" with no quantization error at all)
+    PRECISION_NOT_HONOURED = "precision-not-honoured"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Stage(str, Enum):
+    """Where a cell that did not pass broke, in the order a cell goes through them
+    (like ExecuTorch's test results, which name the failing step)."""
+
+    EXPORT = "export"        # leaving the framework's graph: torch.export, torch.onnx
+    CONVERT = "convert"      # format conversion: ov.convert_model, litert-torch, TFLiteConverter
+    QUANTIZE = "quantize"    # calibration and int8 conversion: PT2E, NNCF
+    COMPILE = "compile"      # the backend's compile (and, for unsupported cells, its refusal)
+    SAVE_RELOAD = "save-reload"  # Executable.save, hal.load, and the reloaded copy's answers
+    RUN = "run"              # running the executable on the evaluation inputs
+    COMPARE = "compare"      # judging the outputs against the oracle and the policy
 
     def __str__(self) -> str:
         return self.value
@@ -36,7 +55,8 @@ class Result(str, Enum):
 
 #: every value ``CellResult.result`` can take
 RESULTS = tuple(r.value for r in Result)
-#: 2: ``device`` → ``target``; results named by :class:`Result`
+#: 2: ``device`` → ``target``; results named by :class:`Result`; ``stage``, ``suite``,
+#: ``family`` per cell
 SCHEMA = 2
 
 
@@ -54,6 +74,13 @@ class CellResult:
     result: Result = Result.ERROR
     #: why it is not a pass (broken rules, the error, the crash, why unsupported)
     message: str = ""
+    #: where a non-pass broke (None for a pass)
+    stage: Stage | None = None
+    #: quick | ops | models, and the operator family or model family (matrix rows)
+    suite: str = "quick"
+    family: str = ""
+    #: static | dynamic (a dynamic-batch model, run at several batch sizes)
+    shapes: str = "static"
     max_abs_err: float | None = None
     mean_abs_err: float | None = None
     max_abs_ref: float | None = None
@@ -77,6 +104,7 @@ class CellResult:
 
     def __post_init__(self) -> None:
         self.result = Result(self.result)
+        self.stage = Stage(self.stage) if self.stage else None
 
     @property
     def runnable(self) -> bool:
@@ -85,6 +113,7 @@ class CellResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["result"] = Result(self.result).value
+        d["stage"] = Stage(self.stage).value if self.stage else None
         return d
 
     @classmethod
@@ -140,12 +169,11 @@ class Report:
 
 
 def _order(c: CellResult) -> tuple:
-    from .models import MODELS
+    from .cases import position
     from .policy import JUDGED_PRECISIONS
 
-    m = list(MODELS).index(c.model) if c.model in MODELS else 99
     p = JUDGED_PRECISIONS.index(c.precision) if c.precision in JUDGED_PRECISIONS else 99
-    return (c.backend, c.target, m, p)
+    return (c.backend, c.target, position(c.model), p)
 
 
 class JsonSink:

@@ -1,5 +1,10 @@
-"""The orchestrator: backends × devices × zoo models × precisions, each backend in
+"""The orchestrator: backends × devices × models × precisions, each backend in
 its own worker process, judged against the fp64 oracle (or stored goldens).
+
+The models come from one suite of :mod:`.cases` (the quick zoo, operators,
+architectures, or all). Every non-pass names the :class:`~.results.Stage` it broke
+at, and a cell whose numbers are impossible for its claimed precision is
+``precision-not-honoured`` (see :func:`.policy.honesty`).
 
 This process imports no framework: workers compile and run, and hand back
 outputs as ``.npy`` files that are judged here with numpy.
@@ -23,14 +28,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .models import MODELS, select as select_models, weights_digest
-from .policy import (JUDGED_PRECISIONS, ORACLE_BACKEND, ORACLE_DISAGREEMENT, ORACLE_PRECISION, POLICY,
-                     ROUNDTRIP_MAX_REL, compare, judge)
+from . import cases
+from .models import MODELS, weights_digest
+from .policy import (JUDGED_PRECISIONS, ORACLE_BACKEND, ORACLE_DISAGREEMENT, ORACLE_PRECISION,
+                     POLICIES, ROUNDTRIP_MAX_REL, compare, honesty, judge)
 from .goldens import FORMAT as GOLDENS_FORMAT, VERSION as GOLDENS_VERSION
 from .goldens import Reference, read_goldens, sha256
 from .options import Options
 from .process import BackendRun, WorkerDied, WorkerTimeout
-from .results import CellResult, JsonSink, Report, Result
+from .results import CellResult, JsonSink, Report, Result, Stage
 
 ENV_SOURCE = "HAL_CONFORMANCE_SOURCE"  # "onnx": feed workers the goldens' ONNX files
 
@@ -42,10 +48,14 @@ class CellSpec:
     model: str
     precision: str
     unsupported: str | None = None
+    #: "static": compiled from the module at the example's batch; "dynamic": from a
+    #: program whose batch is a torch.export Dim, run at batches 1, 3 and 8
+    shapes: str = "static"
 
     @property
     def id(self) -> str:
-        return f"{self.device['target']}/{self.model}/{self.precision}"
+        return f"{self.device['target']}/{self.model}/{self.precision}" + (
+            "@dynamic" if self.shapes == "dynamic" else "")
 
 
 def _safe(s: str) -> str:
@@ -63,10 +73,15 @@ class Suite:
         self.on_cell = on_cell or (lambda c: None)
         self.on_note = on_note or (lambda s: None)
         self.reg = hal.plugin.registry()
-        self.models = select_models(opts.models)
+        self.models = cases.select(opts.suite, opts.models)
+        self.cases = cases.catalogue()
         self.precisions = self._precisions(opts.precisions)
         self.targets = self._backend_filter(opts.backends)
-        self.report = Report(policy={p: POLICY[p].to_dict() for p in JUDGED_PRECISIONS})
+        suites = sorted({self.cases[m].suite for m in self.models}, key=cases.SUITES.index)
+        self.report = Report(policy={s: {p: POLICIES[s][p].to_dict() for p in JUDGED_PRECISIONS}
+                                     for s in suites})
+        #: planned cells so far, for progress and the ETA (grows as backends are planned)
+        self.planned = 0
         self.sink = JsonSink(opts.json_path)
         self.lock = threading.Lock()
         self.refs: dict[str, Reference] = {}
@@ -182,7 +197,7 @@ class Suite:
         for m in self.models:
             data_path = self._write_data(m)
             spec = CellSpec(name, dev, m, ORACLE_PRECISION)
-            done = run.execute(self._command(spec, data_path, profile=False))
+            done = run.execute(self._command(spec, data_path, profile=False, roundtrip=False))
             if done.get("status") == ORACLE_DISAGREEMENT:  # judged by nothing, not an error
                 self.disagreed[m] = done.get("message") or "the oracle's implementations disagree"
                 self.on_note(f"oracle: {m}: {self.disagreed[m]}")
@@ -194,12 +209,35 @@ class Suite:
                 continue
             d = np.load(data_path)
             out = np.load(self._out_path(spec))
-            labels = d["y_eval"]
-            ref = Reference(m, out, labels, float((out.argmax(-1) == labels).mean()), data_path,
+            labels = d["y_eval"] if "y_eval" in d else None
+            ref = Reference(m, out, labels, None if labels is None else
+                            float((out.argmax(-1) == labels).mean()), data_path,
                             meta={"conversion_path": done.get("conversion_path")})
+            ref.emulated = self._emulate(run, m, data_path, out)
             self.refs[m] = ref
             self.report.models[m] = self._model_entry(ref)
         return self.refs
+
+    def _emulate(self, run: BackendRun, model: str, data_path: Path, ref: np.ndarray
+                 ) -> dict[str, float | None]:
+        """Relative error of the model under torch autocast at fp16 and bf16: the error
+        those precisions' arithmetic gives here (None where it could not be emulated)."""
+        if self.source == "onnx":
+            return {}
+        outs = {p: str(self.workdir / "out" / f"{_safe(model)}.emulated-{p}.npy")
+                for p in ("fp16", "bf16")}
+        done = run.request({"op": "emulate", "id": f"emulate/{model}", "model": model,
+                            "data": str(data_path), "out": outs}, self.opts.timeout_s)
+        out: dict[str, float | None] = {}
+        scale = float(np.abs(ref).max()) or 1.0
+        for p, path in outs.items():
+            if done.get("status") == "ran" and done.get(p):
+                y = np.load(path)
+                out[p] = (float(np.abs(y.reshape(ref.shape) - ref).max()) / scale
+                          if y.size == ref.size and np.isfinite(y).all() else None)
+            else:
+                out[p] = None
+        return out
 
     def _oracle_name(self) -> str:
         cands = [b.name for b in self.reg.backends.values() if ORACLE_PRECISION in b.precisions]
@@ -213,17 +251,20 @@ class Suite:
             "exported with --export-goldens on a host that has it")
 
     def _model_entry(self, ref: Reference) -> dict[str, Any]:
-        spec = MODELS[ref.model]
-        return {"description": spec.description, "input_shape": list(spec.input_shape),
-                "output": spec.output, "eval_samples": int(len(ref.labels)),
-                "reference_accuracy": ref.accuracy, "weights_sha256": weights_digest(ref.model)}
+        case = self.cases[ref.model]
+        entry = {"suite": case.suite, "family": case.family, "description": case.description,
+                 "inputs": [{"shape": list(sh), "dtype": dt} for sh, dt in case.inputs],
+                 "kind": case.kind, "eval_samples": int(len(ref.outputs)),
+                 "reference_accuracy": ref.accuracy, "emulated_rel_err": ref.emulated}
+        if ref.model in MODELS:
+            entry.update(input_shape=list(MODELS[ref.model].input_shape),
+                         output=MODELS[ref.model].output, weights_sha256=weights_digest(ref.model))
+        return entry
 
     def _write_data(self, model: str) -> Path:
-        from .data import model_data
-
-        path = self.workdir / "data" / f"{model}.npz"
+        path = self.workdir / "data" / f"{_safe(model)}.npz"
         if not path.exists():
-            np.savez(path, **model_data(MODELS[model].input_shape))
+            np.savez(path, **cases.data(model))
         return path
 
     def _out_path(self, spec: CellSpec) -> Path:
@@ -238,10 +279,11 @@ class Suite:
             return self.runs[name]
 
     def _command(self, spec: CellSpec, data_path: Path, profile: bool = True,
-                 onnx: Path | None = None) -> dict[str, Any]:
+                 onnx: Path | None = None, roundtrip: bool = True) -> dict[str, Any]:
         return {"op": "cell", "id": spec.id, "target": spec.device["target"], "model": spec.model,
                 "precision": spec.precision, "data": str(data_path),
-                "out": str(self._out_path(spec)), "profile": profile,
+                "out": str(self._out_path(spec)), "profile": profile, "roundtrip": roundtrip,
+                "shapes": spec.shapes,
                 "onnx": str(onnx) if onnx else None}
 
     # --- one backend ----------------------------------------------------------------------
@@ -284,7 +326,16 @@ class Suite:
                 continue
             for m in self.models:
                 for p in self.precisions:
-                    specs.append(CellSpec(name, d, m, p, unsupported=d["unsupported"].get(p)))
+                    why = d["unsupported"].get(p)
+                    if why is None and p == "int8" and not self.cases[m].quantizable:
+                        why = f"{m} takes integer inputs only: static int8 calibration does not apply"
+                    specs.append(CellSpec(name, d, m, p, unsupported=why))
+                    if self.cases[m].suite == "models" and self.cases[m].dynamic_batch:
+                        dyn = why or (None if ready.get("dynamic_batch") else
+                                      f"the {name} backend declares no dynamic batch")
+                        specs.append(CellSpec(name, d, m, p, unsupported=dyn, shapes="dynamic"))
+        with self.lock:
+            self.planned += len(specs)
         self.on_note(f"{name} {ready['version'] or ''}: {len(specs)} cells on "
                      f"{len({s.device['target'] for s in specs})} device(s)")
         return specs
@@ -301,8 +352,11 @@ class Suite:
         elif ref is None:
             cell = self._cell(spec, {"status": "error", "message": "no reference output for this model"})
         else:
+            # latency is part of the quick tier's report; the operator and architecture
+            # tiers are about correctness, and 0.2 s per cell would add minutes
+            profile = self.opts.profile and self.cases[spec.model].suite == "quick"
             done = self._run_of(spec.backend).execute(
-                self._command(spec, ref.data_path, self.opts.profile, ref.onnx_path))
+                self._command(spec, ref.data_path, profile, ref.onnx_path))
             cell = self._cell(spec, done)
         self._record(cell)
         return cell
@@ -330,8 +384,9 @@ class Suite:
 
     def _cell(self, spec: CellSpec, done: dict[str, Any]) -> CellResult:
         d = spec.device
+        case = self.cases[spec.model]
         c = CellResult(spec.id, spec.backend, d["target"], d["name"], d["kind"], spec.model,
-                       spec.precision)
+                       spec.precision, suite=case.suite, family=case.family, shapes=spec.shapes)
         for k in ("compile_time_s", "artifact_size_bytes", "latency_p50_ms", "latency_batch",
                   "roundtrip_max_abs", "backend_version", "duration_s", "detail"):
             if done.get(k) is not None:
@@ -344,13 +399,15 @@ class Suite:
                 Result.UNSUPPORTED, Result.ERROR, Result.CRASH, Result.TIMEOUT,
                 Result.ORACLE_DISAGREEMENT) else Result.ERROR
             c.message = done.get("message") or f"worker answered {status!r}"
+            c.stage = Stage(_stage_of(done, c.message))
             return c
         ref = self.refs[spec.model]
         out = np.load(self._out_path(spec))
         c.reference_accuracy = ref.accuracy
+        c.stage = Stage.COMPARE  # from here on, a non-pass broke at the comparison
         if out.shape != ref.outputs.shape:
             c.result, c.message = Result.FAIL, (f"output shape {out.shape} differs from the "
-                                           f"reference's {ref.outputs.shape}")
+                                                f"reference's {ref.outputs.shape}")
             return c
         if not np.isfinite(out).all():
             c.result, c.message = Result.FAIL, f"{int((~np.isfinite(out)).sum())} outputs are NaN or Inf"
@@ -358,29 +415,51 @@ class Suite:
         m = compare(out, ref.outputs, ref.labels)
         for k, v in m.to_dict().items():
             setattr(c, k, v)
-        broken = judge(m, spec.precision, ref.accuracy)
+        if case.kind == "tensor":
+            c.top1_agreement = None  # an operator's output has no classes
+        broken = judge(m, spec.precision, ref.accuracy, case.suite)
         if done.get("device_kind") != d["kind"]:
             broken.append(f"the executable says kind={done.get('device_kind')} but "
                           f"{d['target']} is {d['kind']}")
         rt = done.get("roundtrip_max_abs")
         if rt is not None and rt > ROUNDTRIP_MAX_REL * m.max_abs_ref:
-            broken.append(f"the reloaded artifact differs from the compiled one by {rt:.3g} "
-                          f"(> {ROUNDTRIP_MAX_REL:g}·max|ref|)")
+            c.result, c.stage = Result.FAIL, Stage.SAVE_RELOAD
+            c.message = "; ".join(broken + [
+                f"the reloaded artifact differs from the compiled one by {rt:.3g} "
+                f"(> {ROUNDTRIP_MAX_REL:g}·max|ref|)"])
+            return c
+        dishonest = honesty(spec.precision, m.rel_max_err, ref.emulated)
+        if dishonest and not broken:
+            c.result, c.message = Result.PRECISION_NOT_HONOURED, dishonest
+            return c
         c.result = Result.FAIL if broken else Result.PASS
-        c.message = "; ".join(broken)
+        c.message = "; ".join(broken + ([dishonest] if dishonest else []))
+        if c.result == Result.PASS:
+            c.stage = None
         return c
+
+
+def _stage_of(done: dict[str, Any], message: str) -> str:
+    """The stage of a cell that did not run to the end: the worker's tag, else what the
+    refusal says (a plan-time refusal: no conversion path → convert, else compile)."""
+    st = done.get("stage")
+    if st in Stage._value2member_map_:
+        return st
+    if done.get("status") == Result.ORACLE_DISAGREEMENT:
+        return Stage.COMPARE
+    return Stage.CONVERT if "no conversion" in message.lower() else Stage.COMPILE
 
 
 def export_goldens(directory: Path, models: list[str] | None = None, onnx: bool = True,
                    on_note: Callable[[str], None] | None = None,
-                   timeout_s: float = 300.0) -> dict[str, Any]:
-    """Run the oracle on the zoo and write the goldens; returns the manifest."""
+                   timeout_s: float = 300.0, suite: str = "quick") -> dict[str, Any]:
+    """Run the oracle on a suite's models and write the goldens; returns the manifest."""
     from hal import HalError
 
     note = on_note or (lambda s: None)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    suite = Suite(Options(models=models, backends=[], timeout_s=timeout_s,
+    suite = Suite(Options(models=models, backends=[], timeout_s=timeout_s, suite=suite,
                           startup_timeout_s=timeout_s), on_note=note)
     try:
         refs = suite.references()
@@ -392,17 +471,17 @@ def export_goldens(directory: Path, models: list[str] | None = None, onnx: bool 
             "format": GOLDENS_FORMAT, "version": GOLDENS_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "hal_version": suite.hal.__version__, "oracle": oracle,
-            "policy": {p: POLICY[p].to_dict() for p in JUDGED_PRECISIONS}, "models": {}}
+            "policy": suite.report.policy, "models": {}}
         for name, ref in refs.items():
             d = np.load(ref.data_path, allow_pickle=False)
-            npz = directory / f"{name}.npz"
-            np.savez_compressed(npz, x_eval=d["x_eval"], y_eval=d["y_eval"], x_calib=d["x_calib"],
-                                reference=ref.outputs)
-            entry = {"file": npz.name, "sha256": sha256(npz), "weights_sha256": weights_digest(name),
-                     "input_shape": list(MODELS[name].input_shape), "eval_samples": len(ref.labels),
-                     "reference_accuracy": ref.accuracy, "onnx": None}
+            npz = directory / f"{_safe(name)}.npz"
+            np.savez_compressed(npz, **{k: d[k] for k in d.files}, reference=ref.outputs)
+            entry = {"file": npz.name, "sha256": sha256(npz),
+                     "weights_sha256": weights_digest(name) if name in MODELS else None,
+                     "eval_samples": len(ref.outputs), "reference_accuracy": ref.accuracy,
+                     "emulated_rel_err": ref.emulated, "onnx": None}
             if onnx:
-                path = directory / f"{name}.onnx"
+                path = directory / f"{_safe(name)}.onnx"
                 done = run.request({"op": "export_onnx", "id": name, "model": name,
                                     "data": str(ref.data_path), "path": str(path)}, timeout_s)
                 if done.get("status") == "ran":
@@ -410,8 +489,8 @@ def export_goldens(directory: Path, models: list[str] | None = None, onnx: bool 
                 else:
                     note(f"{name}: no ONNX in the goldens ({done.get('message')})")
             manifest["models"][name] = entry
-            note(f"goldens: {name} ({len(ref.labels)} samples, reference accuracy "
-                 f"{ref.accuracy:.2%})")
+            note(f"goldens: {name} ({len(ref.outputs)} samples"
+                 + (f", reference accuracy {ref.accuracy:.2%})" if ref.accuracy is not None else ")"))
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
         return manifest
     finally:

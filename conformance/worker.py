@@ -46,6 +46,7 @@ class Worker:
         self.status = backend_status(self.backend)
         self.source = source
         self.models: dict[str, Any] = {}
+        self.stage = "compile"
 
     def send(self, **event: Any) -> None:
         self.proto.write(json.dumps(event, default=str) + "\n")
@@ -80,6 +81,7 @@ class Worker:
                 d["unsupported"][p] = why
             devices.append(d)
         self.send(event="ready", pid=os.getpid(), backend=st.name, version=st.version,
+                  dynamic_batch=bool(getattr(self.backend, "dynamic_batch", False)),
                   missing_runtime=st.missing_runtime, error=st.error, description=st.description,
                   source=self.source, devices=devices)
 
@@ -91,42 +93,60 @@ class Worker:
                                           "export goldens with the ONNX models included")
             return onnx_path
         if name not in self.models:
-            from . import zoo
+            from .cases import build
 
-            self.models[name] = zoo.build(name)
+            self.models[name] = build(name)
         return self.models[name]
 
+    def at(self, cmd: dict, stage: str) -> None:
+        """Enter a stage: the orchestrator hears it, so a crash or a timeout names it too."""
+        self.stage = stage
+        self.send(event="stage", id=cmd["id"], stage=stage)
+
     def cell(self, cmd: dict) -> None:
+        from hal.errors import stage_of
+
         hal = self.hal
         self.send(event="start", id=cmd["id"], t=time.time())
         res: dict[str, Any] = {"event": "done", "id": cmd["id"]}
         t0 = time.perf_counter()
+        self.stage = "compile"
         try:
             res.update(self._run(cmd))
         except hal.UnsupportedError as e:
-            res.update(status="unsupported", message=str(e))
+            res.update(status="unsupported", message=str(e), stage=stage_of(e, self.stage))
         except hal.HalError as e:
             disagree = type(e).__name__ == "OracleDisagreement"  # the fp64 ONNX oracle's refusal
             res.update(status="oracle-disagreement" if disagree else "error",
-                       message=f"{type(e).__name__}: {e}")
+                       message=f"{type(e).__name__}: {e}", stage=stage_of(e, self.stage))
         except Exception as e:  # noqa: BLE001 - a backend bug is a result, not our crash
             res.update(status="error", message=f"{type(e).__name__}: {str(e)[:500]}",
+                       stage=stage_of(e, self.stage),
                        detail="".join(traceback.format_exc(limit=8))[-3000:])
         res["duration_s"] = time.perf_counter() - t0
         self.send(**res)
 
     def _run(self, cmd: dict) -> dict[str, Any]:
+        from .cases import inputs_of
+
         hal = self.hal
         data = np.load(cmd["data"], allow_pickle=False)
-        x = data["x_eval"]
+        xs = inputs_of(data, "eval")
         precision = cmd["precision"]
         calib = None
         if precision == "int8":
-            calib = [data["x_calib"][i:i + 1] for i in range(len(data["x_calib"]))]
+            cal = inputs_of(data, "calib")
+            calib = [tuple(a[i:i + 1] for a in cal) for i in range(len(cal[0]))]
         model = self.model(cmd["model"], cmd.get("onnx"))
+        dynamic = cmd.get("shapes") == "dynamic"
+        example = tuple(a[:1] for a in xs)
+        if dynamic:  # the model carries a dynamic batch; no example input pins it
+            self.at(cmd, "export")
+            model, example = export_dynamic(model, xs), None
+        self.at(cmd, "compile")
         t0 = time.perf_counter()
         exe = hal.compile(model, target=cmd["target"], precision=precision,
-                          example_input=(x[:1],), calibration=calib, cache=False)
+                          example_input=example, calibration=calib, cache=False)
         wall = time.perf_counter() - t0
         out: dict[str, Any] = {
             "status": "ran", "compile_time_s": exe.info.compile_time_s or wall,
@@ -137,17 +157,26 @@ class Worker:
             raise hal.CompileError(
                 f"asked for {cmd['target']} at {precision}, got {exe.info.target} at "
                 f"{exe.info.precision}", "a backend must never fall back silently")
-        y = run_all(exe, x)
-        np.save(cmd["out"], y)
+        if dynamic:
+            fixed = [s.shape[0] for s in exe.info.inputs if s.shape and s.shape[0] is not None]
+            if fixed:
+                raise hal.CompileError(
+                    f"the {self.backend.name} backend declares dynamic_batch, but compiled a "
+                    f"dynamic-batch model to an executable that takes batch {fixed[0]} only",
+                    "keep the batch dimension dynamic, or declare dynamic_batch = False")
+        self.at(cmd, "run")
+        np.save(cmd["out"], run_varied(exe, xs) if dynamic else run_all(exe, xs))
         if cmd.get("profile", True):
-            batch = x[:_batch_of(exe, 1)]
-            prof = exe.profile(batch, warmup=3, duration_s=PROFILE_SECONDS, extras=False)
-            out.update(latency_p50_ms=prof.latency_ms["p50"], latency_batch=int(batch.shape[0]),
+            batch = [a[:_batch_of(exe, 1)] for a in xs]
+            prof = exe.profile(*batch, warmup=3, duration_s=PROFILE_SECONDS, extras=False)
+            out.update(latency_p50_ms=prof.latency_ms["p50"], latency_batch=int(batch[0].shape[0]),
                        latency_iterations=prof.iterations, timer=prof.timer)
-            out.update(self._save_and_reload(exe, x, cmd))
+        if cmd.get("roundtrip", True):
+            self.at(cmd, "save-reload")
+            out.update(self._save_and_reload(exe, xs))
         return out
 
-    def _save_and_reload(self, exe, x: np.ndarray, cmd: dict) -> dict[str, Any]:
+    def _save_and_reload(self, exe, xs: list[np.ndarray]) -> dict[str, Any]:
         """Artifact size from a real ``save``; then ``hal.load`` must give back the same model."""
         hal = self.hal
         res: dict[str, Any] = {}
@@ -160,29 +189,53 @@ class Worker:
                 return res
             res["artifact_size_bytes"] = exe.info.artifact_size_bytes
             res["hal_file_bytes"] = path.stat().st_size
-            if cmd.get("roundtrip", True):
-                # the profiled batch: already compiled for, and int8-dynamic scales
-                # (which depend on the batch) are the same on both sides
-                batch = x[:_batch_of(exe, 1)]
-                back = hal.load(path)
-                a = np.asarray(exe.run([batch])[0], dtype=np.float64)
-                b = np.asarray(back.run([batch])[0], dtype=np.float64)
-                res["roundtrip_max_abs"] = float(np.abs(a - b).max())
-                del back
+            # the profiled batch: already compiled for, and int8-dynamic scales
+            # (which depend on the batch) are the same on both sides
+            batch = [a[:_batch_of(exe, 1)] for a in xs]
+            back = hal.load(path)
+            a = np.asarray(exe.run(batch)[0], dtype=np.float64)
+            b = np.asarray(back.run(batch)[0], dtype=np.float64)
+            res["roundtrip_max_abs"] = float(np.abs(a - b).max()) if a.size else 0.0
+            del back
         return res
 
-    def export_onnx(self, cmd: dict) -> None:
-        """The zoo model as ONNX (torch.onnx, dynamic batch) for goldens, so a
-        device host without torch can still feed the same model to its backend."""
+    def emulate(self, cmd: dict) -> None:
+        """The model under torch autocast at fp16 and bf16: what arithmetic at those
+        precisions does to this model's outputs (data movement stays fp32 under autocast,
+        matmul/conv/linear/attention round). Evidence for precision honesty."""
+        from .cases import inputs_of
+
         try:
             import torch
 
-            from . import zoo
+            module = self.model(cmd["model"], None)
+            xs = [torch.from_numpy(a) for a in inputs_of(np.load(cmd["data"], allow_pickle=False), "eval")]
+            done: dict[str, Any] = {}
+            for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+                try:
+                    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
+                        y = module(*xs)
+                    np.save(cmd["out"][name], y.float().numpy().astype(np.float64))
+                    done[name] = cmd["out"][name]
+                except Exception as e:  # noqa: BLE001 - no emulation: that precision is not checked
+                    done[name] = None
+                    done[f"{name}_why"] = f"{type(e).__name__}: {str(e)[:200]}"
+            self.send(event="done", id=cmd["id"], status="ran", **done)
+        except Exception as e:  # noqa: BLE001
+            self.send(event="done", id=cmd["id"], status="error", message=f"{type(e).__name__}: {e}")
 
-            x = torch.from_numpy(np.load(cmd["data"], allow_pickle=False)["x_eval"][:2])
+    def export_onnx(self, cmd: dict) -> None:
+        """The model as ONNX (torch.onnx, dynamic batch) for goldens, so a device
+        host without torch can still feed the same model to its backend."""
+        try:
+            import torch
+
+            from .cases import build, inputs_of
+
+            xs = tuple(torch.from_numpy(a[:2]) for a in inputs_of(np.load(cmd["data"], allow_pickle=False), "eval"))
             batch = torch.export.Dim("batch", min=1, max=4096)
-            prog = torch.onnx.export(zoo.build(cmd["model"]), (x,), dynamo=True, verbose=False,
-                                     dynamic_shapes=({0: batch},))
+            prog = torch.onnx.export(build(cmd["model"]), xs, dynamo=True, verbose=False,
+                                     dynamic_shapes=tuple({0: batch} for _ in xs))
             prog.save(cmd["path"])
             self.send(event="done", id=cmd["id"], status="ran")
         except Exception as e:  # noqa: BLE001
@@ -194,19 +247,46 @@ def _batch_of(exe, default: int) -> int:
     return default if d is None else int(d)
 
 
-def run_all(exe, x: np.ndarray, chunk: int = 0) -> np.ndarray:
+#: a dynamic-batch cell runs its samples in batches of these sizes, in turn
+VARIED_BATCHES = (1, 3, 8)
+
+
+def export_dynamic(module, xs: list[np.ndarray]):
+    """``torch.export`` with a dynamic batch ``Dim`` on every input: what a caller hands
+    hal when the executable must take any batch size."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    args = tuple(torch.from_numpy(a[:2]) for a in xs)
+    return torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
+
+
+def run_varied(exe, xs: list[np.ndarray]) -> np.ndarray:
+    """Every sample, in batches of 1, 3 and 8 in turn: one executable, several batch sizes."""
+    outs, i, k = [], 0, 0
+    while i < len(xs[0]):
+        parts = [x[i:i + VARIED_BATCHES[k % len(VARIED_BATCHES)]] for x in xs]
+        y = exe.run(parts)
+        outs.append(np.asarray(y[0]).astype(np.float64))
+        i, k = i + len(parts[0]), k + 1
+    return np.concatenate(outs)
+
+
+def run_all(exe, xs: list[np.ndarray], chunk: int = 0) -> np.ndarray:
     """Run every sample: in chunks when the batch is dynamic, else in the
     compiled batch size (the last chunk padded by repetition and trimmed)."""
     b = _batch_of(exe, chunk or RUN_CHUNK)
+    total = len(xs[0])
     outs = []
-    for i in range(0, len(x), b):
-        part = x[i:i + b]
-        n = len(part)
+    for i in range(0, total, b):
+        parts = [x[i:i + b] for x in xs]
+        n = len(parts[0])
         if n < b and _batch_of(exe, 0):
-            part = np.concatenate([part, np.repeat(part[-1:], b - n, axis=0)])
-        y = exe.run([part])
+            parts = [np.concatenate([p, np.repeat(p[-1:], b - n, axis=0)]) for p in parts]
+        y = exe.run(parts)
         if len(y) != 1:
-            raise ValueError(f"the executable returned {len(y)} outputs; the zoo models have one")
+            raise ValueError(f"the executable returned {len(y)} outputs; every conformance "
+                             "model has one")
         outs.append(np.asarray(y[0])[:n].astype(np.float64))
     return np.concatenate(outs)
 
@@ -223,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     faulthandler.enable()  # a segfault or abort leaves its Python stack in the log
     source = args.source or ("onnx" if missing(("torch",)) else "torch.nn")
     if source == "torch.nn":
-        from . import zoo  # noqa: F401 - import torch now, not on the first cell's clock
+        import torch  # noqa: F401 - import torch now, not on the first cell's clock
     w = Worker(args.backend, source, proto)
     w.ready()
     for line in sys.stdin:
@@ -232,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
             w.cell(cmd)
         elif cmd["op"] == "export_onnx":
             w.export_onnx(cmd)
+        elif cmd["op"] == "emulate":
+            w.emulate(cmd)
         elif cmd["op"] == "quit":
             break
     proto.close()

@@ -15,6 +15,7 @@ import numpy as np
 from . import cache as _cache
 from . import formats as _formats
 from .backend import Backend
+from .errors import stage
 from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
                      UsageError, brief)
 from .executable import Executable, as_numpy, read_artifact, write_hal
@@ -342,7 +343,8 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
     t0 = time.perf_counter()
     with _formats.scratch_scope():  # converted files live only as long as this compile
         model = _formats.convert(src, chain, opts)
-        exe = b.compile(model, dev, opts)
+        with stage("compile"):  # a backend tags its own steps inside (e.g. "quantize")
+            exe = b.compile(model, dev, opts)
         exe.info.compile_time_s = time.perf_counter() - t0
         exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
             exe.info.conversion_path

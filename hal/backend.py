@@ -50,6 +50,10 @@ class Backend:
     #: The core refuses any other key before ``compile`` runs, the same way for
     #: every backend, so a typo never passes silently.
     options: dict[str, str] = {}
+    #: a model whose batch dimension is dynamic (an ExportedProgram with a batch ``Dim``,
+    #: an ONNX model with a symbolic batch) compiles to an executable that takes any
+    #: batch size. The conformance suite checks the claim with dynamic-batch cells.
+    dynamic_batch: bool = False
 
     def missing_runtime(self) -> str | None:
         """Why the runtime cannot be used, or ``None`` when it can."""

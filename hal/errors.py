@@ -6,6 +6,8 @@ The CLI prints ``str(err)`` on one line and exits with ``err.exit_code``
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 def brief(e: BaseException, limit: int = 200, typed: bool = False) -> str:
     """The first line of an exception's message, bounded, so that a wrapped
@@ -64,3 +66,30 @@ class ArtifactError(HalError):
     backend: the file the caller passed is unusable, so it is an input error."""
 
     exit_code = 2
+
+
+#: where in building and checking an executable something can go wrong, in order
+STAGES = ("export", "convert", "quantize", "compile", "save-reload", "run", "compare")
+
+
+@contextmanager
+def stage(name: str):
+    """Tag any exception raised inside with the stage it came from (``err.hal_stage``),
+    unless an inner stage already did: the conformance suite reports where a cell
+    broke, and a backend marks its own steps (``with stage("quantize"): ...``)."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}")
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "hal_stage", None) is None:
+            try:
+                e.hal_stage = name  # type: ignore[attr-defined]
+            except AttributeError:  # an exception type with __slots__
+                pass
+        raise
+
+
+def stage_of(e: BaseException, default: str | None = None) -> str | None:
+    """The stage an exception was tagged with by :func:`stage`, else ``default``."""
+    return getattr(e, "hal_stage", None) or default

@@ -7,6 +7,7 @@ needs this module; it uses :mod:`hal`.
 
 from .api import resolve
 from .backend import Backend, host_memory_bytes
+from .errors import STAGES, stage
 from .executable import ExecutableInfo, as_numpy, conform, read_json_object
 from .formats import Converter, Format, Model
 from .hookspecs import hookimpl
@@ -16,6 +17,6 @@ from .types import CompileOptions, TensorSpec
 
 __all__ = [
     "Backend", "CompileOptions", "Converter", "ExecutableInfo", "Format", "Model", "PluginInfo",
-    "Registry", "TensorSpec", "as_numpy", "conform", "discover", "hookimpl", "host_memory_bytes", "install_hint",
-    "installed_version", "missing", "read_json_object", "registry", "require", "resolve",
+    "Registry", "STAGES", "TensorSpec", "as_numpy", "conform", "discover", "hookimpl", "host_memory_bytes", "install_hint",
+    "installed_version", "missing", "read_json_object", "registry", "require", "resolve", "stage",
 ]

@@ -349,8 +349,12 @@ def test_unknown_filters_are_usage_errors():
         Suite(Options(backends=["no-such-backend"]))
     with pytest.raises(hal.UsageError, match="unknown precision"):
         Suite(Options(precisions=["fp8"]))
-    with pytest.raises(hal.UsageError, match="unknown zoo model"):
+    with pytest.raises(hal.UsageError, match="unknown model.* alexnet in the quick suite"):
         Suite(Options(models=["alexnet"]))
+    with pytest.raises(hal.UsageError, match="unknown suite"):
+        Suite(Options(suite="everything"))
+    # a suite narrows by case name or by operator family
+    assert Suite(Options(suite="ops", models=["conv2d"], backends=["reference"])).models[0] == "conv2d.basic"
 
 
 # --- goldens ---------------------------------------------------------------------------
@@ -359,8 +363,8 @@ def test_export_goldens(goldens):
     entry = man["models"]["mlp"]
     assert entry["onnx"] == "mlp.onnx" and (d / "mlp.onnx").stat().st_size > 0
     z = np.load(d / "mlp.npz", allow_pickle=False)
-    assert z["x_eval"].shape == (600, 64) and z["reference"].shape == (600, 10)
-    assert z["reference"].dtype == np.float64 and z["x_calib"].shape == (100, 64)
+    assert z["x_eval_0"].shape == (600, 64) and z["reference"].shape == (600, 10)
+    assert z["reference"].dtype == np.float64 and z["x_calib_0"].shape == (100, 64)
     oracle = json.loads((d / "manifest.json").read_text())["oracle"]
     assert oracle["target"] == "reference:cpu" and oracle["precision"] == "fp64"
     # the oracle's fp64 outputs are the model's: its accuracy is the trained one

@@ -3,8 +3,9 @@ would (pip) but into a temporary folder: nothing in the environment changes.
 
 tests/plugins holds an example backend (ONNX Runtime) that must pass the kit,
 one that returns wrong answers (→ fail), one that calls os.abort() (→ crash,
-and the run goes on), one that hangs (→ timeout) and one that raises on
-import (listed with its error, not fatal).
+and the run goes on), one that hangs (→ timeout), one that raises on
+import (listed with its error, not fatal), and two that claim a precision they do
+not compute (→ precision-not-honoured).
 """
 
 from __future__ import annotations
@@ -85,6 +86,44 @@ def test_abort_is_a_crash_and_the_run_goes_on(mixed_run):
     # the backends after it still ran
     assert cells["example:cpu/mlp/fp32"]["result"] == "pass"
     assert report["complete"]
+
+
+@pytest.fixture(scope="module")
+def liar_run(site, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("liars")
+    out = _run(site, "-b", "liar16", "-b", "noquant", "-b", "reference", "--json",
+               str(tmp / "r.json"), "--markdown", str(tmp / "r.md"))
+    return out, json.loads((tmp / "r.json").read_text()), (tmp / "r.md").read_text()
+
+
+def test_fp32_labelled_fp16_fails_every_fp16_cell(liar_run):
+    """Its fp16 and bf16 errors are what fp32 gives (~1e-7): impossible at those precisions,
+    whose arithmetic gives ~1e-3 on these models. Nothing else about it is wrong."""
+    out, report, md = liar_run
+    cells = [c for c in report["cells"] if c["backend"] == "liar16"]
+    for p in ("fp16", "bf16"):
+        mine = [c for c in cells if c["precision"] == p]
+        assert len(mine) == 5 and all(c["result"] == "precision-not-honoured" for c in mine), mine
+        assert all(c["stage"] == "compare" and "higher precision" in c["message"] for c in mine)
+    assert all(c["result"] == "pass" for c in cells if c["precision"] == "fp32")
+    assert out.returncode == 1 and "precision-not-honoured" in md
+
+
+def test_int8_that_quantizes_nothing_fails(liar_run):
+    _, report, _ = liar_run
+    cells = [c for c in report["cells"] if c["backend"] == "noquant" and c["precision"] == "int8"]
+    assert len(cells) == 5 and all(c["result"] == "precision-not-honoured" for c in cells), cells
+    assert all("no quantization error" in c["message"] for c in cells)
+
+
+def test_honest_backends_are_not_flagged(liar_run):
+    """The reference backend's int8 and int8-dynamic are real: same run, same rule."""
+    _, report, _ = liar_run
+    ref = [c for c in report["cells"] if c["backend"] == "reference" and c["result"] != "unsupported"]
+    assert ref and all(c["result"] == "pass" for c in ref), [c for c in ref if c["result"] != "pass"]
+    # the evidence: what fp16 and bf16 arithmetic do to each zoo model, recorded per model
+    for m in report["models"].values():
+        assert m["emulated_rel_err"]["fp16"] > 1e-4 and m["emulated_rel_err"]["bf16"] > 1e-3
 
 
 def test_wrong_answers_fail(mixed_run):

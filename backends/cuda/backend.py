@@ -31,6 +31,7 @@ class CudaBackend(Backend):
     name = "cuda"
     description = "PyTorch on NVIDIA CUDA GPUs: eager, torch.compile or CUDA graphs; cuda:* splits a batch"
     formats = ("torch.nn", "torch.export")
+    dynamic_batch = True
     precisions = _options.PRECISIONS
     aliases = ("cuda", "gpu")
     requires = ("torch",)

@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 
 from hal import ArtifactError, CompileError, Device, UnsupportedError, UsageError
-from hal.plugin import CompileOptions, ExecutableInfo
+from hal.plugin import CompileOptions, ExecutableInfo, Model
 from hal.errors import HalError, brief
-from hal.plugin import Model
 
 from .. import torch_common as tc
 from .devices import gpu_indices

@@ -8,11 +8,10 @@ never means the emulator (the core refuses that); it must be named.
 from __future__ import annotations
 
 import os
-from hal.plugin import installed_version
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, installed_version
 from pathlib import Path
 
 from hal import ArtifactError, CompileError, Device, Executable, ModelFormatError, UnsupportedError
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model
 
 from . import compiler, devices
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hal import CompileError, ModelFormatError, NoConversionPath, UsageError
-from hal.plugin import CompileOptions, Model, require
+from hal.plugin import CompileOptions, Model, require, stage
 
 from .devices import short
 from .graph import mapping_report
@@ -99,16 +99,19 @@ def _pt2e_once(module, args, batches, strict: bool, decompose: bool) -> bytes:
 
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    ep = torch.export.export(module, args, strict=strict)
-    if decompose:
-        ep = ep.run_decompositions()
-    prepared = prepare_pt2e(ep.module(), quantizer)
-    with torch.no_grad():
-        for sample in batches:
-            prepared(*[torch.from_numpy(a) for a in sample])
-    quantized = convert_pt2e(prepared, fold_quantize=False)
-    move_exported_model_to_eval(quantized)
-    edge = litert_torch.convert(quantized, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    with stage("export"):
+        ep = torch.export.export(module, args, strict=strict)
+        if decompose:
+            ep = ep.run_decompositions()
+    with stage("quantize"):
+        prepared = prepare_pt2e(ep.module(), quantizer)
+        with torch.no_grad():
+            for sample in batches:
+                prepared(*[torch.from_numpy(a) for a in sample])
+        quantized = convert_pt2e(prepared, fold_quantize=False)
+        move_exported_model_to_eval(quantized)
+    with stage("convert"):
+        edge = litert_torch.convert(quantized, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     return bytes(edge.model_content())
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from hal import (ArtifactError, CompileError, Device, DeviceUnavailableError, Executable,
                  UnsupportedError, UsageError)
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, TensorSpec
+from hal.plugin import (Backend, CompileOptions, ExecutableInfo, Model, TensorSpec,
+                        read_json_object, stage)
 from hal import cache as hal_cache
-from hal.plugin import Model, read_json_object
 
 from . import bitview, compat, devices, pipeline
 from .convert import read_ir, short, take_notes
@@ -19,6 +19,7 @@ class OpenVINOBackend(Backend):
     name = devices.NAME
     description = "Intel OpenVINO runtime: CPU, GPU, NPU (Movidius' successor), AUTO; MYRIAD on OpenVINO ≤ 2022.3"
     formats = ("openvino.model",)
+    dynamic_batch = True
     precisions = devices.ALL
     aliases = ("movidius", "npu")
     requires = ("openvino",)
@@ -46,12 +47,14 @@ class OpenVINOBackend(Backend):
         ov_model = _static_shapes(model.value, options.example_input, copy=not model.converted)
         bitview.check_ports(ov_model)
         path = []
-        if precision == "int8":
-            ov_model, step = pipeline.quantize_int8(ov_model, options.calibration or [], options.backend_options)
-            path.append(step)
-        elif precision == "int8-dynamic":
-            ov_model, step = pipeline.compress_int8(ov_model, options.backend_options)
-            path.append(step)
+        with stage("quantize"):
+            if precision == "int8":
+                ov_model, step = pipeline.quantize_int8(ov_model, options.calibration or [],
+                                                        options.backend_options)
+                path.append(step)
+            elif precision == "int8-dynamic":
+                ov_model, step = pipeline.compress_int8(ov_model, options.backend_options)
+                path.append(step)
         config = pipeline.config_for(precision, device, options.backend_options)
         compiled = _compile(core, ov_model, device, config, options.cache_dir)
         facts = pipeline.verify(compiled, precision, device, config, model=ov_model)

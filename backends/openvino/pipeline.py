@@ -240,9 +240,10 @@ def verify(compiled, precision: str, device: Device, config: dict[str, str],
             f"INFERENCE_PRECISION_HINT=f32 was set (plugin reports {hint})", fix)
     want = {"fp16": "f16", "bf16": "bf16"}.get(precision)
     if want and want not in facts["runtime_precisions"]:
-        raise CompileError(f"{device.target} ran no layer at {want} for precision {precision} "
-                           f"(runtime precisions: {facts['runtime_precisions']})",
-                           "use precision='fp32' on this device")
+        raise UnsupportedError(f"{device.target} ran no layer at {want} for precision {precision} "
+                               f"(runtime precisions: {facts['runtime_precisions']}), so it "
+                               f"cannot honour {precision} for this model",
+                               "use precision='fp32' for it on this device")
     if precision in ("int8", "int8-dynamic"):
         q = sorted({l for (l, p) in seen if p in ("i8", "u8") and l in COMPUTE})
         if precision == "int8-dynamic":
@@ -258,8 +259,8 @@ def verify(compiled, precision: str, device: Device, config: dict[str, str],
                     "plugin applies dynamic activation quantization to FullyConnected layers only)",
                     "use precision='int8' with calibration data for convolution models")
         elif not q:
-            raise CompileError(f"{device.target} ran no compute layer at int8 after NNCF "
-                               f"quantization (runtime precisions: {facts['runtime_precisions']})",
-                               "check the model has Convolution/MatMul layers NNCF can quantize")
+            raise UnsupportedError(f"{device.target} ran no compute layer at int8 after NNCF "
+                                   f"quantization (runtime precisions: {facts['runtime_precisions']})",
+                                   "int8 needs Convolution/MatMul layers NNCF can quantize; use fp32")
         facts["int8_layer_types"] = q
     return facts

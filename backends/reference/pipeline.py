@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hal import ArtifactError, CompileError, Device, Executable, InvalidInputError
-from hal.plugin import CompileOptions, ExecutableInfo
+from hal import (ArtifactError, CompileError, Device, Executable, InvalidInputError,
+                 UnsupportedError)
+from hal.plugin import CompileOptions, ExecutableInfo, Model, read_json_object, stage
 from hal.errors import brief
-from hal.plugin import Model, read_json_object
 
 from .. import torch_common as tc
 
@@ -80,6 +80,10 @@ def dynamic_int8(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, int, i
     with warnings.catch_warnings():  # quantized-tensor deprecation; ScriptObject get_attr
         warnings.simplefilter("ignore")
         saved = _swap_linears(gm)
+    if not saved:
+        raise UnsupportedError("int8-dynamic quantizes Linear layers (quantize_dynamic's recipe) "
+                               "and this model has none, so the reference backend cannot honour it",
+                               "use precision='int8' with calibration data, or fp32")
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -147,7 +151,13 @@ def _pt2e_int8(module: torch.nn.Module, args, calibration) -> torch.nn.Module:
             except Exception as e:  # noqa: BLE001 - the caller's data, not hal's bug
                 raise InvalidInputError(f"the model fails on calibration sample {n}: {brief(e)}",
                                         "pass calibration data the model runs on") from None
-    return convert_pt2e(prepared)
+    quantized = convert_pt2e(prepared)
+    if not any(n.op == "call_function" and "quantize_per" in str(n.target)
+               for n in quantized.graph.nodes):
+        raise UnsupportedError("torchao PT2E (X86InductorQuantizer) quantized no operator of this "
+                               "model, so the reference backend cannot honour int8 for it",
+                               "use fp32, or a backend that quantizes these operators")
+    return quantized
 
 
 def compile(backend, model: Model, device: Device, options: CompileOptions) -> Executable:
@@ -161,7 +171,8 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
         module = module.double()
         path.append("module.double()")
     elif precision == "int8":
-        module = _pt2e_int8(module, args, options.calibration)
+        with stage("quantize"):
+            module = _pt2e_int8(module, args, options.calibration)
         path.append("torchao PT2E (X86InductorQuantizer, static int8)")
     program, dynamic = None, False
     try:
@@ -171,7 +182,8 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
         if model.format == "torch.export" and precision != "int8":
             module = program.module()  # the caller's program may carry static-shape guards
         if precision == "int8-dynamic":
-            module, fp32, q = dynamic_int8(program.module())
+            with stage("quantize"):
+                module, fp32, q = dynamic_int8(program.module())
             recipe = {"dynamic_int8_linear": True}
             extra.update(model_size_bytes=q, fp32_size_bytes=fp32, compression_ratio=fp32 / q)
             path.append("torch.export → dynamic int8 Linear (quantize_dynamic's qint8 recipe)")

@@ -9,11 +9,10 @@ signs of a TPU.
 
 from __future__ import annotations
 
-from hal.plugin import installed_version
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, installed_version
 from pathlib import Path
 
 from hal import Device, DeviceUnavailableError, Executable, UnsupportedError
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model
 
 from . import system as tpu_system
 from .buckets import KNOWN_OPTIONS
@@ -34,6 +33,7 @@ class TpuBackend(Backend):
     description = ("Cloud TPU through TensorFlow/XLA (Keras, SavedModel; torch via StableHLO and "
                    "XLA's call-module op); XLA:CPU runs the same program as an emulator")
     formats = ("torch.nn", "torch.export", "keras", "savedmodel")
+    dynamic_batch = True
     precisions = PRECISIONS
     aliases = ("tpu",)
     requires = ("tensorflow",)

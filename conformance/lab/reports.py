@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .. import coverage
 from .. import report as rep
 from ..results import Report, _order
 
@@ -70,6 +71,10 @@ def _pair(p: dict[str, Any]) -> str:
     return p.get("why") or "same outcome"
 
 
+#: above this many cells the markdown lists only the cells that did not pass
+CELLS_LISTED = 300
+
+
 def write_markdown(r: Report, path: str | Path) -> None:
     """The merged report as markdown: verdict, hosts, cross-host consistency, losses,
     then every cell with the host that ran it."""
@@ -104,10 +109,11 @@ def write_markdown(r: Report, path: str | Path) -> None:
             if reruns:
                 md += ["", "Rerun elsewhere: " + ", ".join(f"{x['cell']} ({x['from']} → {x['to']})"
                                                           for x in reruns)]
+    md += [""] + coverage.markdown(r)
     md += ["", "## Cells", "", "| cell | host | result | error / agreement | p50 ms | message |",
            "|---|---|---|---|---|---|"]
     for c in sorted(r.cells, key=lambda c: (_order(c), c.host or "")):
-        if not c.runnable:
+        if not c.runnable or (len(r.cells) > CELLS_LISTED and c.result == "pass"):
             continue
         md.append(f"| {c.id} | {c.host or ''} | {c.result} | {rep.headline(c)} | "
                   f"{'' if c.latency_p50_ms is None else f'{c.latency_p50_ms:.3f}'} | "

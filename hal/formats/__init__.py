@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..errors import stage
 from ..errors import ModelFormatError, NoConversionPath
 from ..packages import install_hint, missing
 from ..types import CompileOptions
@@ -228,6 +229,8 @@ def _bfs(source: str, targets: tuple[str, ...], convs: list[Converter]) -> list[
 
 def convert(model: Model, chain: list[Converter], options: CompileOptions) -> Model:
     for conv in chain:
-        value = conv.convert(model, options)
+        # leaving a framework's own graph is an export (torch.export, torch.onnx); the rest converts
+        with stage("export" if model.format.startswith("torch") else "convert"):
+            value = conv.convert(model, options)
         model = Model(conv.target, value, example_input=model.example_input, converted=True)
     return model

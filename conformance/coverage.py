@@ -1,0 +1,155 @@
+"""What a vendor reads first: per device and precision, how many cells passed, and which
+operators or architectures broke at which stage.
+
+The operator tier's coverage matrix has one row per operator family and one column per
+device × precision; each entry counts that family's cases (``✓`` all pass, ``3/5`` three
+of five pass, ``–`` unsupported, ``·`` not run). Used by the console, the markdown
+summary (``--markdown``, meant for a pull request) and the HTML report.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from .policy import JUDGED_PRECISIONS
+from .results import CellResult, Report, Result
+
+#: results that are not the backend declining: counted as "broken" in summaries
+BROKEN = (Result.FAIL, Result.PRECISION_NOT_HONOURED, Result.ERROR, Result.CRASH, Result.TIMEOUT,
+          Result.LOST)
+
+
+def columns(cells: list[CellResult]) -> list[tuple[str, str]]:
+    """(target, precision) pairs that have cells, in report order."""
+    seen = {(c.target, c.precision) for c in cells}
+    targets = sorted({t for t, _ in seen})
+    return [(t, p) for t in targets for p in JUDGED_PRECISIONS if (t, p) in seen]
+
+
+def totals(r: Report) -> list[dict]:
+    """One row per device × precision: counts of every result."""
+    by: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for c in r.cells:
+        by[(c.target, c.precision)][Result(c.result).value] += 1
+    return [{"target": t, "precision": p, **by[(t, p)]} for t, p in columns(r.cells)]
+
+
+def entry(cells: list[CellResult]) -> str:
+    """One matrix entry for the cases of one row at one device × precision."""
+    if not cells:
+        return "·"
+    runnable = [c for c in cells if c.runnable]
+    if not runnable:
+        return "–"
+    ok = sum(1 for c in runnable if c.result == Result.PASS)
+    if ok == len(runnable):
+        return "✓" if len(runnable) == 1 else f"✓{len(runnable)}"
+    if len(runnable) == 1:
+        return {Result.FAIL: "✗", Result.PRECISION_NOT_HONOURED: "≠"}.get(runnable[0].result, "E")
+    return f"{ok}/{len(runnable)}"
+
+
+def matrix(r: Report, suite: str) -> tuple[list[tuple[str, str]], list[tuple[str, list[str]]]]:
+    """(columns, rows) of one suite: rows are operator families (ops) or models."""
+    cells = [c for c in r.cells if c.suite == suite]
+    cols = columns(cells)
+    groups: dict[str, dict[tuple[str, str], list[CellResult]]] = defaultdict(lambda: defaultdict(list))
+    order: list[str] = []
+    for c in sorted(cells, key=_case_order):
+        key = c.family if suite == "ops" else c.model + ("@dynamic" if c.shapes == "dynamic" else "")
+        if key not in groups:
+            order.append(key)
+        groups[key][(c.target, c.precision)].append(c)
+    return cols, [(k, [entry(groups[k].get(col, [])) for col in cols]) for k in order]
+
+
+def broken_by_stage(r: Report) -> dict[str, list[CellResult]]:
+    """Every runnable cell that did not pass, grouped by the stage it broke at."""
+    out: dict[str, list[CellResult]] = defaultdict(list)
+    for c in sorted(r.cells, key=_case_order):
+        if c.runnable and c.result != Result.PASS:
+            out[str(c.stage or "unknown")].append(c)
+    return dict(out)
+
+
+def markdown(r: Report, max_listed: int = 300) -> list[str]:
+    """The summary for a pull request: totals, each suite's matrix, what broke where."""
+    md = ["## Totals", "", "| device | precision | pass | fail | not honoured | error | crash | "
+          "timeout | unsupported |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in totals(r):
+        md.append(f"| {t['target']} | {t['precision']} | {t.get('pass', 0)} | {t.get('fail', 0)} | "
+                  f"{t.get('precision-not-honoured', 0)} | {t.get('error', 0)} | "
+                  f"{t.get('crash', 0)} | {t.get('timeout', 0)} | {t.get('unsupported', 0)} |")
+    for suite, title in (("ops", "Operator coverage"), ("models", "Architectures")):
+        cols, rows = matrix(r, suite)
+        if not rows:
+            continue
+        md += ["", f"## {title}", "",
+               "`✓` every case passed (`✓3`: all three) · `2/5` two of five runnable cases "
+               "passed · `✗` failed · `≠` precision not honoured · `E` error, crash or timeout · "
+               "`–` unsupported · `·` not run", "",
+               "| " + ("family" if suite == "ops" else "model") + " | "
+               + " | ".join(f"{t} {p}" for t, p in cols) + " |",
+               "|---|" + "---|" * len(cols)]
+        md += [f"| {name} | " + " | ".join(row) + " |" for name, row in rows]
+    stages = broken_by_stage(r)
+    if stages:
+        md += ["", "## Not passing, by stage", "",
+               "| stage | cells |", "|---|---|"]
+        md += [f"| {s} | {len(cs)} |" for s, cs in stages.items()]
+        md += ["", "| cell | result | stage | why |", "|---|---|---|---|"]
+        listed = [c for cs in stages.values() for c in cs]
+        for c in listed[:max_listed]:
+            md.append(f"| {c.id} | {c.result} | {c.stage or ''} | {_md(c.message[:300])} |")
+        if len(listed) > max_listed:
+            md.append(f"| … {len(listed) - max_listed} more in the JSON report | | | |")
+    return md
+
+
+def html(r: Report) -> str:
+    """The operator coverage matrix and the architecture matrix as HTML tables."""
+    import html as h
+
+    out = []
+    for suite, title in (("ops", "operator coverage"), ("models", "architectures")):
+        cols, rows = matrix(r, suite)
+        if not rows:
+            continue
+        out.append(f"<h2 id={suite}>{title}</h2><p class=note>✓ every case passed · 2/5 two of "
+                   "five runnable cases passed · ✗ failed · ≠ precision not honoured · E error, "
+                   "crash or timeout · – unsupported · · not run</p><div class=scroll><table><tr>"
+                   "<th class=l>" + ("family" if suite == "ops" else "model") + "</th>"
+                   + "".join(f"<th>{h.escape(t)}<br>{p}</th>" for t, p in cols) + "</tr>")
+        for name, row in rows:
+            out.append(f"<tr><td class=l>{h.escape(name)}</td>"
+                       + "".join(f"<td>{h.escape(x)}</td>" for x in row) + "</tr>")
+        out.append("</table></div>")
+    return "".join(out)
+
+
+def rich_summary(r: Report):
+    """The console's view of a large run: device × precision totals (the full matrix is
+    in the markdown and HTML reports)."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, title="cells per device and precision", title_justify="left")
+    for col in ("device", "precision", "pass", "fail", "≠ honoured", "error", "crash",
+                "timeout", "unsupported"):
+        t.add_column(col, justify="left" if col in ("device", "precision") else "right")
+    for x in totals(r):
+        t.add_row(x["target"], x["precision"], str(x.get("pass", 0)), str(x.get("fail", 0)),
+                  str(x.get("precision-not-honoured", 0)), str(x.get("error", 0)),
+                  str(x.get("crash", 0)), str(x.get("timeout", 0)), str(x.get("unsupported", 0)))
+    return t
+
+
+def _case_order(c: CellResult) -> tuple:
+    from .cases import position
+
+    return (position(c.model), c.target, JUDGED_PRECISIONS.index(c.precision)
+            if c.precision in JUDGED_PRECISIONS else 99)
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
