@@ -38,12 +38,19 @@ def eval_copy(model: Model) -> torch.nn.Module:
     static ``torch.export`` program given example inputs of another batch size
     is re-batched when that is provably safe (see :func:`rebatched`)."""
     if model.format == "torch.export":
-        ep = model.value
-        if model.example_input and _batch_only_differs(ep, model.example_input):
-            return rebatched(ep, example_tensors(model))
-        return ep.module()
+        return rebatched_for(model) or model.value.module()
     m = copy.deepcopy(model.value)
     return m.eval()
+
+
+def rebatched_for(model: Model) -> torch.nn.Module | None:
+    """For a static ``torch.export`` program given example inputs of another batch
+    size only, the program re-batched (see :func:`rebatched`); else None."""
+    ep = model.value
+    if model.format == "torch.export" and model.example_input \
+            and _batch_only_differs(ep, model.example_input):
+        return rebatched(ep, example_tensors(model))
+    return None
 
 
 def _batch_only_differs(ep, arrays) -> bool:
@@ -121,13 +128,26 @@ def export(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
         batch = torch.export.Dim("batch", min=1, max=4096)
         # export specialises a size-1 dimension, so trace with a batch of 2
         trace = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torch.export.export(module, trace, dynamic_shapes=tuple({0: batch} for _ in args)), True
-        except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
-            pass
+        # an explicit range first; then AUTO, which keeps a range the module already has
+        # (a program exported with its own batch Dim re-exports only within that range)
+        for dim in (batch, torch.export.Dim.AUTO):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ep = torch.export.export(module, trace, dynamic_shapes=tuple({0: dim} for _ in args))
+            except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
+                continue
+            if _dynamic_batch(ep):
+                return ep, True
     return export_static(module, args), False
+
+
+def _dynamic_batch(ep) -> bool:
+    """Every user input of the program has a symbolic first dimension."""
+    names = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
+    return bool(vals) and all(v is not None and v.ndim and not isinstance(v.shape[0], int)
+                              for v in vals)
 
 
 def specs(args: tuple[torch.Tensor, ...], outs: list[torch.Tensor], dynamic: bool,

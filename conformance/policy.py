@@ -73,9 +73,8 @@ OPS_POLICY: dict[str, Tolerance] = {t.precision: t for t in (
 
 #: the architecture tier: real networks with seeded weights and no labels, judged on
 #: 32 images. Float precisions as the zoo's but with the looser SNR a deep network's
-#: accumulated rounding needs; int8 by top-1 agreement with the oracle (a flip costs
-#: 3.1 points on 32 images, so 0.75 allows 8; random weights leave smaller top-1 margins
-#: than trained ones) and an SNR floor that catches a broken quantizer.
+#: accumulated rounding needs; int8 by an SNR floor that catches a broken quantizer and
+#: a top-1 agreement floor (random weights leave small top-1 margins over 1000 classes).
 MODELS_POLICY: dict[str, Tolerance] = {t.precision: t for t in (
     Tolerance("fp32", 1e-4, 70.0, 0.999, None,
               "single precision over a deep network: still 1e-4 of max|ref|, which fp16-sized "
@@ -83,10 +82,12 @@ MODELS_POLICY: dict[str, Tolerance] = {t.precision: t for t in (
     Tolerance("fp16", 2e-2, 30.0, 0.9, None,
               "half precision through ~50-200 layers; 2e-2 allows fp16 accumulation"),
     Tolerance("bf16", 1e-1, 15.0, 0.8, None, "8 mantissa bits through a deep network"),
-    Tolerance("int8", None, 10.0, 0.75, None,
-              "static int8 with 16 calibration images: top-1 agreement ≥ 75% on 32 images "
-              "and SNR ≥ 10 dB"),
-    Tolerance("int8-dynamic", None, 10.0, 0.75, None, "as int8"),
+    Tolerance("int8", None, 12.0, 0.5, None,
+              "static int8 calibrated on 16 images: SNR ≥ 12 dB (a wrong scale, zero point or "
+              "layout gives < 5 dB) and top-1 agreement ≥ 50% on 32 images; with random "
+              "weights the top-1 margins over 1000 classes are small, so an honest int8 "
+              "flips 10-30% of them (measured: reference ResNet-18 69%, 17.6 dB)"),
+    Tolerance("int8-dynamic", None, 12.0, 0.5, None, "as int8"),
 )}
 
 #: the tolerance policy of each suite (``full`` judges each case by its own suite's)

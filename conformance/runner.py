@@ -330,7 +330,9 @@ class Suite:
                     if why is None and p == "int8" and not self.cases[m].quantizable:
                         why = f"{m} takes integer inputs only: static int8 calibration does not apply"
                     specs.append(CellSpec(name, d, m, p, unsupported=why))
-                    if self.cases[m].suite == "models" and self.cases[m].dynamic_batch:
+                    # the shape axis at fp32: each precision's own path is checked statically
+                    if self.cases[m].suite == "models" and self.cases[m].dynamic_batch \
+                            and p == "fp32":
                         dyn = why or (None if ready.get("dynamic_batch") else
                                       f"the {name} backend declares no dynamic batch")
                         specs.append(CellSpec(name, d, m, p, unsupported=dyn, shapes="dynamic"))
@@ -354,9 +356,14 @@ class Suite:
         else:
             # latency is part of the quick tier's report; the operator and architecture
             # tiers are about correctness, and 0.2 s per cell would add minutes
-            profile = self.opts.profile and self.cases[spec.model].suite == "quick"
+            suite = self.cases[spec.model].suite
+            profile = self.opts.profile and suite == "quick"
+            # save → load → rerun recompiles on most backends: every zoo cell checks it, the
+            # architectures at fp32, the operator cases not (their artifacts are the same
+            # format as the zoo's, and it would double the tier's time)
+            roundtrip = suite == "quick" or (suite == "models" and spec.precision == "fp32")
             done = self._run_of(spec.backend).execute(
-                self._command(spec, ref.data_path, profile, ref.onnx_path))
+                self._command(spec, ref.data_path, profile, ref.onnx_path, roundtrip))
             cell = self._cell(spec, done)
         self._record(cell)
         return cell

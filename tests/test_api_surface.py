@@ -146,3 +146,20 @@ def test_pytest_options_come_from_the_same_definition():
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     for flag in OPTIONS:
         assert (flag.pytest_flag in p.stdout) == flag.pytest, flag.pytest_flag
+
+
+def test_stage_tags_the_innermost_step():
+    from hal.errors import stage_of
+
+    with pytest.raises(hal.CompileError) as e:
+        with hal.plugin.stage("compile"):
+            with hal.plugin.stage("quantize"):
+                raise hal.CompileError("calibration failed", "fix it")
+    assert stage_of(e.value) == "quantize"
+    with pytest.raises(KeyError) as e2:  # any exception, not only hal's own
+        with hal.plugin.stage("export"):
+            raise KeyError("x")
+    assert stage_of(e2.value) == "export" and stage_of(ValueError(), "run") == "run"
+    with pytest.raises(ValueError, match="unknown stage"):
+        with hal.plugin.stage("deploy"):
+            pass

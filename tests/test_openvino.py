@@ -321,3 +321,28 @@ def test_plugin_registers_without_importing_openvino():
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True,
                    env={**os.environ, "HAL_PLUGINS": "openvino"})
+
+
+def test_auto_takes_the_batches_the_chosen_target_takes(cnn):
+    """`target="auto"` must not change which batch sizes an executable takes: it is the
+    same compile as naming the device it picked (issue #14)."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16), dtype=np.float32)
+    auto = hal.compile(cnn, target="auto", example_input=(x,), cache=False)
+    named = hal.compile(cnn, target=auto.info.target, example_input=(x,), cache=False)
+    assert [s.shape for s in auto.info.inputs] == [s.shape for s in named.info.inputs]
+
+
+def test_static_pt2_profiles_at_another_batch(tmp_path):
+    """`hal profile model.pt2 --batch-size 8` on a static export: OpenVINO re-batches the
+    program (checked row by row) instead of failing at the first reshape."""
+    torch = pytest.importorskip("torch")
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(m, (torch.randn(1, 3, 8, 8),)), str(path))
+    exe = hal.compile(str(path), target="openvino:CPU", cache=False)
+    assert [s.shape for s in exe.info.inputs] == [(1, 3, 8, 8)]  # what the program takes
+    x8 = np.random.default_rng(1).standard_normal((8, 3, 8, 8), dtype=np.float32)
+    exe8 = hal.compile(str(path), target="openvino:CPU", example_input=(x8,), cache=False)
+    want = m(torch.from_numpy(x8)).detach().numpy()
+    np.testing.assert_allclose(exe8(x8), want, rtol=1e-4, atol=1e-5)

@@ -105,7 +105,31 @@ def from_torch(model: Model, options) -> Any:
 
 
 def from_exported(model: Model, options) -> Any:
-    return _convert(model.value, "ExportedProgram")
+    """A static program asked for another batch converts re-batched (checked row by row,
+    as the reference backend does), so `hal profile model.pt2 --batch-size 8` works here too."""
+    ep = model.value
+    if model.example_input:
+        from hal_backends import torch_common as tc
+
+        module = tc.rebatched_for(model)
+        if module is not None:  # re-export at the asked batch: OpenVINO reads programs
+            ep = tc.export_static(module, tc.example_tensors(model))
+    ov_model = _convert(ep, "ExportedProgram")
+    _keep_program_shapes(ov_model, ep)
+    return ov_model
+
+
+def _keep_program_shapes(ov_model, ep) -> None:
+    """The frontend leaves every input dimension dynamic; the program knows which are
+    static (ints) and which are torch.export Dims (symbols). Give OpenVINO exactly
+    that, so the executable's input specs say what the program takes."""
+    names = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
+    if len(vals) != len(ov_model.inputs) or any(v is None or not hasattr(v, "shape") for v in vals):
+        return
+    o = compat.api()
+    ov_model.reshape({i: o.ov.PartialShape([d if isinstance(d, int) else -1 for d in v.shape])
+                      for i, v in enumerate(vals)})
 
 
 _ONNX_FIX = ("OpenVINO's ONNX frontend does not support an op or attribute in this model: check "

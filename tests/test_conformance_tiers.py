@@ -1,0 +1,107 @@
+"""The operator and architecture tiers on a small deterministic sample (issue #14).
+
+CI runs the quick tier in full (tests/test_conformance.py) and, here, a fixed sample of
+the others on the real reference and OpenVINO runtimes: operators that pass, one that
+OpenVINO converts wrongly, one it cannot convert, one no int8 quantizer touches; one
+architecture at a static and a dynamic batch. The full tiers' numbers are in
+docs/conformance.md (measured with ``hal conformance --suite full``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch", reason="the cases are defined in PyTorch")
+pytest.importorskip("transformers", reason="the architectures come from transformers")
+
+from hal_conformance.options import Options  # noqa: E402
+from hal_conformance.results import Result, Stage  # noqa: E402
+from hal_conformance.runner import Suite  # noqa: E402
+
+#: a pass everywhere, OpenVINO's softplus (beta ignored), a conversion gap (median), and
+#: integer-only inputs (embedding)
+OPS_SAMPLE = ["conv2d.basic", "linear.basic", "softplus", "median", "embedding"]
+
+
+def _installed(name: str) -> bool:
+    import hal
+
+    return any(b.name == name and b.missing_runtime is None for b in hal.backends())
+
+
+@pytest.fixture(scope="module")
+def ops_run(tmp_path_factory):
+    backends = ["reference"] + (["openvino:CPU"] if _installed("openvino") else [])
+    tmp = tmp_path_factory.mktemp("ops")
+    suite = Suite(Options(suite="ops", models=OPS_SAMPLE, backends=backends, timeout_s=300,
+                          json_path=tmp / "ops.json"))
+    return suite.run(), tmp
+
+
+def test_every_non_pass_names_its_stage(ops_run):
+    report, tmp = ops_run
+    runnable = [c for c in report.cells if c.runnable]
+    assert runnable
+    for c in report.cells:
+        if c.result == Result.PASS:
+            assert c.stage is None, c.id
+        else:
+            assert isinstance(c.stage, Stage), (c.id, c.result, c.message)
+    d = json.loads((tmp / "ops.json").read_text())
+    assert d["schema"] == 2 and all(x["stage"] in (None, *[s.value for s in Stage]) for x in d["cells"])
+    assert all(x["suite"] == "ops" and x["family"] for x in d["cells"])
+
+
+def test_operator_cells(ops_run):
+    report, _ = ops_run
+    cells = {c.id: c for c in report.cells}
+    ref = "reference:cpu"
+    for case in ("conv2d.basic", "linear.basic", "softplus", "median"):
+        assert cells[f"{ref}/{case}/fp32"].result == Result.PASS, cells[f"{ref}/{case}/fp32"].message
+    # an operator the quantizer leaves alone is refused at int8, not claimed
+    c = cells[f"{ref}/softplus/int8"]
+    assert c.result == Result.UNSUPPORTED and c.stage == Stage.QUANTIZE, c.message
+    c = cells[f"{ref}/conv2d.basic/int8-dynamic"]
+    assert c.result == Result.PASS and c.top1_agreement is None  # operators have no classes
+    c = cells[f"{ref}/embedding/int8"]
+    assert c.result == Result.UNSUPPORTED and "integer inputs" in c.message
+    if "openvino:CPU/softplus/fp32" in cells:
+        # OpenVINO's frontend ignores Softplus's beta: a real, stable finding
+        c = cells["openvino:CPU/softplus/fp32"]
+        assert c.result == Result.FAIL and c.stage == Stage.COMPARE, c.message
+        c = cells["openvino:CPU/median/fp32"]
+        assert c.result == Result.ERROR and c.stage == Stage.EXPORT and "aten::median" in c.message
+        assert cells["openvino:CPU/conv2d.basic/int8"].result == Result.PASS
+
+
+def test_markdown_coverage_matrix(ops_run, tmp_path):
+    from hal_conformance.coverage import markdown, matrix
+
+    report, _ = ops_run
+    cols, rows = matrix(report, "ops")
+    assert [r[0] for r in rows] == ["conv2d", "linear", "softplus", "median", "embedding"]
+    assert ("reference:cpu", "fp32") in cols
+    md = "\n".join(markdown(report))
+    assert "## Operator coverage" in md and "| conv2d |" in md and "## Totals" in md
+    if any(c.result != Result.PASS and c.runnable for c in report.cells):
+        assert "## Not passing, by stage" in md
+
+
+@pytest.mark.timeout(900)
+def test_architecture_static_and_dynamic_batch():
+    """One real architecture (MobileNetV1 from transformers, seeded weights, 224×224) on the
+    reference backend: fp32 at a static batch, and from a program with a dynamic batch Dim
+    run at batches 1, 3 and 8; both judged against the fp64 oracle."""
+    suite = Suite(Options(suite="models", models=["mobilenet_v1"], backends=["reference"],
+                          precisions=["fp32"], timeout_s=600))
+    report = suite.run()
+    cells = {c.id: c for c in report.cells}
+    static, dynamic = cells["reference:cpu/mobilenet_v1/fp32"], cells["reference:cpu/mobilenet_v1/fp32@dynamic"]
+    assert static.result == Result.PASS and dynamic.result == Result.PASS, (static.message, dynamic.message)
+    assert dynamic.shapes == "dynamic" and static.shapes == "static"
+    assert static.top1_agreement == 1.0 and static.rel_max_err < 1e-4
+    model = report.models["mobilenet_v1"]
+    assert model["suite"] == "models" and model["eval_samples"] == 32
+    assert model["emulated_rel_err"]["bf16"] > model["emulated_rel_err"]["fp16"] > 1e-4
