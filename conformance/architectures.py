@@ -43,6 +43,7 @@ saturated softmax that turns fp32 rounding into 13–17 % of the logit range.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -55,6 +56,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: evaluation and int8 calibration should use other seeds.
 CALIBRATION_SEED = 7_700_001
 CALIBRATION_IMAGES = 16
+#: HF's init draws from torch's global RNG: builds take turns so that each sees only its seed
+_BUILD_LOCK = threading.Lock()
 
 #: the block vocabulary of :attr:`Architecture.blocks`
 BLOCKS = frozenset({
@@ -120,64 +123,89 @@ def _freeze(value):
 
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
-    _a("resnet18", "transformers ResNetForImageClassification, ResNet-18 (basic blocks 2-2-2-2)",
-       ("residual", "batch-norm"), "ResNetForImageClassification", "ResNetConfig", dynamic_spatial=True,
+    _a("resnet18",
+       "transformers ResNetForImageClassification, ResNet-18 (basic blocks 2-2-2-2)",
+       ("residual", "batch-norm"),
+       "ResNetForImageClassification", "ResNetConfig", dynamic_spatial=True,
        hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"),
-    _a("resnet50", "transformers ResNetForImageClassification, ResNet-50 (bottleneck blocks 3-4-6-3)",
-       ("residual", "bottleneck", "batch-norm"), "ResNetForImageClassification", "ResNetConfig", dynamic_spatial=True,
+    _a("resnet50",
+       "transformers ResNetForImageClassification, ResNet-50 (bottleneck blocks 3-4-6-3)",
+       ("residual", "bottleneck", "batch-norm"),
+       "ResNetForImageClassification", "ResNetConfig", dynamic_spatial=True,
        hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck"),
-    _a("mobilenet_v1", "transformers MobileNetV1ForImageClassification, MobileNet-V1 1.0 (TF 'same' padding)",
-       ("depthwise", "batch-norm"), "MobileNetV1ForImageClassification", "MobileNetV1Config",
+    _a("mobilenet_v1",
+       "transformers MobileNetV1ForImageClassification, MobileNet-V1 1.0 (TF 'same' padding)",
+       ("depthwise", "batch-norm"),
+       "MobileNetV1ForImageClassification", "MobileNetV1Config",
        depth_multiplier=1.0, classifier_dropout_prob=0.0),
-    _a("mobilenet_v2", "transformers MobileNetV2ForImageClassification, MobileNet-V2 1.0 (ReLU6, TF padding)",
-       ("inverted-residual", "depthwise", "batch-norm"), "MobileNetV2ForImageClassification",
-       "MobileNetV2Config", depth_multiplier=1.0, classifier_dropout_prob=0.0),
-    _a("efficientnet_b0", "transformers EfficientNetForImageClassification, EfficientNet-B0 (width 1.0, depth 1.0)",
+    _a("mobilenet_v2",
+       "transformers MobileNetV2ForImageClassification, MobileNet-V2 1.0 (ReLU6, TF padding)",
+       ("inverted-residual", "depthwise", "batch-norm"),
+       "MobileNetV2ForImageClassification", "MobileNetV2Config",
+       depth_multiplier=1.0, classifier_dropout_prob=0.0),
+    _a("efficientnet_b0",
+       "transformers EfficientNetForImageClassification, EfficientNet-B0 (width 1.0, depth 1.0)",
        ("inverted-residual", "depthwise", "squeeze-excite", "batch-norm"),
-       "EfficientNetForImageClassification", "EfficientNetConfig", dynamic_spatial=True, width_coefficient=1.0,
-       depth_coefficient=1.0, image_size=224, hidden_dim=1280, dropout_rate=0.2),
-    _a("regnety_400mf", "transformers RegNetForImageClassification, RegNetY-400MF (group width 8, SE)",
+       "EfficientNetForImageClassification", "EfficientNetConfig", dynamic_spatial=True,
+       width_coefficient=1.0, depth_coefficient=1.0, image_size=224, hidden_dim=1280, dropout_rate=0.2),
+    _a("regnety_400mf",
+       "transformers RegNetForImageClassification, RegNetY-400MF (group width 8, SE)",
        ("residual", "bottleneck", "grouped", "squeeze-excite", "batch-norm"),
        "RegNetForImageClassification", "RegNetConfig", dynamic_spatial=True, embedding_size=32,
        hidden_sizes=[48, 104, 208, 440], depths=[1, 3, 6, 6], groups_width=8, layer_type="y"),
-    _a("hgnetv2_b0", "transformers HGNetV2ForImageClassification, PP-HGNetV2-B0 stages (light blocks, learnable affine)",
-       ("residual", "depthwise", "batch-norm"), "HGNetV2ForImageClassification", "HGNetV2Config", dynamic_spatial=True,
+    _a("hgnetv2_b0",
+       "transformers HGNetV2ForImageClassification, PP-HGNetV2-B0 stages (light blocks, learnable affine)",
+       ("residual", "depthwise", "batch-norm"),
+       "HGNetV2ForImageClassification", "HGNetV2Config", dynamic_spatial=True,
        stem_channels=[3, 16, 16], stage_in_channels=[16, 64, 256, 512],
        stage_mid_channels=[16, 32, 64, 128], stage_out_channels=[64, 256, 512, 1024],
        stage_num_blocks=[1, 1, 2, 1], stage_light_block=[False, False, True, True],
        stage_kernel_size=[3, 3, 5, 5], stage_numb_of_layers=[3, 3, 3, 3],
        use_learnable_affine_block=True, hidden_sizes=[64, 256, 512, 1024], depths=[1, 1, 2, 1]),
-    _a("pplcnet_x1_0", "transformers PPLCNetForImageClassification, PP-LCNet x1.0 (depthwise 3x3/5x5, SE, hard-swish)",
-       ("depthwise", "squeeze-excite", "hard-swish", "batch-norm"), "PPLCNetForImageClassification",
-       "PPLCNetConfig", dynamic_spatial=True, output="last_hidden_state", scale=1.0),
-    _a("convnextv2_atto", "transformers ConvNextV2ForImageClassification, ConvNeXt-V2 Atto (dims 40-80-160-320, depths 2-2-6-2)",
+    _a("pplcnet_x1_0",
+       "transformers PPLCNetForImageClassification, PP-LCNet x1.0 (depthwise 3x3/5x5, SE, hard-swish)",
+       ("depthwise", "squeeze-excite", "hard-swish", "batch-norm"),
+       "PPLCNetForImageClassification", "PPLCNetConfig", dynamic_spatial=True,
+       output="last_hidden_state", scale=1.0),
+    _a("convnextv2_atto",
+       "transformers ConvNextV2ForImageClassification, ConvNeXt-V2 Atto (dims 40-80-160-320, depths 2-2-6-2)",
        ("residual", "depthwise", "inverted-residual", "layer-norm", "global-response-norm", "patch-embed"),
-       "ConvNextV2ForImageClassification", "ConvNextV2Config", dynamic_spatial=True, hidden_sizes=[40, 80, 160, 320],
-       depths=[2, 2, 6, 2]),
-    _a("vit_tiny", "transformers ViTForImageClassification, ViT-Ti/16 (hidden 192, 12 layers, 3 heads, eager attention)",
-       ("attention", "patch-embed", "layer-norm", "residual"), "ViTForImageClassification", "ViTConfig",
+       "ConvNextV2ForImageClassification", "ConvNextV2Config", dynamic_spatial=True,
+       hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2]),
+    _a("vit_tiny",
+       "transformers ViTForImageClassification, ViT-Ti/16 (hidden 192, 12 layers, 3 heads, eager attention)",
+       ("attention", "patch-embed", "layer-norm", "residual"),
+       "ViTForImageClassification", "ViTConfig",
        hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
        image_size=224, patch_size=16),
-    _a("swin_nano", "transformers SwinForImageClassification, Swin at reduced width (embed 64, depths 2-2-6-2, heads 2-4-8-16, window 7; Swin-T is 96 wide)",
+    _a("swin_nano",
+       "transformers SwinForImageClassification, Swin at 2/3 of Swin-T's width "
+       "(embed 64, depths 2-2-6-2, heads 2-4-8-16, window 7)",
        ("windowed-attention", "relative-position-bias", "patch-embed", "layer-norm", "residual"),
-       "SwinForImageClassification", "SwinConfig", embed_dim=64, depths=[2, 2, 6, 2],
-       num_heads=[2, 4, 8, 16], window_size=7, drop_path_rate=0.0),
-    _a("pvt_v2_b0", "transformers PvtV2ForImageClassification, PVT-v2-B0 (spatial-reduction attention, dw-conv MLP)",
+       "SwinForImageClassification", "SwinConfig",
+       embed_dim=64, depths=[2, 2, 6, 2], num_heads=[2, 4, 8, 16], window_size=7, drop_path_rate=0.0),
+    _a("pvt_v2_b0",
+       "transformers PvtV2ForImageClassification, PVT-v2-B0 (spatial-reduction attention, dw-conv MLP)",
        ("spatial-reduction-attention", "attention", "depthwise", "patch-embed", "layer-norm", "residual"),
        "PvtV2ForImageClassification", "PvtV2Config", dynamic_spatial=True),
-    _a("mobilevit_xxs", "transformers MobileViTForImageClassification, MobileViT-XXS (at 224)",
+    _a("mobilevit_xxs",
+       "transformers MobileViTForImageClassification, MobileViT-XXS (at 224)",
        ("hybrid-conv-attention", "attention", "inverted-residual", "depthwise", "batch-norm", "layer-norm"),
-       "MobileViTForImageClassification", "MobileViTConfig", hidden_sizes=[64, 80, 96],
-       neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0, image_size=224,
-       classifier_dropout_prob=0.0, hidden_dropout_prob=0.0),
-    _a("mobilevitv2_050", "transformers MobileViTV2ForImageClassification, MobileViT-V2 0.5 (separable self-attention, at 224)",
-       ("hybrid-conv-attention", "separable-attention", "inverted-residual", "depthwise", "batch-norm", "group-norm"),
-       "MobileViTV2ForImageClassification", "MobileViTV2Config", width_multiplier=0.5, image_size=224,
-       classifier_dropout_prob=0.0),
-    _a("swiftformer_xs", "transformers SwiftFormerForImageClassification, SwiftFormer-XS (efficient additive attention, two heads averaged)",
+       "MobileViTForImageClassification", "MobileViTConfig",
+       hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0,
+       image_size=224, classifier_dropout_prob=0.0, hidden_dropout_prob=0.0),
+    _a("mobilevitv2_050",
+       "transformers MobileViTV2ForImageClassification, MobileViT-V2 0.5 (separable self-attention, at 224)",
+       ("hybrid-conv-attention", "separable-attention", "inverted-residual", "depthwise", "batch-norm",
+        "group-norm"),
+       "MobileViTV2ForImageClassification", "MobileViTV2Config",
+       width_multiplier=0.5, image_size=224, classifier_dropout_prob=0.0),
+    _a("swiftformer_xs",
+       "transformers SwiftFormerForImageClassification, SwiftFormer-XS (additive attention, 2 heads)",
        ("hybrid-conv-attention", "additive-attention", "depthwise", "batch-norm", "layer-scale", "residual"),
        "SwiftFormerForImageClassification", "SwiftFormerConfig", dynamic_spatial=True),
-    _a("poolformer_s12", "transformers PoolFormerForImageClassification, PoolFormer-S12 (avg-pool token mixer)",
+    _a("poolformer_s12",
+       "transformers PoolFormerForImageClassification, PoolFormer-S12 (avg-pool token mixer)",
        ("pooling-mixer", "group-norm", "layer-scale", "residual", "patch-embed"),
        "PoolFormerForImageClassification", "PoolFormerConfig", dynamic_spatial=True),
 )}
@@ -199,10 +227,10 @@ def images(n: int, seed: int, shape: tuple[int, ...] = (3, 224, 224)) -> np.ndar
 
     Each image (its own generator, seeded by ``(seed, index)``, so a prefix of a larger
     request is the same images) is a 1/f field of low-frequency colour waves, Gaussian blobs,
-    2–4 occluding shapes with sharp anti-aliased edges and a little pixel noise, stretched to an
-    RMS contrast of 0.18–0.24 and clipped to [0, 1]: the statistics a classifier's early layers see on photographs (smooth regions,
-    edges, correlated colour), not white noise. 3 channels use ImageNet's mean/std; other
-    channel counts use 0.45/0.225.
+    2–4 occluding shapes with sharp anti-aliased edges (half of them striped) and a little
+    pixel noise, stretched to an RMS contrast of 0.18–0.24 and clipped to [0, 1]: what a
+    classifier's early layers see in photographs (smooth regions, edges, texture, correlated
+    colour), not white noise. 3 channels use ImageNet's mean/std; others use 0.45/0.225.
     """
     c, h, w = shape
     mean = np.array(IMAGENET_MEAN if c == 3 else (0.45,) * c, np.float32)[:, None, None]
@@ -225,7 +253,8 @@ def _scene(rng: np.random.Generator, c: int, yy: np.ndarray, xx: np.ndarray, px:
     for _ in range(rng.integers(2, 6)):  # soft blobs
         cy, cx = rng.uniform(0, 1, 2)
         sigma = rng.uniform(0.03, 0.2)
-        img += rng.uniform(-0.4, 0.4, (c, 1, 1)) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+        img += rng.uniform(-0.4, 0.4, (c, 1, 1)) * blob
     for _ in range(rng.integers(2, 5)):  # occluding shapes with sharp edges
         mask = _shape_mask(rng, yy, xx, px)
         colour = rng.uniform(0, 1, (c, 1, 1))
@@ -287,7 +316,7 @@ def _build(arch: Architecture):
     import torch
     import transformers
 
-    with torch.random.fork_rng(devices=[]):
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(arch.seed)
         config = getattr(transformers, arch.hf_config)(
             num_labels=arch.num_labels, attn_implementation="eager",
@@ -296,10 +325,14 @@ def _build(arch: Architecture):
         module = _logits_wrapper()(model, arch.output).eval()
         with torch.no_grad():
             _perturb_constants(module)
-            x = torch.from_numpy(images(CALIBRATION_IMAGES, CALIBRATION_SEED, arch.input_shape))
+            # calibrated in float64, so that the statistics (and the float32 weights made from
+            # them) do not depend on the machine's kernels and thread count
+            module.double()
+            x = torch.from_numpy(images(CALIBRATION_IMAGES, CALIBRATION_SEED, arch.input_shape)).double()
             heads = _heads(module, arch.num_labels)
             _calibrate(module, x, heads)
             _standardise_heads(module, x, heads)
+            module.float()
     return module.eval()
 
 
@@ -382,7 +415,8 @@ def _standardise_heads(module, x, heads) -> None:
         # a feature nearly constant over images would otherwise be amplified until W @ f and
         # the bias cancel to fp32 noise: cap |mean| / s at 20, and floor dead features
         s = torch.clamp(torch.sqrt(std ** 2 + (0.05 * mean) ** 2), min=0.1 * float(std.median()) + 1e-12)
-        w = torch.randn(head.out_features, head.in_features, dtype=torch.float64) / head.in_features ** 0.5 / s
+        w = torch.randn(head.out_features, head.in_features, dtype=torch.float64)
+        w = w / head.in_features ** 0.5 / s
         head.weight.copy_(w.to(head.weight.dtype))
         if head.bias is not None:
             head.bias.copy_((-(w @ mean)).to(head.bias.dtype))
@@ -404,7 +438,9 @@ class OnnxArchitecture:
     standardised on :func:`images` as in :meth:`Architecture.build` (one onnxruntime run).
     The batch dimension is made symbolic (``N``) and each Reshape's hard-coded leading batch 1
     becomes -1, so any batch size runs. Output: ``probabilities`` (the graph ends in Softmax)
-    or ``logits``; ``output_shape`` is one sample's.
+    or ``logits``; ``output_shape`` is one sample's. The redrawn tensors are the same on every
+    machine; the head, fitted to an onnxruntime fp32 run, may differ in the last bits between
+    CPUs with different kernels.
     """
 
     name: str
@@ -436,10 +472,13 @@ class OnnxArchitecture:
 ONNX_MODELS: dict[str, OnnxArchitecture] = {a.name: a for a in (
     OnnxArchitecture("onnx_resnet50", "onnx light_resnet50 (Caffe2 ResNet-50 v1, opset 9)",
                      ("residual", "bottleneck", "batch-norm"), "light_resnet50.onnx"),
-    OnnxArchitecture("onnx_squeezenet", "onnx light_squeezenet (SqueezeNet 1.0 fire modules, conv classifier, opset 9)",
+    OnnxArchitecture("onnx_squeezenet",
+                     "onnx light_squeezenet (SqueezeNet 1.0 fire modules, conv classifier, opset 9)",
                      ("fire", "concat"), "light_squeezenet.onnx", output_shape=(1000, 1, 1)),
-    OnnxArchitecture("onnx_shufflenet", "onnx light_shufflenet (ShuffleNet v1 g=4: grouped 1x1, channel shuffle, opset 9)",
-                     ("grouped", "depthwise", "channel-shuffle", "residual", "batch-norm"), "light_shufflenet.onnx"),
+    OnnxArchitecture("onnx_shufflenet",
+                     "onnx light_shufflenet (ShuffleNet v1 g=4: grouped 1x1, channel shuffle, opset 9)",
+                     ("grouped", "depthwise", "channel-shuffle", "residual", "batch-norm"),
+                     "light_shufflenet.onnx"),
     OnnxArchitecture("onnx_densenet121", "onnx light_densenet121 (DenseNet-121, BN as Mul/Add, opset 9)",
                      ("dense-concat", "batch-norm"), "light_densenet121.onnx", output="logits",
                      output_shape=(1000, 1, 1)),
@@ -456,7 +495,7 @@ ONNX_MODELS: dict[str, OnnxArchitecture] = {a.name: a for a in (
 
 def _load_onnx(arch: OnnxArchitecture) -> bytes:
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     model = onnx.load(arch.path())
     graph = model.graph
@@ -482,7 +521,8 @@ def _load_onnx(arch: OnnxArchitecture) -> bytes:
     for t in graph.initializer:
         if t.name.endswith("__SHAPE") or t.name in shapes or t.name not in consumers:
             continue
-        if t.data_type == TensorProto.INT64 and any(n.op_type == "Reshape" and i == 1 for n, i in consumers[t.name]):
+        if t.data_type == TensorProto.INT64 and any(n.op_type == "Reshape" and i == 1
+                                                     for n, i in consumers[t.name]):
             shape = numpy_helper.to_array(t).copy()
             if shape.size > 1 and shape[0] == 1 and -1 not in shape:
                 shape[0] = -1  # the hard-coded batch of 1
@@ -504,47 +544,49 @@ def _load_onnx(arch: OnnxArchitecture) -> bytes:
         value.type.tensor_type.shape.dim[0].dim_param = "N"
     graph.ClearField("value_info")
     model.ir_version = 7
-    _standardise_onnx_head(model, rng, consumers)
+    _standardise_onnx_head(model, rng)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
 def _onnx_param(rng: np.random.Generator, name: str, shape: tuple[int, ...], consumers) -> np.ndarray:
-    (node, i), = consumers[name][:1]
-    op = node.op_type
-    if op in ("Unsqueeze", "Reshape"):  # look through to the real consumer
-        (node2, _), = consumers[node.output[0]][:1]
-        if op == "Reshape":
-            node, i = node2, 1
-        else:
-            node, i, op = node2, -1, node2.op_type
-    else:
-        node2 = None
+    """A seeded value for parameter ``name``, by the role its (first) consumer gives it."""
+    node, i = consumers[name][0]
+    via = None
+    if node.op_type in ("Unsqueeze", "Reshape"):  # look through to the real consumer
+        via = node.op_type
+        node, i = consumers[node.output[0]][0]
     if node.op_type in ("Conv", "Gemm") and i == 1:
-        if node.op_type == "Gemm":
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            fan_in = shape[-1] if trans_b else shape[0]
-        else:
+        if node.op_type == "Conv":
             fan_in = int(np.prod(shape[1:]))
+        else:  # B is [out, in] with transB (a Reshape of [1, 1, out, in] in inception_v1)
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            fan_in = shape[-1] if trans_b or via == "Reshape" else shape[0]
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
     if node.op_type in ("Conv", "Gemm") and i == 2:
         return (0.02 * rng.standard_normal(shape)).astype(np.float32)
-    residual = any(n.op_type in ("Sum", "Add") for n, _ in consumers.get(node.output[0], []))
     if node.op_type == "BatchNormalization":
+        residual = any(n.op_type in ("Sum", "Add") for n, _ in consumers.get(node.output[0], []))
         if i == 1:
             return (rng.uniform(0.8, 1.2, shape) * (0.25 if residual else 1.0)).astype(np.float32)
         if i == 2:
             return (0.05 * rng.standard_normal(shape)).astype(np.float32)
         return np.full(shape, 0.0 if i == 3 else 1.0, np.float32)
-    if op == "Mul" and i == -1:  # BatchNorm as Unsqueeze(scale) * x
+    if via == "Unsqueeze" and node.op_type == "Mul":  # BatchNorm as x * Unsqueeze(scale) ...
         return rng.uniform(0.8, 1.2, shape).astype(np.float32)
-    if op == "Add" and i == -1:  # ... + Unsqueeze(shift)
+    if via == "Unsqueeze" and node.op_type == "Add":  # ... + Unsqueeze(shift)
         return (0.05 * rng.standard_normal(shape)).astype(np.float32)
     raise RuntimeError(f"no rule to fill {name} {shape} (consumed by {node.op_type} input {i})")
 
 
-def _standardise_onnx_head(model, rng: np.random.Generator, consumers) -> None:
-    """Redraw the classifier (the Conv/Gemm with ``num_labels`` outputs) on standardised features."""
+def _standardise_onnx_head(model, rng: np.random.Generator) -> None:
+    """Redraw the classifier (the last Conv/Gemm) on standardised features; sharpen a softmax.
+
+    As in :meth:`Architecture.build`, plus: where the graph ends in Softmax, the head is scaled
+    so that the median top-1 probability over the calibration images is 0.5, as a trained
+    classifier's is (with logits of std ~1 over 1000 classes every probability would be near
+    1e-3, and an int8 output, in steps of 1/256, would hold only ties).
+    """
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -554,7 +596,7 @@ def _standardise_onnx_head(model, rng: np.random.Generator, consumers) -> None:
     reshaped = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Reshape"}
     head = [n for n in graph.node if n.op_type in ("Conv", "Gemm")][-1]
     w_name = reshaped.get(head.input[1], head.input[1])
-    w_old = numpy_helper.to_array(inits[w_name])
+    w_shape = tuple(inits[w_name].dims)
     trans_b = head.op_type == "Conv" or any(a.name == "transB" and a.i for a in head.attribute)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -565,15 +607,53 @@ def _standardise_onnx_head(model, rng: np.random.Generator, consumers) -> None:
     shape = tuple(d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:])
     x = images(CALIBRATION_IMAGES // 2, CALIBRATION_SEED, shape)
     feats = session.run([head.input[0]], {graph.input[0].name: x})[0].astype(np.float64)
-    feats = np.moveaxis(feats, 1, -1).reshape(-1, feats.shape[1]) if feats.ndim == 4 else feats.reshape(len(x), -1)
-    mean, std = feats.mean(0), feats.std(0, ddof=1)
+    # one row per image (Gemm) or per image and position (1x1 Conv)
+    rows = np.moveaxis(feats, 1, -1) if feats.ndim == 4 else feats.reshape(len(x), -1)
+    flat = rows.reshape(-1, rows.shape[-1])
+    mean, std = flat.mean(0), flat.std(0, ddof=1)
     s = np.maximum(np.sqrt(std ** 2 + (0.05 * mean) ** 2), 0.1 * np.median(std) + 1e-12)
-    n_out = w_old.shape[0] if trans_b else w_old.shape[-1]
-    if w_old.ndim == 4 and head.op_type == "Gemm":  # inception_v1: [1, 1, out, in] reshaped to [out, in]
-        n_out = w_old.shape[-2]
-    w = rng.standard_normal((n_out, feats.shape[1])) / np.sqrt(feats.shape[1]) / s
+    n_out = w_shape[-2] if len(w_shape) == 4 and head.op_type == "Gemm" else (
+        w_shape[0] if trans_b else w_shape[-1])  # inception_v1's Gemm weight is [1, 1, out, in]
+    w = rng.standard_normal((n_out, flat.shape[1])) / np.sqrt(flat.shape[1]) / s
     b = -(w @ mean)
+    after = _ops_after(graph, head.output[0])
+    if after and after[-1] == "Softmax":
+        w = w * _sharpen(rows @ w.T + b, after[:-1])
+        b = -(w @ mean)
     w_new = w if trans_b else w.T
-    inits[w_name].CopyFrom(numpy_helper.from_array(w_new.reshape(w_old.shape).astype(np.float32), w_name))
+    inits[w_name].CopyFrom(numpy_helper.from_array(w_new.reshape(w_shape).astype(np.float32), w_name))
     if len(head.input) > 2:
         inits[head.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32), head.input[2]))
+
+
+def _ops_after(graph, name: str) -> list[str]:
+    """The op types of the single-consumer chain that starts at tensor ``name``."""
+    ops = []
+    while True:
+        nxt = [n for n in graph.node if name in n.input]
+        if len(nxt) != 1:
+            return ops
+        ops.append(nxt[0].op_type)
+        name = nxt[0].output[0]
+
+
+def _sharpen(z: np.ndarray, between: list[str]) -> float:
+    """The factor on the head's logits ``z`` that makes the median top-1 softmax probability 0.5."""
+    def median_top1(t: float) -> float:
+        y = t * z
+        for op in between:
+            if op == "Relu":
+                y = np.maximum(y, 0)
+            elif op == "GlobalAveragePool":
+                y = y.reshape(len(y), -1, y.shape[-1]).mean(1)
+            else:
+                raise RuntimeError(f"cannot follow {op} between the classifier and its softmax")
+        y = y.reshape(len(y), -1)
+        p = np.exp(y - y.max(1, keepdims=True))
+        return float(np.median(p.max(1) / p.sum(1)))
+
+    lo, hi = 1e-2, 1e3  # the top-1 probability grows with the factor
+    for _ in range(60):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (mid, hi) if median_top1(mid) < 0.5 else (lo, mid)
+    return float(np.sqrt(lo * hi))

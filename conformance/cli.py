@@ -35,7 +35,7 @@ def run_cli(opts: Options, console=None) -> int:
     progress = Progress()
 
     def cell(c: CellResult) -> None:
-        eta = progress.tick(c, run.planned if run is not None else 0, opts.jobs)
+        eta = progress.tick(c, dict(run.planned) if run is not None else {}, opts.jobs)
         if c.result == "unsupported":
             return
         extra = rep.headline(c)
@@ -101,29 +101,36 @@ def run_cli(opts: Options, console=None) -> int:
 
 
 class Progress:
-    """``[done/planned ETA m:ss]`` for each cell line: the remaining runnable cells times
-    the mean time of those finished, over the backends that run at once. The plan grows
-    as each backend's worker starts, so early estimates are low."""
+    """``[done/planned ETA m:ss]`` for each cell line. A cell's cost depends on its suite (an
+    operator compiles in a second, an architecture in a minute), so the estimate is, per
+    suite, the cells still to come times the mean time of that suite's finished cells
+    (the run's mean until one has finished), over the backends that run at once. The plan
+    grows as each backend's worker starts, so early estimates are low."""
 
     def __init__(self) -> None:
         import time
 
         self.clock = time.monotonic
         self.t0 = self.clock()
-        self.done = 0
-        self.ran = 0
-        self.ran_s = 0.0
+        self.done: dict[str, int] = {}
+        self.spent: dict[str, tuple[int, float]] = {}  # suite -> (runnable cells, seconds)
 
-    def tick(self, c, planned: int, jobs: int) -> str:
-        self.done += 1
+    def tick(self, c, planned: dict[str, int], jobs: int) -> str:
+        self.done[c.suite] = self.done.get(c.suite, 0) + 1
         if c.runnable:
-            self.ran += 1
-            self.ran_s += c.duration_s or 0.0
-        planned = max(planned, self.done)
+            n, s = self.spent.get(c.suite, (0, 0.0))
+            self.spent[c.suite] = (n + 1, s + (c.duration_s or 0.0))
+        done = sum(self.done.values())
+        total = max(sum(planned.values()), done)
+        ran = sum(n for n, _ in self.spent.values())
+        overall = sum(s for _, s in self.spent.values()) / ran if ran else 0.0
+        left = 0.0
+        for suite, count in planned.items():
+            n, s = self.spent.get(suite, (0, 0.0))
+            share = n / max(1, self.done.get(suite, 0)) if n else 0.5  # runnable share
+            left += max(0, count - self.done.get(suite, 0)) * share * (s / n if n else overall)
+        left /= max(1, jobs)
+        if total > done and ran:
+            return f"[{done}/{total} ETA {int(left) // 60}:{int(left) % 60:02d}]"
         elapsed = self.clock() - self.t0
-        if self.ran and planned > self.done:
-            left = (planned - self.done) * (self.ran_s / self.ran) * (self.ran / self.done) / max(1, jobs)
-            eta = f"ETA {int(left) // 60}:{int(left) % 60:02d}"
-        else:
-            eta = f"{int(elapsed) // 60}:{int(elapsed) % 60:02d}"
-        return f"[{self.done}/{planned} {eta}]"
+        return f"[{done}/{total} {int(elapsed) // 60}:{int(elapsed) % 60:02d}]"

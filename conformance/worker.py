@@ -98,6 +98,24 @@ class Worker:
             self.models[name] = build(name)
         return self.models[name]
 
+    def exported(self, name: str, module, example: tuple) -> Any:
+        """``torch.export`` of the model at the example's shapes, once per model; a
+        failure is remembered and raised again for every cell of that model."""
+        if (name, "export") not in self.models:
+            import torch
+
+            try:
+                self.models[(name, "export")] = torch.export.export(
+                    module, tuple(torch.from_numpy(a) for a in example))
+            except Exception as e:  # noqa: BLE001 - the export is the stage that broke
+                self.models[(name, "export")] = self.hal.CompileError(
+                    f"torch.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                    "make the model export-friendly (no data-dependent control flow)")
+        got = self.models[(name, "export")]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
     def at(self, cmd: dict, stage: str) -> None:
         """Enter a stage: the orchestrator hears it, so a crash or a timeout names it too."""
         self.stage = stage
@@ -143,6 +161,11 @@ class Worker:
         if dynamic:  # the model carries a dynamic batch; no example input pins it
             self.at(cmd, "export")
             model, example = export_dynamic(model, xs), None
+        elif cmd.get("shared_export") and self.source != "onnx":
+            # one torch.export program per model, handed to every precision's compile (as
+            # ExecuTorch's flows share an export): the tiers' time goes to the backends
+            self.at(cmd, "export")
+            model = self.exported(cmd["model"], model, example)
         self.at(cmd, "compile")
         t0 = time.perf_counter()
         exe = hal.compile(model, target=cmd["target"], precision=precision,
@@ -209,7 +232,8 @@ class Worker:
             import torch
 
             module = self.model(cmd["model"], None)
-            xs = [torch.from_numpy(a) for a in inputs_of(np.load(cmd["data"], allow_pickle=False), "eval")]
+            n = cmd.get("samples")  # the error's size is what matters, not every sample
+            xs = [torch.from_numpy(a[:n]) for a in inputs_of(np.load(cmd["data"], allow_pickle=False), "eval")]
             done: dict[str, Any] = {}
             for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
                 try:

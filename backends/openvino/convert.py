@@ -114,22 +114,27 @@ def from_exported(model: Model, options) -> Any:
         module = tc.rebatched_for(model)
         if module is not None:  # re-export at the asked batch: OpenVINO reads programs
             ep = tc.export_static(module, tc.example_tensors(model))
-    ov_model = _convert(ep, "ExportedProgram")
-    _keep_program_shapes(ov_model, ep)
-    return ov_model
+    return _keep_program_shapes(_convert(ep, "ExportedProgram"), ep)
 
 
-def _keep_program_shapes(ov_model, ep) -> None:
+def _keep_program_shapes(ov_model, ep):
     """The frontend leaves every input dimension dynamic; the program knows which are
     static (ints) and which are torch.export Dims (symbols). Give OpenVINO exactly
     that, so the executable's input specs say what the program takes."""
     names = set(ep.graph_signature.user_inputs)
     vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
     if len(vals) != len(ov_model.inputs) or any(v is None or not hasattr(v, "shape") for v in vals):
-        return
+        return ov_model
     o = compat.api()
-    ov_model.reshape({i: o.ov.PartialShape([d if isinstance(d, int) else -1 for d in v.shape])
-                      for i, v in enumerate(vals)})
+    shaped = ov_model.clone()  # a failed reshape may leave a model half-reshaped
+    try:
+        shaped.reshape({i: o.ov.PartialShape([d if isinstance(d, int) else -1 for d in v.shape])
+                        for i, v in enumerate(vals)})
+        return shaped
+    except Exception as e:  # noqa: BLE001 - OpenVINO's shape inference refusing concrete shapes
+        add_note(ov_model, f"OpenVINO could not apply the program's static input shapes "
+                           f"({short(e)}); its inputs stay as the frontend left them")
+        return ov_model
 
 
 _ONNX_FIX = ("OpenVINO's ONNX frontend does not support an op or attribute in this model: check "

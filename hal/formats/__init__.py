@@ -229,8 +229,9 @@ def _bfs(source: str, targets: tuple[str, ...], convs: list[Converter]) -> list[
 
 def convert(model: Model, chain: list[Converter], options: CompileOptions) -> Model:
     for conv in chain:
-        # leaving a framework's own graph is an export (torch.export, torch.onnx); the rest converts
-        with stage("export" if model.format.startswith("torch") else "convert"):
+        # leaving the framework through its own exporter (torch.export, torch.onnx) is an
+        # export; a vendor's importer (ov.convert_model, litert-torch) converts
+        with stage("export" if conv.name.startswith(("torch.", "keras.")) else "convert"):
             value = conv.convert(model, options)
         model = Model(conv.target, value, example_input=model.example_input, converted=True)
     return model
