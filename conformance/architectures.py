@@ -1,12 +1,11 @@
 """The conformance suite's architecture tier: real image classifiers with seeded random weights.
 
-Each :class:`Architecture` is a published (small) vision architecture as the Hugging Face
-``transformers`` library implements it, built from a config alone: nothing is downloaded, and
-the weights come from a seed derived from the name, so every machine builds the same module
-(for a given torch/transformers version). :data:`ONNX_MODELS` adds ONNX-native classics from the
-``onnx`` wheel's bundled "light" backend tests, whose stripped weights are refilled from a seed.
-The orchestrator imports this module without a framework: torch, transformers and onnx are
-imported inside the functions that need them.
+Each :class:`Architecture` is a published (small) vision architecture as Hugging Face
+``transformers`` implements it, built from a config alone (nothing is downloaded) with weights
+drawn from a seed derived from its name. :data:`ONNX_MODELS` adds ONNX-native classics from the
+``onnx`` wheel's "light" backend tests, whose stripped weights are refilled from a seed. The
+orchestrator imports this module without a framework: torch, transformers and onnx are imported
+inside the functions that need them.
 
 Why the weights are not simply HF's default init. A random network is only a useful
 conformance workload when every block changes the output, activations keep a sane scale and the
@@ -16,8 +15,8 @@ table 0): whole blocks become (near-)identities and the bias/affine paths go unt
 conv nets get N(0, 0.02) conv weights, under which the signal shrinks layer by layer until
 BatchNorm's eps dominates and every image gives the same logits (EfficientNet, MobileViT). And
 a random head reads mostly the image-independent part of the features, so the top-1 is one
-class for every image. :meth:`Architecture.build` therefore, after HF's init and all under the
-name's seed (CPU RNG, so the same on every machine for a given torch/transformers):
+class for every image. :meth:`Architecture.build` therefore, after HF's init, under the name's
+seed (torch's CPU generator):
 
 1. gives every parameter that HF set to one constant ``c`` the value
    ``c + 0.1 * max(1, |c|) * N(0, 1)`` element-wise, so gates, biases and affines are live;
@@ -29,15 +28,19 @@ name's seed (CPU RNG, so the same on every machine for a given torch/transformer
    std, raised to at least 5 % of its |mean| (a nearly constant feature, weighted by 1/std,
    would cancel against the bias down to fp32 noise) and to 0.1 × the median std.
 
-Result, measured over 256 :func:`images` (seed 1): fp32 and fp64 logits differ by at most
-7e-5 of the logit range, top-1 agrees in all images, 56–161 distinct top-1 classes. For 1000
-continuous logits the top-1/top-2 gap has a density at 0, so 1–3.5 % of images have a gap below
-1e-3 of the range (i.i.d. Gaussian logits give 1.8 %); a top-1 comparison should discount
-images whose oracle margin (:func:`margins`) is within the compared backend's error.
+Two builds in one process are bit-identical. Steps 2–3 run float32 kernels, so another CPU or
+thread count can change the calibrated weights in their last bits (~1e-7 relative); calibrating
+in float64 would avoid that but costs 20× for depthwise/grouped convs (see the report).
 
-LeViT is not in the catalogue: its attention has no LayerNorm, and with random weights the
-BatchNorm'd queries and keys of high-contrast images give attention logits with std ~50, a
-saturated softmax that turns fp32 rounding into 13–17 % of the logit range.
+Result over 256 :func:`images` (seed 1): fp32 and fp64 logits differ by at most 7e-5 of the
+logit range, top-1 agrees on every image, 56–161 distinct top-1 classes. For 1000 continuous
+logits the top-1/top-2 gap has a density at 0, so 1–3.5 % of images have a gap below 1e-3 of the
+range (i.i.d. Gaussian logits give 1.8 %); a top-1 comparison should discount images whose
+oracle margin (:func:`margins`) is within the compared backend's error.
+
+LeViT is not in the catalogue: it has no LayerNorm, and with random weights the BatchNorm'd
+queries and keys of high-contrast images give attention logits with std ~50, a saturated softmax
+that turns fp32 rounding into 13–17 % of the logit range.
 """
 
 from __future__ import annotations
@@ -325,14 +328,10 @@ def _build(arch: Architecture):
         module = _logits_wrapper()(model, arch.output).eval()
         with torch.no_grad():
             _perturb_constants(module)
-            # calibrated in float64, so that the statistics (and the float32 weights made from
-            # them) do not depend on the machine's kernels and thread count
-            module.double()
-            x = torch.from_numpy(images(CALIBRATION_IMAGES, CALIBRATION_SEED, arch.input_shape)).double()
+            x = torch.from_numpy(images(CALIBRATION_IMAGES, CALIBRATION_SEED, arch.input_shape))
             heads = _heads(module, arch.num_labels)
             _calibrate(module, x, heads)
             _standardise_heads(module, x, heads)
-            module.float()
     return module.eval()
 
 
