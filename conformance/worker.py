@@ -104,13 +104,13 @@ class Worker:
         if (name, "export") not in self.models:
             import torch
 
+            from hal.formats.builtin import export_static
+
             try:
-                self.models[(name, "export")] = torch.export.export(
+                self.models[(name, "export")] = export_static(
                     module, tuple(torch.from_numpy(a) for a in example))
-            except Exception as e:  # noqa: BLE001 - the export is the stage that broke
-                self.models[(name, "export")] = self.hal.CompileError(
-                    f"torch.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
-                    "make the model export-friendly (no data-dependent control flow)")
+            except self.hal.CompileError as e:  # the export is the stage that broke
+                self.models[(name, "export")] = e
         got = self.models[(name, "export")]
         if isinstance(got, Exception):
             raise got
