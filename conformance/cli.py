@@ -35,7 +35,7 @@ def run_cli(opts: Options, console=None) -> int:
     progress = Progress()
 
     def cell(c: CellResult) -> None:
-        eta = progress.tick(c, dict(run.planned) if run is not None else {}, opts.jobs)
+        eta = progress.tick(c, dict(run.planned) if run is not None else {}, opts.parallel)
         if c.result == "unsupported":
             return
         extra = rep.headline(c)
@@ -58,8 +58,9 @@ def run_cli(opts: Options, console=None) -> int:
             con.print(f"wrote goldens for {len(man['models'])} model(s) to {opts.export_goldens} "
                       f"(oracle {man['oracle'].get('target')} {man['oracle'].get('version')})")
             return 0
-        if opts.jobs < 1:
-            raise hal.UsageError(f"--jobs {opts.jobs} is not positive", "use --jobs 1 or more")
+        if opts.jobs < 0:
+            raise hal.UsageError(f"--jobs {opts.jobs} is negative",
+                                 "use --jobs 1 or more, or 0 for one per CPU core")
         if opts.cluster:
             from .lab import Lab
 

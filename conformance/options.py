@@ -24,7 +24,9 @@ class Options:
     models: list[str] | None = None
     precisions: list[str] | None = None
     timeout_s: float = 300.0
-    jobs: int = 1
+    #: cells of different backends run at once; 0: 1 for the quick suite (its
+    #: latencies are measured), else one per CPU core
+    jobs: int = 0
     goldens: Path | None = None
     json_path: Path | None = None
     junit_path: Path | None = None
@@ -41,6 +43,15 @@ class Options:
     profile: bool = True
     #: keep worker logs and outputs here (default: a temporary folder, removed)
     workdir: Path | None = None
+
+    @property
+    def parallel(self) -> int:
+        """How many cells run at once: ``jobs``, or its automatic value."""
+        import os
+
+        if self.jobs:
+            return self.jobs
+        return 1 if self.suite == "quick" else max(1, os.cpu_count() or 1)
 
     @property
     def startup_s(self) -> float:
@@ -85,7 +96,9 @@ OPTIONS: tuple[Flag, ...] = (
          "only this precision: fp32 fp16 bf16 int8 int8-dynamic (repeatable)", "PRECISION",
          multiple=True),
     Flag("timeout_s", ("--timeout",), "seconds one cell may take before it is a timeout", "S"),
-    Flag("jobs", ("-j", "--jobs"), "backends run at once, each in its own worker process", "N",
+    Flag("jobs", ("-j", "--jobs"), "cells of different backends run at once, each backend in its "
+         "own worker process; 0: 1 for the quick suite (latencies are measured), else one per "
+         "CPU core", "N",
          pytest=False),
     Flag("goldens", ("--goldens",), "judge against goldens in DIR (no reference stack needed)", "DIR"),
     Flag("json_path", ("--json",), "write the JSON report here (rewritten as cells finish)", "PATH"),

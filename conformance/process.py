@@ -142,8 +142,11 @@ class BackendRun:
     """One backend's worker, restarted after a crash or a timeout."""
 
     def __init__(self, name: str, log_path: Path, source: str | None, startup_timeout_s: float,
-                 timeout_s: float) -> None:
+                 timeout_s: float, threads: int | None = None) -> None:
         self.name = name
+        #: intra-op threads for the worker's runtimes when several workers share the cores
+        #: (None: each runtime's default, all cores)
+        self.threads = threads
         self.log_path = log_path
         self.source = source
         self.startup_timeout_s = startup_timeout_s
@@ -160,6 +163,9 @@ class BackendRun:
         self.starts += 1
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.threads:  # OpenMP threads that spin on a shared core slow everyone down
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env.setdefault(var, str(self.threads))
         w = WorkerProcess(self.name, self.log_path, self.source, env)
         try:
             ready = w.expect("ready", self.startup_timeout_s)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -137,9 +138,8 @@ class Suite:
             for n in [n for n in self.runs if n not in self.targets]:
                 self.runs[n].close()  # the oracle's worker, when its cells are not asked for
             names = list(self.targets)  # the oracle's worker, if among them, is reused warm
-            if self.opts.jobs > 1 and len(names) > 1:
-                with ThreadPoolExecutor(self.opts.jobs) as ex:
-                    list(ex.map(self.run_backend, names))
+            if self.opts.parallel > 1 and len(names) > 1:
+                self.run_parallel(names, self.opts.parallel)
             else:
                 for n in names:
                     self.run_backend(n)
@@ -277,9 +277,11 @@ class Suite:
     def _run_of(self, name: str) -> BackendRun:
         with self.lock:
             if name not in self.runs:
+                jobs = self.opts.parallel
+                threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
                 self.runs[name] = BackendRun(name, self.workdir / f"worker-{_safe(name)}.log",
                                              self.source, self.opts.startup_s,
-                                             self.opts.timeout_s)
+                                             self.opts.timeout_s, threads)
             return self.runs[name]
 
     def _command(self, spec: CellSpec, data_path: Path, profile: bool = True,
@@ -322,13 +324,25 @@ class Suite:
                 self.report.errors.append(f"backend {name} has no device {t} "
                                           f"(it has {', '.join(targets) or 'none'})")
         specs = []
+        chosen = [d for d in ready["devices"] if d["available"]
+                  and (wanted is None or d["target"].lower() in wanted)]
+        ids = {d["id"] for d in chosen}
         for d in ready["devices"]:
             if not d["available"]:
                 self.on_note(f"{d['target']} ({d['kind']}) is not available: {d['reason']}")
                 continue
-            if wanted is not None and d["target"].lower() not in wanted:
+            if d not in chosen:
                 continue
-            for m in self.models:
+            routed = d.get("routes_to") or []
+            # a router (AUTO, data parallel) runs cells on devices already in this run: the
+            # quick tier checks the routing; the deep tiers would run every cell twice
+            models = [m for m in self.models if self.cases[m].suite == "quick"] \
+                if routed and set(routed) <= ids else self.models
+            if len(models) < len(self.models):
+                self.on_note(f"{d['target']} routes to {', '.join(routed)}, which this run tests "
+                             f"directly: it runs the quick tier only")
+                entry.setdefault("routers", {})[d["target"]] = list(routed)
+            for m in models:
                 for p in self.precisions:
                     why = d["unsupported"].get(p)
                     if why is None and p == "int8" and not self.cases[m].quantizable:
@@ -382,6 +396,68 @@ class Suite:
         run = self.runs[name]
         self.report.backends[name]["worker_starts"] = run.starts
         run.close()
+
+    def run_parallel(self, names: list[str], jobs: int) -> None:
+        """Cells of different backends at once, ``jobs`` at a time; each backend's worker
+        runs its own cells one after another (one process per backend: crash isolation,
+        and its per-model export is shared between precisions). The next free slot goes to
+        the idle backend with the most work left (longest processing time first), so the
+        run does not end with one slow backend alone on one core."""
+        with ThreadPoolExecutor(jobs) as ex:
+            plans = dict(zip(names, ex.map(self.plan, names)))
+        queues: dict[str, deque[CellSpec]] = {}
+        work: dict[str, float] = {}
+        for name, specs in plans.items():
+            queues[name] = deque()
+            for spec in specs or ():
+                if spec.unsupported:
+                    self.run_cell(spec)  # recorded at once: it needs no worker time
+                else:
+                    queues[name].append(spec)
+            work[name] = sum(self._cost(s) for s in queues[name])
+        cond = threading.Condition()
+        busy: set[str] = set()
+
+        def take() -> tuple[str, CellSpec] | None:
+            with cond:
+                while True:
+                    idle = [n for n in queues if queues[n] and n not in busy]
+                    if idle:
+                        name = max(idle, key=work.__getitem__)
+                        busy.add(name)
+                        spec = queues[name].popleft()
+                        work[name] -= self._cost(spec)
+                        return name, spec
+                    if not busy:
+                        return None
+                    cond.wait()
+
+        def slot() -> None:
+            while (got := take()) is not None:
+                name, spec = got
+                try:
+                    self.run_cell(spec)
+                finally:
+                    with cond:
+                        busy.discard(name)
+                        done = not queues[name]
+                        cond.notify_all()
+                    if done:  # free its memory for the backends still running
+                        self.runs[name].close()
+
+        with ThreadPoolExecutor(jobs) as ex:
+            for f in [ex.submit(slot) for _ in range(jobs)]:
+                f.result()
+        for name in names:
+            if name in self.runs:
+                self.report.backends[name]["worker_starts"] = self.runs[name].starts
+                self.runs[name].close()
+
+    #: a cell's rough cost by suite, in operator cells: what "most work left" weighs
+    COST = {"quick": 3.0, "ops": 1.0, "models": 30.0}
+
+    def _cost(self, spec: CellSpec) -> float:
+        return self.COST.get(self.cases[spec.model].suite, 1.0)
 
     def close(self) -> None:
         """Stop every worker; remove the scratch folder when it is ours."""

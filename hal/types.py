@@ -51,6 +51,10 @@ class Device:
     #: typical board power in watts, where the vendor states one.
     power_w: float | None = None
     properties: dict[str, Any] = field(default_factory=dict)
+    #: ids of this backend's devices that this one dispatches to (OpenVINO's AUTO, CUDA's
+    #: data-parallel ``cuda:*``): conformance's operator and architecture tiers test those
+    #: directly and leave a router to the quick tier, instead of running every cell twice
+    routes_to: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:
@@ -61,6 +65,7 @@ class Device:
         d["target"] = self.target
         d["aliases"] = list(self.aliases)
         d["precisions"] = list(self.precisions)
+        d["routes_to"] = list(self.routes_to)
         return d
 
 

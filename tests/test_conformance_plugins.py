@@ -60,7 +60,8 @@ def _run(site: Path, *args: str, timeout: float = 300, cwd: Path | None = None):
 @pytest.fixture(scope="module")
 def mixed_run(site, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    out = _run(site, "-b", "abort", "-b", "example", "-b", "wrong", "-m", "mlp",
+    # three backends' cells at once: a crash in one worker must not touch the others
+    out = _run(site, "-b", "abort", "-b", "example", "-b", "wrong", "-m", "mlp", "-j", "3",
                "-p", "fp32", "-p", "int8-dynamic", "--json", str(tmp / "r.json"),
                "--junit", str(tmp / "r.xml"))
     report = json.loads((tmp / "r.json").read_text())

@@ -124,7 +124,7 @@ def _all_device(backend: str, found: list[Gpu], why: str) -> Device:
                   available=ok, reason="" if ok else why,
                   memory_bytes=sum(g.total_memory for g in found) or None,
                   aliases=("cuda:all", "gpu:*", "gpu:all"), precisions=precs, rank=RANK - 1,
-                  properties={"members": [str(g.index) for g in found]})
+                  routes_to=tuple(str(g.index) for g in found), properties={"members": [str(g.index) for g in found]})
 
 
 def gpu_indices(device: Device) -> list[int]:

@@ -137,6 +137,6 @@ def probe() -> list[Device]:
     devs.append(Device(
         NAME, "AUTO", f"OpenVINO AUTO (chooses among {', '.join(d.id for d in hw) or 'nothing'})",
         kind="hardware", available=bool(hw), reason="" if hw else "no OpenVINO device found",
-        precisions=tuple(common), rank=RANKS["AUTO"],
+        precisions=tuple(common), rank=RANKS["AUTO"], routes_to=tuple(d.id for d in hw),
         properties={"openvino": o.version, "candidates": [d.id for d in hw], "export_import": False}))
     return devs

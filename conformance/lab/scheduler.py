@@ -120,7 +120,7 @@ class Lab:
 
     # --- the run ------------------------------------------------------------------------
     def run(self) -> Report:
-        conn = cl.connect(self.opts.cluster or "local", num_cpus=max(1, self.opts.jobs))
+        conn = cl.connect(self.opts.cluster or "local", num_cpus=self.opts.parallel)
         try:
             return self._run(conn)
         finally:
