@@ -26,12 +26,25 @@ def columns(cells: list[CellResult]) -> list[tuple[str, str]]:
     return [(t, p) for t in targets for p in JUDGED_PRECISIONS if (t, p) in seen]
 
 
+#: the tiers a report's cells come from, in the order summaries list them
+TIERS = (("quick", "zoo"), ("ops", "operators"), ("onnx", "ONNX nodes"), ("models", "architectures"))
+#: the matrices: suite, title, row heading
+MATRICES = (("ops", "Operator coverage", "family"),
+            ("onnx", "ONNX node corpus (fp32, judged by ONNX's expected outputs)", "operator"),
+            ("models", "Architectures", "model"))
+
+
 def totals(r: Report) -> list[dict]:
-    """One row per device × precision: counts of every result."""
-    by: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    """One row per tier × device × precision: counts of every result."""
+    by: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
     for c in r.cells:
-        by[(c.target, c.precision)][Result(c.result).value] += 1
-    return [{"target": t, "precision": p, **by[(t, p)]} for t, p in columns(r.cells)]
+        by[(c.suite, c.target, c.precision)][Result(c.result).value] += 1
+    out = []
+    for suite, label in TIERS:
+        cells = [c for c in r.cells if c.suite == suite]
+        out += [{"tier": label, "target": t, "precision": p, **by[(suite, t, p)]}
+                for t, p in columns(cells)]
+    return out
 
 
 def entry(cells: list[CellResult]) -> str:
@@ -56,7 +69,7 @@ def matrix(r: Report, suite: str) -> tuple[list[tuple[str, str]], list[tuple[str
     groups: dict[str, dict[tuple[str, str], list[CellResult]]] = defaultdict(lambda: defaultdict(list))
     order: list[str] = []
     for c in sorted(cells, key=_case_order):
-        key = c.family if suite == "ops" else c.model + ("@dynamic" if c.shapes == "dynamic" else "")
+        key = c.family if suite in ("ops", "onnx") else c.model + ("@dynamic" if c.shapes == "dynamic" else "")
         if key not in groups:
             order.append(key)
         groups[key][(c.target, c.precision)].append(c)
@@ -74,13 +87,14 @@ def broken_by_stage(r: Report) -> dict[str, list[CellResult]]:
 
 def markdown(r: Report, max_listed: int = 300) -> list[str]:
     """The summary for a pull request: totals, each suite's matrix, what broke where."""
-    md = ["## Totals", "", "| device | precision | pass | fail | not honoured | error | crash | "
-          "timeout | unsupported |", "|---|---|---|---|---|---|---|---|---|"]
+    md = ["## Totals", "", "| tier | device | precision | pass | fail | not honoured | error | "
+          "crash | timeout | unsupported |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in totals(r):
-        md.append(f"| {t['target']} | {t['precision']} | {t.get('pass', 0)} | {t.get('fail', 0)} | "
+        md.append(f"| {t['tier']} | {t['target']} | {t['precision']} | {t.get('pass', 0)} | "
+                  f"{t.get('fail', 0)} | "
                   f"{t.get('precision-not-honoured', 0)} | {t.get('error', 0)} | "
                   f"{t.get('crash', 0)} | {t.get('timeout', 0)} | {t.get('unsupported', 0)} |")
-    for suite, title in (("ops", "Operator coverage"), ("models", "Architectures")):
+    for suite, title, heading in MATRICES:
         cols, rows = matrix(r, suite)
         if not rows:
             continue
@@ -88,7 +102,7 @@ def markdown(r: Report, max_listed: int = 300) -> list[str]:
                "`✓` every case passed (`✓3`: all three) · `2/5` two of five runnable cases "
                "passed · `✗` failed · `≠` precision not honoured · `E` error, crash or timeout · "
                "`–` unsupported · `·` not run", "",
-               "| " + ("family" if suite == "ops" else "model") + " | "
+               f"| {heading} | "
                + " | ".join(f"{t} {p}" for t, p in cols) + " |",
                "|---|" + "---|" * len(cols)]
         md += [f"| {name} | " + " | ".join(row) + " |" for name, row in rows]
@@ -111,14 +125,14 @@ def html(r: Report) -> str:
     import html as h
 
     out = []
-    for suite, title in (("ops", "operator coverage"), ("models", "architectures")):
+    for suite, title, heading in MATRICES:
         cols, rows = matrix(r, suite)
         if not rows:
             continue
-        out.append(f"<h2 id={suite}>{title}</h2><p class=note>✓ every case passed · 2/5 two of "
+        out.append(f"<h2 id={suite}>{h.escape(title)}</h2><p class=note>✓ every case passed · 2/5 two of "
                    "five runnable cases passed · ✗ failed · ≠ precision not honoured · E error, "
                    "crash or timeout · – unsupported · · not run</p><div class=scroll><table><tr>"
-                   "<th class=l>" + ("family" if suite == "ops" else "model") + "</th>"
+                   f"<th class=l>{heading}</th>"
                    + "".join(f"<th>{h.escape(t)}<br>{p}</th>" for t, p in cols) + "</tr>")
         for name, row in rows:
             out.append(f"<tr><td class=l>{h.escape(name)}</td>"
@@ -134,11 +148,11 @@ def rich_summary(r: Report):
     from rich.table import Table
 
     t = Table(box=box.SIMPLE_HEAD, title="cells per device and precision", title_justify="left")
-    for col in ("device", "precision", "pass", "fail", "≠ honoured", "error", "crash",
+    for col in ("tier", "device", "precision", "pass", "fail", "≠ honoured", "error", "crash",
                 "timeout", "unsupported"):
-        t.add_column(col, justify="left" if col in ("device", "precision") else "right")
+        t.add_column(col, justify="left" if col in ("tier", "device", "precision") else "right")
     for x in totals(r):
-        t.add_row(x["target"], x["precision"], str(x.get("pass", 0)), str(x.get("fail", 0)),
+        t.add_row(x["tier"], x["target"], x["precision"], str(x.get("pass", 0)), str(x.get("fail", 0)),
                   str(x.get("precision-not-honoured", 0)), str(x.get("error", 0)),
                   str(x.get("crash", 0)), str(x.get("timeout", 0)), str(x.get("unsupported", 0)))
     return t

@@ -121,5 +121,5 @@ def pytest_unconfigure(config) -> None:
     suite = getattr(config, "_hal_suite", None)
     if suite is not None:
         suite.report.complete = True
-        suite.sink.write(suite.report)
+        suite.sink.write(suite.report, force=True)
         suite.close()

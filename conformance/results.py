@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -177,18 +178,26 @@ def _order(c: CellResult) -> tuple:
 
 
 class JsonSink:
-    """Rewrites the JSON report atomically after every cell, so an
-    interrupted run leaves a valid file with every finished cell."""
+    """Rewrites the JSON report atomically as cells finish, so an interrupted run leaves
+    a valid file. At most every ``interval_s`` seconds (and when forced, as at the end of
+    a run): rewriting a report of thousands of cells after each one would cost more
+    than the cells."""
 
-    def __init__(self, path: str | os.PathLike | None) -> None:
+    def __init__(self, path: str | os.PathLike | None, interval_s: float = 2.0) -> None:
         self.path = Path(path) if path else None
         self.lock = threading.Lock()
+        self.interval_s = interval_s
+        self.last = float("-inf")
 
-    def write(self, report: Report) -> None:
+    def write(self, report: Report, force: bool = False) -> None:
         if self.path is None:
             return
         with self.lock:
+            now = time.monotonic()
+            if not force and now - self.last < self.interval_s:
+                return
             write_json_atomic(self.path, report.to_dict())
+            self.last = time.monotonic()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -29,7 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import cases
+from hal.plugin import missing
+
+from . import cases, onnx_nodes
 from .models import MODELS, weights_digest
 from .policy import (JUDGED_PRECISIONS, ORACLE_BACKEND, ORACLE_DISAGREEMENT, ORACLE_PRECISION,
                      POLICIES, ROUNDTRIP_MAX_REL, Metrics, compare, honesty, judge)
@@ -76,7 +78,8 @@ class Suite:
         self.on_cell = on_cell or (lambda c: None)
         self.on_note = on_note or (lambda s: None)
         self.reg = hal.plugin.registry()
-        self.models = cases.select(opts.suite, opts.models)
+        self.models, self.onnx_cases = _select(opts.suite, opts.models)
+        self.onnx_set = set(self.onnx_cases)
         self.cases = cases.catalogue()
         self.precisions = self._precisions(opts.precisions)
         self.targets = self._backend_filter(opts.backends)
@@ -91,6 +94,9 @@ class Suite:
         self.disagreed: dict[str, str] = {}  # model -> why its oracle is not trusted
         self._refs_done = False
         self.runs: dict[str, BackendRun] = {}
+        #: ONNX node corpus results by (target, chunk), each chunk run once on first need
+        self.onnx_results: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+        self.onnx_locks: dict[str, threading.Lock] = {}
         self.source = os.environ.get(ENV_SOURCE) or None
         self._own_workdir = opts.workdir is None
         self.workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="hal-conformance-"))
@@ -147,7 +153,7 @@ class Suite:
         finally:
             r.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             r.meta["duration_s"] = round(time.time() - t0, 2)
-            self.sink.write(r)
+            self.sink.write(r, force=True)
             self.close()
         return r
 
@@ -354,9 +360,11 @@ class Suite:
                         dyn = why or (None if ready.get("dynamic_batch") else
                                       f"the {name} backend declares no dynamic batch")
                         specs.append(CellSpec(name, d, m, p, unsupported=dyn, shapes="dynamic"))
+            if self.onnx_cases and d.get("takes_onnx") and len(models) == len(self.models):
+                specs += [CellSpec(name, d, n, onnx_nodes.PRECISION) for n in self.onnx_cases]
         with self.lock:
             for s in specs:
-                suite = self.cases[s.model].suite
+                suite = self._suite_of(s.model)
                 self.planned[suite] = self.planned.get(suite, 0) + 1
         self.on_note(f"{name} {ready['version'] or ''}: {len(specs)} cells on "
                      f"{len({s.device['target'] for s in specs})} device(s)")
@@ -366,7 +374,9 @@ class Suite:
         """Run (or record as unsupported) one cell, judge it, record it."""
         self.references()
         ref = self.refs.get(spec.model)
-        if spec.unsupported:
+        if spec.model in self.onnx_set:
+            cell = self._onnx_cell(spec)
+        elif spec.unsupported:
             cell = self._cell(spec, {"status": "unsupported", "message": spec.unsupported})
         elif spec.model in self.disagreed:
             cell = self._cell(spec, {"status": ORACLE_DISAGREEMENT,
@@ -388,6 +398,25 @@ class Suite:
             cell = self._cell(spec, done)
         self._record(cell)
         return cell
+
+    def _onnx_cell(self, spec: CellSpec) -> CellResult:
+        """An ONNX node case: its chunk runs on first need, in its own worker process."""
+        target = spec.device["target"]
+        names = self.onnx_cases
+        k = names.index(spec.model) // onnx_nodes.CHUNK
+        with self.lock:
+            lock = self.onnx_locks.setdefault(target, threading.Lock())
+        with lock:
+            if (target, k) not in self.onnx_results:
+                self.onnx_results[(target, k)] = onnx_nodes.run_chunk(
+                    target, onnx_nodes.chunks(names)[k], self.workdir, self.opts.timeout_s,
+                    self.on_note)
+        rec = self.onnx_results[(target, k)].get(spec.model) or {
+            "result": "error", "message": "the ONNX worker returned no result for this case"}
+        return onnx_nodes.cell(spec.device, spec.backend, spec.model, rec)
+
+    def _suite_of(self, model: str) -> str:
+        return self.cases[model].suite if model in self.cases else onnx_nodes.SUITE
 
     def run_backend(self, name: str) -> None:
         specs = self.plan(name)
@@ -454,10 +483,10 @@ class Suite:
                 self.runs[name].close()
 
     #: a cell's rough cost by suite, in operator cells: what "most work left" weighs
-    COST = {"quick": 3.0, "ops": 1.0, "models": 30.0}
+    COST = {"quick": 3.0, "ops": 1.0, "models": 30.0, onnx_nodes.SUITE: 0.15}
 
     def _cost(self, spec: CellSpec) -> float:
-        return self.COST.get(self.cases[spec.model].suite, 1.0)
+        return self.COST.get(self._suite_of(spec.model), 1.0)
 
     def close(self) -> None:
         """Stop every worker; remove the scratch folder when it is ours."""
@@ -553,6 +582,24 @@ def rejudge(report: Report) -> int:
                 (report.models.get(c.model) or {}).get("emulated_rel_err") or {})
         changed += (c.result, c.message) != before
     return changed
+
+
+def _select(suite: str, names: list[str] | None) -> tuple[list[str], list[str]]:
+    """The suite's torch cases and its ONNX node cases. The operator tier (``ops``, and
+    ``full``) includes ONNX's node corpus; ``-m onnx`` names it, ``-m onnx:Conv`` one
+    operator of it, next to other names or alone."""
+    from hal import UsageError
+
+    names = list(names or [])
+    sel = [n for n in names if n == onnx_nodes.SELECTOR or n.startswith(onnx_nodes.SELECTOR + ":")]
+    rest = [n for n in names if n not in sel]
+    if sel and suite not in ("ops", "full"):
+        raise UsageError(f"ONNX's node corpus is part of the ops suite, not {suite}",
+                         "add --suite ops (or full)")
+    models = cases.select(suite, rest) if rest or not names else []
+    if suite not in ("ops", "full") or (names and not sel) or missing(("onnx",)):
+        return models, []
+    return models, onnx_nodes.select(sel)
 
 
 def _stage_of(done: dict[str, Any], message: str) -> str:

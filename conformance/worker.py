@@ -79,6 +79,12 @@ class Worker:
                     except self.hal.HalError as e:
                         why = f"no conversion from {self.source}: {e}"
                 d["unsupported"][p] = why
+            # whether ONNX's node corpus can run here (at fp32, as ONNX's expected outputs are)
+            try:
+                plan("onnx", self.backend.formats_for(dev, "fp32"), self.reg.converters)
+                d["takes_onnx"] = dev.available and "fp32" in offered
+            except self.hal.HalError:
+                d["takes_onnx"] = False
             devices.append(d)
         self.send(event="ready", pid=os.getpid(), backend=st.name, version=st.version,
                   dynamic_batch=bool(getattr(self.backend, "dynamic_batch", False)),

@@ -108,3 +108,44 @@ def test_architecture_static_and_dynamic_batch():
     model = report.models["mobilenet_v1"]
     assert model["suite"] == "models" and model["eval_samples"] == 16
     assert model["emulated_rel_err"]["bf16"] > model["emulated_rel_err"]["fp16"] > 1e-4
+
+
+def test_onnx_node_corpus_in_the_operator_tier(tmp_path):
+    """ONNX's own node cases (two operators of the 1884) on the targets that take ONNX, as
+    cells of suite ``onnx`` with the ONNX operator as family; targets that do not take
+    ONNX get none. OpenVINO's ONNX frontend cannot convert one Col2Im case."""
+    pytest.importorskip("onnx")
+    backends = ["reference", "tpu"] + (["openvino:CPU"] if _installed("openvino") else [])
+    report = Suite(Options(suite="ops", models=["onnx:Relu", "onnx:Col2Im"], backends=backends,
+                           timeout_s=120, json_path=tmp_path / "r.json")).run()
+    cells = {c.id: c for c in report.cells}
+    assert {c.suite for c in report.cells} == {"onnx"}
+    assert not [c for c in report.cells if c.target.startswith("tpu:")]  # torch/TF formats only
+    ref = [c for c in report.cells if c.target == "reference:cpu"]
+    assert {c.family for c in ref} == {"Relu", "Relu (expanded)", "Col2Im"}
+    assert all(c.result == Result.PASS and c.precision == "fp32" for c in ref), \
+        [(c.id, c.message) for c in ref if c.result != Result.PASS]
+    if "openvino:CPU/node/test_relu_cpu/fp32" in cells:
+        assert cells["openvino:CPU/node/test_relu_cpu/fp32"].result == Result.PASS
+        broken = [c for c in report.cells if c.target == "openvino:CPU" and c.result != Result.PASS]
+        assert broken and all(c.family == "Col2Im" and c.stage == Stage.CONVERT for c in broken), \
+            [(c.id, c.stage, c.message) for c in broken]
+    from hal_conformance.coverage import markdown
+
+    md = "\n".join(markdown(report))
+    assert "## ONNX node corpus" in md and "| Col2Im |" in md and "| ONNX nodes |" in md
+
+
+def test_onnx_selectors():
+    from hal import UsageError
+    from hal_conformance.runner import _select
+
+    pytest.importorskip("onnx")
+    models, onnx = _select("ops", ["softplus", "onnx:relu"])
+    assert models == ["softplus"] and onnx and all("relu" in n for n in onnx)
+    assert _select("ops", ["softplus"])[1] == []  # a filter without onnx leaves the corpus out
+    assert len(_select("ops", None)[1]) > 1000
+    with pytest.raises(UsageError, match="no operator"):
+        _select("ops", ["onnx:NoSuchOp"])
+    with pytest.raises(UsageError, match="ops suite"):
+        _select("quick", ["onnx"])

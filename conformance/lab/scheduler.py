@@ -164,7 +164,7 @@ class Lab:
                     r.meta["lab"]["hosts"][n.host].update(alive=False, error=n.error)
             r.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             r.meta["duration_s"] = round(time.time() - self.t0, 2)
-            suite.sink.write(r)
+            suite.sink.write(r, force=True)
             suite.close()
         return r
 
