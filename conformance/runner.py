@@ -202,29 +202,48 @@ class Suite:
         self.report.oracle = {"backend": name, "target": dev["target"], "version": ready["version"],
                               "precision": ORACLE_PRECISION, "source": "oracle run"}
         self.on_note(f"oracle: {dev['target']} at {ORACLE_PRECISION} ({ready['version']})")
-        for m in self.models:
-            data_path = self._write_data(m)
-            spec = CellSpec(name, dev, m, ORACLE_PRECISION)
-            done = run.execute(self._command(spec, data_path, profile=False, roundtrip=False))
-            if done.get("status") == ORACLE_DISAGREEMENT:  # judged by nothing, not an error
-                self.disagreed[m] = done.get("message") or "the oracle's implementations disagree"
-                self.on_note(f"oracle: {m}: {self.disagreed[m]}")
-                continue
-            if done.get("status") != "ran":
-                msg = f"the oracle failed on {m}: {done.get('status')}: {done.get('message')}"
+        # the oracle's models split over one worker per parallel slot (an oracle is a
+        # minute of fp64 and autocast runs per architecture; the other core would idle)
+        slots = min(self.opts.parallel, len(self.models)) or 1
+        runs = [run] + [self._run_of(name, f"{name}#oracle{i}") for i in range(1, slots)]
+        order = sorted(self.models, key=lambda m: -self._cost_of(m))  # heavy first, dealt out
+
+        def part(i: int) -> None:
+            for m in order[i::slots]:
+                self._reference(runs[i], name, dev, m)
+
+        with ThreadPoolExecutor(slots) as ex:
+            list(ex.map(part, range(slots)))
+        for extra in runs[1:]:
+            extra.close()
+        self.report.models = {m: self.report.models[m] for m in self.models if m in self.report.models}
+        return self.refs
+
+    def _reference(self, run: BackendRun, name: str, dev: dict[str, Any], m: str) -> None:
+        """The oracle's outputs for one model, and its fp16/bf16 emulation."""
+        data_path = self._write_data(m)
+        spec = CellSpec(name, dev, m, ORACLE_PRECISION)
+        done = run.execute(self._command(spec, data_path, profile=False, roundtrip=False))
+        if done.get("status") == ORACLE_DISAGREEMENT:  # judged by nothing, not an error
+            self.disagreed[m] = done.get("message") or "the oracle's implementations disagree"
+            self.on_note(f"oracle: {m}: {self.disagreed[m]}")
+            return
+        if done.get("status") != "ran":
+            msg = f"the oracle failed on {m}: {done.get('status')}: {done.get('message')}"
+            with self.lock:
                 self.report.errors.append(msg)
-                self.on_note(msg)
-                continue
-            d = np.load(data_path)
-            out = np.load(self._out_path(spec))
-            labels = d["y_eval"] if "y_eval" in d else None
-            ref = Reference(m, out, labels, None if labels is None else
-                            float((out.argmax(-1) == labels).mean()), data_path,
-                            meta={"conversion_path": done.get("conversion_path")})
-            ref.emulated = self._emulate(run, m, data_path, out)
+            self.on_note(msg)
+            return
+        d = np.load(data_path)
+        out = np.load(self._out_path(spec))
+        labels = d["y_eval"] if "y_eval" in d else None
+        ref = Reference(m, out, labels, None if labels is None else
+                        float((out.argmax(-1) == labels).mean()), data_path,
+                        meta={"conversion_path": done.get("conversion_path")})
+        ref.emulated = self._emulate(run, m, data_path, out)
+        with self.lock:
             self.refs[m] = ref
             self.report.models[m] = self._model_entry(ref)
-        return self.refs
 
     def _emulate(self, run: BackendRun, model: str, data_path: Path, ref: np.ndarray
                  ) -> dict[str, float | None]:
@@ -280,15 +299,17 @@ class Suite:
     def _out_path(self, spec: CellSpec) -> Path:
         return self.workdir / "out" / f"{_safe(spec.id)}.npy"
 
-    def _run_of(self, name: str) -> BackendRun:
+    def _run_of(self, name: str, key: str | None = None) -> BackendRun:
+        """``name``'s worker (``key``: another worker of the same backend)."""
+        key = key or name
         with self.lock:
-            if name not in self.runs:
+            if key not in self.runs:
                 jobs = self.opts.parallel
                 threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-                self.runs[name] = BackendRun(name, self.workdir / f"worker-{_safe(name)}.log",
-                                             self.source, self.opts.startup_s,
-                                             self.opts.timeout_s, threads)
-            return self.runs[name]
+                self.runs[key] = BackendRun(name, self.workdir / f"worker-{_safe(key)}.log",
+                                            self.source, self.opts.startup_s,
+                                            self.opts.timeout_s, threads)
+            return self.runs[key]
 
     def _command(self, spec: CellSpec, data_path: Path, profile: bool = True,
                  onnx: Path | None = None, roundtrip: bool = True) -> dict[str, Any]:
@@ -429,13 +450,14 @@ class Suite:
     def run_parallel(self, names: list[str], jobs: int) -> None:
         """Cells of different backends at once, ``jobs`` at a time; each backend's worker
         runs its own cells one after another (one process per backend: crash isolation,
-        and its per-model export is shared between precisions). The next free slot goes to
-        the idle backend with the most work left (longest processing time first), so the
-        run does not end with one slow backend alone on one core."""
+        and its per-model export is shared between precisions). A free slot goes first to
+        an idle backend that has not run a cell yet (to learn its pace), then to the idle
+        backend with the most time left as its own finished cells measure it (longest
+        processing time first), so the run does not end with one slow backend alone."""
         with ThreadPoolExecutor(jobs) as ex:
             plans = dict(zip(names, ex.map(self.plan, names)))
         queues: dict[str, deque[CellSpec]] = {}
-        work: dict[str, float] = {}
+        load = Workload(self.COST)
         for name, specs in plans.items():
             queues[name] = deque()
             for spec in specs or ():
@@ -443,7 +465,7 @@ class Suite:
                     self.run_cell(spec)  # recorded at once: it needs no worker time
                 else:
                     queues[name].append(spec)
-            work[name] = sum(self._cost(s) for s in queues[name])
+                    load.add(name, self._suite_of(spec.model))
         cond = threading.Condition()
         busy: set[str] = set()
 
@@ -452,11 +474,9 @@ class Suite:
                 while True:
                     idle = [n for n in queues if queues[n] and n not in busy]
                     if idle:
-                        name = max(idle, key=work.__getitem__)
+                        name = max(idle, key=lambda n: (not load.measured(n), load.remaining(n)))
                         busy.add(name)
-                        spec = queues[name].popleft()
-                        work[name] -= self._cost(spec)
-                        return name, spec
+                        return name, queues[name].popleft()
                     if not busy:
                         return None
                     cond.wait()
@@ -464,10 +484,12 @@ class Suite:
         def slot() -> None:
             while (got := take()) is not None:
                 name, spec = got
+                t0 = time.monotonic()
                 try:
                     self.run_cell(spec)
                 finally:
                     with cond:
+                        load.took(name, self._suite_of(spec.model), time.monotonic() - t0)
                         busy.discard(name)
                         done = not queues[name]
                         cond.notify_all()
@@ -482,11 +504,11 @@ class Suite:
                 self.report.backends[name]["worker_starts"] = self.runs[name].starts
                 self.runs[name].close()
 
-    #: a cell's rough cost by suite, in operator cells: what "most work left" weighs
+    #: a cell's cost by suite before any is measured, in operator cells
     COST = {"quick": 3.0, "ops": 1.0, "models": 30.0, onnx_nodes.SUITE: 0.15}
 
-    def _cost(self, spec: CellSpec) -> float:
-        return self.COST.get(self._suite_of(spec.model), 1.0)
+    def _cost_of(self, model: str) -> float:
+        return self.COST.get(self._suite_of(model), 1.0)
 
     def close(self) -> None:
         """Stop every worker; remove the scratch folder when it is ours."""
@@ -582,6 +604,43 @@ def rejudge(report: Report) -> int:
                 (report.models.get(c.model) or {}).get("emulated_rel_err") or {})
         changed += (c.result, c.message) != before
     return changed
+
+
+class Workload:
+    """Each backend's time left, estimated: its cells left per suite times the mean time of
+    its finished cells of that suite (else its other suites' pace, scaled by the prior cost;
+    else the prior). A backend's pace is its own: an Edge TPU conversion takes seconds where
+    OpenVINO takes a fraction of one, so counts alone would schedule the slowest last."""
+
+    def __init__(self, prior: dict[str, float]) -> None:
+        self.prior = prior
+        self.left: dict[str, dict[str, int]] = {}
+        self.spent: dict[str, dict[str, tuple[int, float]]] = {}
+
+    def add(self, backend: str, suite: str) -> None:
+        d = self.left.setdefault(backend, {})
+        d[suite] = d.get(suite, 0) + 1
+
+    def took(self, backend: str, suite: str, seconds: float) -> None:
+        self.left[backend][suite] -= 1
+        n, s = self.spent.setdefault(backend, {}).get(suite, (0, 0.0))
+        self.spent[backend][suite] = (n + 1, s + seconds)
+
+    def measured(self, backend: str) -> bool:
+        return bool(self.spent.get(backend))
+
+    def rate(self, backend: str, suite: str) -> float:
+        """Estimated seconds per cell of ``suite`` on ``backend``."""
+        mine = self.spent.get(backend, {})
+        if suite in mine:
+            n, s = mine[suite]
+            return s / n
+        units = sum(self.prior.get(su, 1.0) * n for su, (n, _) in mine.items())
+        secs = sum(s for _, s in mine.values())
+        return self.prior.get(suite, 1.0) * (secs / units if units else 1.0)
+
+    def remaining(self, backend: str) -> float:
+        return sum(n * self.rate(backend, su) for su, n in self.left.get(backend, {}).items())
 
 
 def _select(suite: str, names: list[str] | None) -> tuple[list[str], list[str]]:

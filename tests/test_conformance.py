@@ -432,3 +432,21 @@ def test_writing_a_backend_page_shows_the_tested_plugin():
     assert len(blocks) == 3
     for path, text in blocks:
         assert (ROOT / path).read_text() == text, f"{path} and the docs differ"
+
+
+def test_workload_learns_each_backends_pace():
+    """The parallel scheduler's estimate: counts alone would start a backend whose cells
+    take seconds (the Edge TPU's conversions) last, and end the run with it alone."""
+    from hal_conformance.runner import Workload
+
+    w = Workload({"ops": 1.0, "models": 30.0})
+    for b in ("fast", "slow"):
+        for _ in range(100):
+            w.add(b, "ops")
+        w.add(b, "models")
+    assert not w.measured("fast") and w.remaining("fast") == w.remaining("slow") == 130.0
+    w.took("fast", "ops", 0.2)
+    w.took("slow", "ops", 8.0)
+    assert w.measured("slow")
+    assert w.rate("slow", "ops") == 8.0 and w.rate("slow", "models") == 240.0  # its own pace
+    assert w.remaining("slow") == 99 * 8.0 + 240.0 > 20 * w.remaining("fast")

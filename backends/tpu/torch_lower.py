@@ -42,7 +42,7 @@ class _Flat(torch.nn.Module):
 
     def __init__(self, module: torch.nn.Module, bf16: bool):
         super().__init__()
-        self.m = module.to(torch.bfloat16) if bf16 else module
+        self.m = _bf16(module) if bf16 else module
         self.bf16 = bf16
 
     def forward(self, *xs):
@@ -125,6 +125,18 @@ def _finish(lowered, fp32: bool) -> tuple[str, bool]:
     # call-module op does not load the arith dialect (litert-torch's TF bridge does the same).
     text = lowered.module.operation.get_asm(large_elements_limit=1 << 62)
     return text.replace("arith.constant", "stablehlo.constant"), not custom[0]
+
+
+def _bf16(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in bfloat16, lifted constants included: ``ExportedProgram.module()``
+    keeps them as plain tensor attributes, which ``Module.to`` leaves in float32 (and a
+    float32 constant meeting bfloat16 activations fails the export)."""
+    module = module.to(torch.bfloat16)
+    for m in module.modules():
+        for k, v in list(vars(m).items()):
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.bfloat16:
+                setattr(m, k, v.to(torch.bfloat16))
+    return module
 
 
 def prepare(model: Model, precision: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
