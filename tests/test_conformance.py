@@ -450,3 +450,16 @@ def test_workload_learns_each_backends_pace():
     assert w.measured("slow")
     assert w.rate("slow", "ops") == 8.0 and w.rate("slow", "models") == 240.0  # its own pace
     assert w.remaining("slow") == 99 * 8.0 + 240.0 > 20 * w.remaining("fast")
+
+
+def test_the_emulated_band_never_passes_an_output_without_signal():
+    """On an ill-conditioned architecture (bf16 arithmetic 40% off) the int8 band is wide,
+    but an all-zero output (SNR 0 dB, error = max|ref|) is still a failure."""
+    from hal_conformance.policy import Metrics
+
+    band = {"bf16": 0.4, "fp16": 0.07}
+    zeros = Metrics(1.0, 0.5, 1.0, 1.0, 0.0, 0.0, None)
+    honest = Metrics(0.6, 0.2, 1.0, 0.6, 1.8, 0.0, None)
+    assert judge(honest, "int8", None, "models", band) == []
+    broken = judge(zeros, "int8", None, "models", band)
+    assert broken and "carries no signal" in broken[-1]
