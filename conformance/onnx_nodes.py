@@ -21,7 +21,7 @@ from .results import CellResult, Result, Stage
 SUITE = "onnx"
 PRECISION = "fp32"
 #: cases per worker process: a chunk is the unit the parallel scheduler hands out
-CHUNK = 240
+CHUNK = 480
 #: what ``-m`` names to select the corpus (alone, or next to torch operator families)
 SELECTOR = "onnx"
 

@@ -150,26 +150,6 @@ def test_torch_bf16_within_bf16_tolerance(cnn, cnn_bf16):
     assert "xbf16>" in cnn_bf16.stablehlo[2] and "HIGHEST" not in cnn_bf16.stablehlo[2]
 
 
-class ConstantBias(torch.nn.Module):
-    """A plain tensor attribute (no parameter, no buffer): torch.export lifts it as a
-    constant, which ``ExportedProgram.module()`` keeps as a plain attribute again."""
-
-    def __init__(self):
-        super().__init__()
-        self.bias = torch.arange(16, dtype=torch.float32).reshape(1, 1, 1, 16)
-
-    def forward(self, x):
-        return x * 2 + self.bias
-
-
-def test_torch_bf16_from_an_exported_program_with_a_constant():
-    x = batch(1, seed=5)
-    ep = torch.export.export(ConstantBias().eval(), (torch.from_numpy(x),))
-    exe = hal.compile(ep, target=EMU, precision="bf16", cache=False)
-    ref = x.astype(np.float64) * 2 + np.arange(16).reshape(1, 1, 1, 16)
-    assert exe.info.precision == "bf16" and 1e-6 < rel_err(exe(x), ref) < BF16_REL
-
-
 def test_torch_batch_buckets(cnn, cnn_fp32):
     assert cnn_fp32.buckets.sizes == (1, 2)  # one StableHLO module per bucket
     assert cnn_fp32.info.inputs[0].shape == (None, 3, 16, 16)

@@ -128,7 +128,10 @@ def torch_to_int8(model: Model, options: CompileOptions) -> Converted:
               else copy.deepcopy(model.value).eval())
     best: tuple[int, str, bytes] | None = None
     errors = []
-    for label, strict, decompose in _TORCH_VARIANTS:
+    # an ExportedProgram's graph is already traced: a strict (dynamo) re-trace of its
+    # module walks the same graph, so only the decomposition variants can differ
+    variants = [v for v in _TORCH_VARIANTS if not (model.format == "torch.export" and v[1])]
+    for label, strict, decompose in variants:
         try:
             with warnings.catch_warnings(), _quiet_root_logger():
                 warnings.simplefilter("ignore")

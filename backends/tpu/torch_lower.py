@@ -42,7 +42,7 @@ class _Flat(torch.nn.Module):
 
     def __init__(self, module: torch.nn.Module, bf16: bool):
         super().__init__()
-        self.m = _bf16(module) if bf16 else module
+        self.m = module.to(torch.bfloat16) if bf16 else module
         self.bf16 = bf16
 
     def forward(self, *xs):
@@ -127,18 +127,6 @@ def _finish(lowered, fp32: bool) -> tuple[str, bool]:
     return text.replace("arith.constant", "stablehlo.constant"), not custom[0]
 
 
-def _bf16(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` in bfloat16, lifted constants included: ``ExportedProgram.module()``
-    keeps them as plain tensor attributes, which ``Module.to`` leaves in float32 (and a
-    float32 constant meeting bfloat16 activations fails the export)."""
-    module = module.to(torch.bfloat16)
-    for m in module.modules():
-        for k, v in list(vars(m).items()):
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.bfloat16:
-                setattr(m, k, v.to(torch.bfloat16))
-    return module
-
-
 def prepare(model: Model, precision: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     """A private eval-mode copy wrapped for ``precision``, and the example tensors."""
     module = tc.eval_copy(model)
@@ -159,7 +147,14 @@ def lower(module: torch.nn.Module, args: tuple[torch.Tensor, ...], precision: st
     for n in sizes:
         bargs = args if n == example else \
             tuple(a[:1].expand(n, *a.shape[1:]).contiguous() for a in args)
-        ep = export_static(module, bargs)
+        try:
+            ep = export_static(module, bargs)
+        except CompileError as e:
+            if precision != "bf16":
+                raise
+            raise CompileError(e.what, "a torch.export program keeps the dtypes it was traced "
+                               "with (a float32 mask, a cast), which bf16 cannot change: pass the "
+                               "nn.Module for bf16 (hal casts it before tracing), or use fp32") from None
         try:
             with _quiet_litert(), torch.no_grad():
                 low = lexp.exported_program_to_mlir(ep, inline_constants=False)
