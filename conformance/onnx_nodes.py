@@ -115,8 +115,9 @@ def cell(device: dict[str, Any], backend: str, name: str, rec: dict[str, Any]) -
         c.result, c.stage = Result(r), Stage.RUN
     elif r == "skip" or _DECLINED.search(msg):
         c.result, c.stage = Result.UNSUPPORTED, (Stage.CONVERT if "converter" in who else Stage.COMPILE)
-    else:
+    else:  # the stage hal tagged the error with, else what the attribution says
         c.result = Result.ERROR
-        c.stage = (Stage.CONVERT if who.startswith("converter") else
-                   Stage.COMPILE if "compile" in who or "refused" in who else Stage.RUN)
+        c.stage = Stage(rec["stage"]) if rec.get("stage") in Stage._value2member_map_ else (
+            Stage.CONVERT if who.startswith("converter") else
+            Stage.COMPILE if "compile" in who or "refused" in who else Stage.RUN)
     return c

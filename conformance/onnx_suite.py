@@ -164,10 +164,19 @@ def list_cases(kinds: list[str], device: str = "CPU") -> list[str]:
 def _outcome(case, name: str) -> dict[str, Any]:
     import unittest
 
-    result = unittest.TestResult()
+    class Result(unittest.TestResult):
+        stage = None
+
+        def addError(self, test, err):  # keep the stage hal tagged the exception with
+            super().addError(test, err)
+            self.stage = getattr(err[1], "hal_stage", None)
+
+    result = Result()
     t0 = time.perf_counter()
     case(name).run(result)
     rec: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3)}
+    if result.stage:
+        rec["stage"] = result.stage
     if result.failures:
         rec.update(result="fail", message=_last(result.failures[0][1]))
     elif result.errors:
@@ -290,6 +299,8 @@ def whose(runner: str, rec: dict[str, Any]) -> str:
         return f"{'converter' if step in ('read_model', 'load') else 'runtime'} ({step})"
     if native:
         return "runtime"
+    if "onnxruntime_pybind11_state" in msg:
+        return "runtime (onnxruntime)"
     if re.search(r"ov\.convert_model|Core\.read_model|could not read the ONNX model", msg):
         return "converter (OpenVINO ONNX frontend)"
     if re.search(r"has dtype (float8|float4|u?int4)\w*, the model takes u?int8|4-bit \(int4", msg):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hal import CompileError, Device, Executable
+from hal import CompileError, Device, Executable, UnsupportedError
 from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec
 
 
@@ -67,12 +67,17 @@ class ExampleBackend(Backend):
         return OrtExecutable(info, device, data, sess)
 
 
-_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64"}
+#: ONNX Runtime's type names → numpy's; hal checks every input against the spec
+_DTYPES = {"float": "float32", "double": "float64", "float16": "float16", "bool": "bool",
+           **{t: t for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")}}
 
 
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
-    return TensorSpec(arg.name, shape, _DTYPES.get(arg.type, "float32"))
+    dtype = _DTYPES.get(arg.type.removeprefix("tensor(").removesuffix(")"))
+    if dtype is None:  # never guess: a wrong dtype in the spec refuses every right input
+        raise UnsupportedError(f"{arg.name!r} is an ONNX Runtime {arg.type}", "use numpy-typed tensors")
+    return TensorSpec(arg.name, shape, dtype)
 
 
 class OrtExecutable(Executable):
