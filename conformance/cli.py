@@ -127,7 +127,8 @@ class Progress:
     """``[done/planned ETA m:ss]`` for each cell line. A cell's cost depends on its suite (an
     operator compiles in a second, an architecture in a minute), so the estimate is, per
     suite, the cells still to come times the mean time of that suite's finished cells
-    (the run's mean until one has finished), over the backends that run at once. The plan
+    (until one has finished, the run's pace scaled by the suite's prior cost), over the
+    backends that run at once. The plan
     grows as each backend's worker starts, so early estimates are low."""
 
     def __init__(self) -> None:
@@ -147,13 +148,18 @@ class Progress:
         done = sum(self.done.values())
         total = max(sum(planned.values()), done)
         self.finished, self.total = done, total
+        from .runner import Suite
+
         ran = sum(n for n, _ in self.spent.values())
-        overall = sum(s for _, s in self.spent.values()) / ran if ran else 0.0
+        units = sum(n * Suite.COST.get(su, 1.0) for su, (n, _) in self.spent.items())
+        per_unit = sum(s for _, s in self.spent.values()) / units if units else 0.0
         left = 0.0
         for suite, count in planned.items():
             n, s = self.spent.get(suite, (0, 0.0))
             share = n / max(1, self.done.get(suite, 0)) if n else 0.5  # runnable share
-            left += max(0, count - self.done.get(suite, 0)) * share * (s / n if n else overall)
+            # a suite with no finished cell yet: the suites seen so far, scaled by its prior cost
+            each = s / n if n else per_unit * Suite.COST.get(suite, 1.0)
+            left += max(0, count - self.done.get(suite, 0)) * share * each
         left /= max(1, jobs)
         if total > done and ran:
             return f"[{done}/{total} ETA {int(left) // 60}:{int(left) % 60:02d}]"

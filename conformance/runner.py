@@ -466,6 +466,8 @@ class Suite:
                 else:
                     queues[name].append(spec)
                     load.add(name, self._suite_of(spec.model))
+            if not queues[name] and name in self.runs:
+                self.runs[name].close()  # nothing runnable (no device here): free it now
         cond = threading.Condition()
         busy: set[str] = set()
 

@@ -149,3 +149,26 @@ def test_onnx_selectors():
         _select("ops", ["onnx:NoSuchOp"])
     with pytest.raises(UsageError, match="ops suite"):
         _select("quick", ["onnx"])
+
+
+def test_the_committed_full_tier_report():
+    """reports/conformance-full-cpu-host.json.gz: ``hal conformance --suite full`` on this
+    2-core host, every installed backend and the third-party example plugin. It finished,
+    within 30 minutes, covers ≥ 60 operator families and ≥ 12 architectures on every
+    device, and every cell that did not pass names its stage."""
+    import gzip
+    from pathlib import Path
+
+    from hal_conformance.results import Report
+
+    path = Path(__file__).parent.parent / "reports" / "conformance-full-cpu-host.json.gz"
+    report = Report.from_dict(json.loads(gzip.decompress(path.read_bytes())))
+    assert report.complete and report.meta["duration_s"] <= 30 * 60
+    assert report.meta["cpu_count"] == 2 and not report.errors
+    for target in ("reference:cpu", "openvino:CPU", "tpu:xla-cpu", "edgetpu:emulated", "example:cpu"):
+        mine = [c for c in report.cells if c.target == target]
+        assert len({c.family for c in mine if c.suite == "ops"}) >= 60, target
+        assert len({c.model for c in mine if c.suite == "models"}) >= 12, target
+        assert any(c.result == Result.PASS for c in mine), target
+    for c in report.cells:
+        assert (c.stage is None) == (c.result == Result.PASS), (c.id, c.result, c.stage)
