@@ -127,39 +127,38 @@ class Progress:
     """``[done/planned ETA m:ss]`` for each cell line. A cell's cost depends on its suite (an
     operator compiles in a second, an architecture in a minute), so the estimate is, per
     suite, the cells still to come times the mean time of that suite's finished cells
-    (until one has finished, the run's pace scaled by the suite's prior cost), over the
-    backends that run at once. The plan
-    grows as each backend's worker starts, so early estimates are low."""
+    (until one has finished, the run's pace scaled by the suite's prior cost: the
+    scheduler's :class:`~.runner.Workload`, over all backends at once), divided by the
+    backends that run at once. The plan grows as each backend's worker starts, so early
+    estimates are low."""
 
     def __init__(self) -> None:
         import time
 
+        from .runner import Suite, Workload
+
         self.clock = time.monotonic
         self.t0 = self.clock()
         self.done: dict[str, int] = {}
-        self.spent: dict[str, tuple[int, float]] = {}  # suite -> (runnable cells, seconds)
+        self.runnable: dict[str, int] = {}
+        #: every backend's cells as one: the pace per suite, a prior-scaled one for the unseen
+        self.pace = Workload(Suite.COST)
         self.finished = self.total = 0
 
     def tick(self, c, planned: dict[str, int], jobs: int) -> str:
         self.done[c.suite] = self.done.get(c.suite, 0) + 1
         if c.runnable:
-            n, s = self.spent.get(c.suite, (0, 0.0))
-            self.spent[c.suite] = (n + 1, s + (c.duration_s or 0.0))
+            self.runnable[c.suite] = self.runnable.get(c.suite, 0) + 1
+            self.pace.took("", c.suite, c.duration_s or 0.0)
         done = sum(self.done.values())
         total = max(sum(planned.values()), done)
         self.finished, self.total = done, total
-        from .runner import Suite
-
-        ran = sum(n for n, _ in self.spent.values())
-        units = sum(n * Suite.COST.get(su, 1.0) for su, (n, _) in self.spent.items())
-        per_unit = sum(s for _, s in self.spent.values()) / units if units else 0.0
+        ran = sum(self.runnable.values())
         left = 0.0
         for suite, count in planned.items():
-            n, s = self.spent.get(suite, (0, 0.0))
+            n = self.runnable.get(suite, 0)
             share = n / max(1, self.done.get(suite, 0)) if n else 0.5  # runnable share
-            # a suite with no finished cell yet: the suites seen so far, scaled by its prior cost
-            each = s / n if n else per_unit * Suite.COST.get(suite, 1.0)
-            left += max(0, count - self.done.get(suite, 0)) * share * each
+            left += max(0, count - self.done.get(suite, 0)) * share * self.pace.rate("", suite)
         left /= max(1, jobs)
         if total > done and ran:
             return f"[{done}/{total} ETA {int(left) // 60}:{int(left) % 60:02d}]"

@@ -79,7 +79,7 @@ class Suite:
         self.on_note = on_note or (lambda s: None)
         self.reg = hal.plugin.registry()
         self.models, self.onnx_cases = _select(opts.suite, opts.models)
-        self.onnx_set = set(self.onnx_cases)
+        self.onnx_index = {n: i for i, n in enumerate(self.onnx_cases)}
         self.cases = cases.catalogue()
         self.precisions = self._precisions(opts.precisions)
         self.targets = self._backend_filter(opts.backends)
@@ -395,7 +395,7 @@ class Suite:
         """Run (or record as unsupported) one cell, judge it, record it."""
         self.references()
         ref = self.refs.get(spec.model)
-        if spec.model in self.onnx_set:
+        if spec.model in self.onnx_index:
             cell = self._onnx_cell(spec)
         elif spec.unsupported:
             cell = self._cell(spec, {"status": "unsupported", "message": spec.unsupported})
@@ -424,7 +424,7 @@ class Suite:
         """An ONNX node case: its chunk runs on first need, in its own worker process."""
         target = spec.device["target"]
         names = self.onnx_cases
-        k = names.index(spec.model) // onnx_nodes.CHUNK
+        k = self.onnx_index[spec.model] // onnx_nodes.CHUNK
         with self.lock:
             lock = self.onnx_locks.setdefault(target, threading.Lock())
         with lock:
@@ -624,7 +624,8 @@ class Workload:
         d[suite] = d.get(suite, 0) + 1
 
     def took(self, backend: str, suite: str, seconds: float) -> None:
-        self.left[backend][suite] -= 1
+        d = self.left.setdefault(backend, {})
+        d[suite] = d.get(suite, 0) - 1
         n, s = self.spent.setdefault(backend, {}).get(suite, (0, 0.0))
         self.spent[backend][suite] = (n + 1, s + seconds)
 
