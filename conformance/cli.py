@@ -140,7 +140,6 @@ class Progress:
         self.clock = time.monotonic
         self.t0 = self.clock()
         self.done: dict[str, int] = {}
-        self.runnable: dict[str, int] = {}
         #: every backend's cells as one: the pace per suite, a prior-scaled one for the unseen
         self.pace = Workload(Suite.COST)
         self.finished = self.total = 0
@@ -148,15 +147,15 @@ class Progress:
     def tick(self, c, planned: dict[str, int], jobs: int) -> str:
         self.done[c.suite] = self.done.get(c.suite, 0) + 1
         if c.runnable:
-            self.runnable[c.suite] = self.runnable.get(c.suite, 0) + 1
             self.pace.took("", c.suite, c.duration_s or 0.0)
         done = sum(self.done.values())
         total = max(sum(planned.values()), done)
         self.finished, self.total = done, total
-        ran = sum(self.runnable.values())
+        runnable = {su: n for su, (n, _) in self.pace.spent.get("", {}).items()}
+        ran = sum(runnable.values())
         left = 0.0
         for suite, count in planned.items():
-            n = self.runnable.get(suite, 0)
+            n = runnable.get(suite, 0)
             share = n / max(1, self.done.get(suite, 0)) if n else 0.5  # runnable share
             left += max(0, count - self.done.get(suite, 0)) * share * self.pace.rate("", suite)
         left /= max(1, jobs)

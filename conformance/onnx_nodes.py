@@ -10,6 +10,7 @@ gets a row per operator next to the torch operator tier's.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from functools import lru_cache
@@ -46,7 +47,7 @@ def cases() -> dict[str, str]:
             base = c.name.split("_expanded")[0]
             # the unexpanded sibling with the longest common name gives the operator
             sib = max((n for n in single if base.startswith(n) or n.startswith(base)),
-                      key=lambda n: len(_common(n, base)), default=None)
+                      key=lambda n: len(os.path.commonprefix([n, base])), default=None)
             family = f"{single[sib]} (expanded)" if sib else "(multi-node)"
         out[f"node/{c.name}_cpu"] = family
     return out
@@ -68,13 +69,6 @@ def select(selectors: list[str]) -> list[str]:
                          f"use operator names such as "
                          f"{', '.join(sorted({f.removesuffix(' (expanded)') for f in all_cases.values()})[:12])}, …")
     return sorted(n for n in all_cases if base[n] in ops)
-
-
-def _common(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
 
 
 def chunks(names: list[str], size: int = CHUNK) -> list[list[str]]:

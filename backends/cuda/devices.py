@@ -119,12 +119,13 @@ def _all_device(backend: str, found: list[Gpu], why: str) -> Device:
         why = f"data parallelism needs 2 or more CUDA GPUs: {why}"
     precs = tuple(p for p in PRECISIONS if all(p in g.precisions for g in found)) if found else PRECISIONS
     names = sorted({g.name for g in found})
+    members = tuple(str(g.index) for g in found)
     return Device(backend, ALL, f"{len(found)}× {' + '.join(names)} (batch split across GPUs)"
                   if ok else "all CUDA GPUs (batch split across GPUs)",
                   available=ok, reason="" if ok else why,
                   memory_bytes=sum(g.total_memory for g in found) or None,
                   aliases=("cuda:all", "gpu:*", "gpu:all"), precisions=precs, rank=RANK - 1,
-                  routes_to=tuple(str(g.index) for g in found), properties={"members": [str(g.index) for g in found]})
+                  routes_to=members, properties={"members": list(members)})
 
 
 def gpu_indices(device: Device) -> list[int]:

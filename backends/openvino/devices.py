@@ -134,9 +134,10 @@ def probe() -> list[Device]:
             devs.append(_absent(o.legacy, kind, core, o.version))
     hw = [d for d in devs if d.available]
     common = [p for p in ALL if p != "int8-dynamic" and all(p in d.precisions for d in hw)]
+    ids = tuple(d.id for d in hw)
     devs.append(Device(
         NAME, "AUTO", f"OpenVINO AUTO (chooses among {', '.join(d.id for d in hw) or 'nothing'})",
         kind="hardware", available=bool(hw), reason="" if hw else "no OpenVINO device found",
-        precisions=tuple(common), rank=RANKS["AUTO"], routes_to=tuple(d.id for d in hw),
-        properties={"openvino": o.version, "candidates": [d.id for d in hw], "export_import": False}))
+        precisions=tuple(common), rank=RANKS["AUTO"], routes_to=ids,
+        properties={"openvino": o.version, "candidates": list(ids), "export_import": False}))
     return devs
