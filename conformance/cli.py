@@ -15,9 +15,8 @@ def run_cli(opts: Options, console=None) -> int:
     Returns the exit code: 0 when every runnable cell passed, 1 otherwise,
     2 for a usage error, 130 when interrupted (the JSON keeps finished cells).
     """
-    from rich.console import Console
-
     import hal
+    from hal.cli import SafeConsole as Console
 
     from . import report as rep
     from .results import CellResult

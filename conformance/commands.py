@@ -32,16 +32,17 @@ def lab_app():
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output only.")
                 ) -> None:
         """Every node of the cluster and its devices, grouped by host."""
-        from rich.console import Console
+        from rich.markup import escape
 
         from hal import HalError
+        from hal.cli import SafeConsole as Console
 
         from .lab import devices_cli
 
         try:
             devices_cli(address, as_json, Console())
         except HalError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+            Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(e.exit_code) from None
 
     return lab

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from hal.paths import atomic_file, write_text_atomic
+
 from .models import MODELS
 from .policy import JUDGED_PRECISIONS, POLICY
 from .results import CellResult, Report
@@ -213,8 +215,8 @@ def write_junit(r: Report, path: str | Path) -> None:
     for k, v in total.items():
         root.set(k, str(v))
     ET.indent(root)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    with atomic_file(path) as f:
+        ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=True)
 
 
 # --- HTML -------------------------------------------------------------------------------
@@ -578,8 +580,7 @@ def write_html(r: Report, path: str | Path) -> None:
                    f"<td>{_fmt(t.min_snr_db, 'g', '—')}</td><td>{t.min_top1:.1%}</td>"
                    f"<td>{_fmt(t.max_accuracy_drop_pts, 'g', '—')}</td><td class=l>{e(t.why)}</td></tr>")
     out.append("</table></html>")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(out), encoding="utf-8")
+    write_text_atomic(path, "\n".join(out))
 
 
 def _precision_index(c: CellResult) -> int:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from hal.paths import write_text_atomic
 
 
 class Result(str, Enum):
@@ -201,19 +202,7 @@ class JsonSink:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp, whose 0600 would make the report unreadable to anyone else: 0666 less
-    # the umask, as any file the user writes (O_EXCL and a random name keep it private
-    # to this writer until the rename)
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False, default=_jsonable)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False, default=_jsonable))
 
 
 def _jsonable(o: Any) -> Any:

@@ -311,7 +311,13 @@ def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, ca
     if not _cache.enabled(cache):
         return _build(b, dev, src, chain, opts, None)
     directory = _cache.cache_dir(cache_dir)
-    parts = {"model": src.digest(reg.formats), "backend": b.name, "backend_version": b.version(),
+    try:  # the key hashes what runs; a model whose state it cannot read is never cached
+        model_key = src.digest(reg.formats)
+    except _formats.Unkeyable as e:
+        exe = _build(b, dev, src, chain, opts, None)
+        exe.info.notes.append(f"not cached: {e}")
+        return exe
+    parts = {"model": model_key, "backend": b.name, "backend_version": b.version(),
              "device": dev.target, "device_name": dev.name, "precision": precision,
              "options": opts.backend_options, "check_finite": check_finite, "hal": HAL_VERSION,
              "example": [(a.shape, str(a.dtype)) for a in src.example_input or ()]}
@@ -400,6 +406,12 @@ def _restore(path: Path, place: Callable[[dict], tuple[Backend, Device]]) -> Exe
     meta, art, cleanup = read_artifact(path)
     try:
         b, dev = place(meta)
+        try:  # the file's options pass the same declaration as a caller's, before any backend sees them
+            b.check_options(meta["info"].backend_options)
+        except UsageError as e:
+            raise ArtifactError(f"{path.name} records backend options that {b.name} does not admit: "
+                                f"{e.what}", "re-create the artifact with `hal compile`; do not edit "
+                                ".hal files") from None
         exe = b.load(art, meta["info"], dev)
     except BaseException:
         cleanup()

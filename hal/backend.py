@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DeviceUnavailableError, UnsupportedError, UsageError
+from .errors import DeviceUnavailableError, UnsupportedError
 from .executable import Executable, ExecutableInfo
 from .formats import Model
+from .options import Option, check as check_declared
 from .packages import install_hint, installed_version, missing
 from .types import CompileOptions, Device, TensorSpec
 
@@ -46,10 +47,13 @@ class Backend:
     #: (built-in backends). With neither, the hint names the modules' PyPI names.
     install: str | None = None
     extra: str | None = None
-    #: the ``options={...}`` keys this backend understands, each with what it does.
-    #: The core refuses any other key before ``compile`` runs, the same way for
-    #: every backend, so a typo never passes silently.
-    options: dict[str, str] = {}
+    #: the ``options={...}`` keys this backend understands: an :class:`~hal.plugin.Option`
+    #: each (what it does, its type, range or choices), or a plain help string, which
+    #: admits JSON scalars only. The core refuses any other key or value before
+    #: ``compile`` runs and before ``load`` sees an artifact's recorded options, the
+    #: same way for every backend: a typo never passes silently, and a value read
+    #: from a file reaches the runtime only if the declaration admits it.
+    options: dict[str, str | Option] = {}
     #: a model whose batch dimension is dynamic (an ExportedProgram with a batch ``Dim``,
     #: an ONNX model with a symbolic batch) compiles to an executable that takes any
     #: batch size. The conformance suite checks the claim with dynamic-batch cells.
@@ -102,12 +106,9 @@ class Backend:
                                          install_hint(missing(self.requires), self.extra, self.install))
 
     def check_options(self, options: dict) -> None:
-        """Refuse keys this backend does not declare in :attr:`options`."""
-        unknown = sorted(str(k) for k in options if k not in self.options)
-        if unknown:
-            known = "; ".join(f"{k}: {v}" for k, v in self.options.items())
-            raise UsageError(f"backend {self.name} has no option(s) {', '.join(unknown)}",
-                             f"use only {known}" if known else f"pass no options to {self.name}")
+        """Refuse keys this backend does not declare in :attr:`options`, and
+        values their declaration does not admit (one UsageError)."""
+        check_declared(self.name, self.options, options)
 
     def refuse_precision(self, precision: str, device: Device, why: str = "") -> UnsupportedError:
         ok = ", ".join(self.precisions_for(device)) or "none"

@@ -23,7 +23,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import api
-from .errors import HalError, InvalidInputError, UsageError, brief
+from .errors import HalError, InvalidInputError, UsageError, brief, printable
+from .paths import atomic_file
 from .plugins import discover, registry
 from .types import PRECISIONS
 
@@ -31,8 +32,21 @@ from .types import PRECISIONS
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
                   help="Compile, run and profile models on whatever accelerator is here.")
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+class SafeConsole(Console):
+    """Prints every string as printable text: a file name or a string a model
+    carries (an output name, a note) cannot forge lines or terminal escapes."""
+
+    def print(self, *objects: Any, **kw: Any) -> None:
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kw)
+
+
+def cells(*values: Any) -> list[str]:
+    """Table cells as printable, markup-escaped text (rich renders a Table's cells itself)."""
+    return [escape(printable(v)) for v in values]
+
+
+out = SafeConsole(width=None if sys.stdout.isatty() else 160)
+err = SafeConsole(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 
@@ -197,10 +211,13 @@ def devices(as_json: bool = JsonOpt,
         t.add_column(c)
     for st in statuses:
         if not st.devices:
-            t.add_row(st.name, "-", "[red]no[/]", st.description, "", st.error or st.missing_runtime or "")
+            name, desc, why = cells(st.name, st.description, st.error or st.missing_runtime or "")
+            t.add_row(name, "-", "[red]no[/]", desc, "", why)
         for d in st.devices:
-            t.add_row(d.target, d.kind, "[green]yes[/]" if d.available else "[red]no[/]", d.name,
-                      " ".join(d.precisions), d.reason)
+            target, kind, name, precisions, reason = cells(d.target, d.kind, d.name,
+                                                           " ".join(d.precisions), d.reason or "")
+            t.add_row(target, kind, "[green]yes[/]" if d.available else "[red]no[/]", name,
+                      precisions, reason)
     out.print(t)
 
 
@@ -216,8 +233,8 @@ def plugins(as_json: bool = JsonOpt) -> None:
     for c in ("plugin", "source", "loaded", "backends", "error"):
         t.add_column(c)
     for i in infos:
-        t.add_row(i.name, i.source, "[green]yes[/]" if i.loaded else "[red]no[/]",
-                  ", ".join(i.backends), i.error or "")
+        name, source, backends, error = cells(i.name, i.source, ", ".join(i.backends), i.error or "")
+        t.add_row(name, source, "[green]yes[/]" if i.loaded else "[red]no[/]", backends, error)
     out.print(t)
 
 
@@ -259,9 +276,8 @@ def run(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, target: 
         inputs = tuple(random_inputs(exe.info.inputs))
     outs = exe.run(list(inputs))
     if output is not None:
-        tmp = output.with_name(output.name + ".tmp.npz")
-        np.savez(tmp, **{s.name: o for s, o in zip(exe.info.outputs, outs)})
-        tmp.replace(output)
+        with atomic_file(output) as f:
+            np.savez(f, **{s.name: o for s, o in zip(exe.info.outputs, outs)})
     if as_json:
         _dump({"target": exe.info.target, "device_kind": exe.info.device_kind,
                "precision": exe.info.precision,
@@ -332,19 +348,20 @@ def _probe(exe, probe: str, precision: str) -> dict:
 
 
 def _print_profile(p) -> None:
-    t = Table(title=f"{p.backend} on {p.target} ({p.device_kind}), {p.precision}, batch {p.batch_size}")
+    t = Table(title=cells(f"{p.backend} on {p.target} ({p.device_kind}), {p.precision}, "
+                          f"batch {p.batch_size}")[0])
     for c in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "throughput/s", "iterations", "timer"):
         t.add_column(c, justify="right")
     lat = p.latency_ms
     t.add_row(*(f"{lat.get(k, float('nan')):.4f}" for k in ("p50", "p90", "p99", "mean")),
-              f"{p.throughput_per_s:.1f}", str(p.iterations), p.timer)
+              f"{p.throughput_per_s:.1f}", str(p.iterations), *cells(p.timer))
     out.print(t)
     if p.layers:
         lt = Table(title="slowest layers")
         for c in ("layer", "type", "ms"):
             lt.add_column(c)
         for layer in sorted(p.layers, key=lambda l: -l.time_ms)[:15]:
-            lt.add_row(layer.name, layer.type, f"{layer.time_ms:.4f}")
+            lt.add_row(*cells(layer.name, layer.type), f"{layer.time_ms:.4f}")
         out.print(lt)
     if p.peak_memory_bytes is not None:
         out.print(f"peak memory: {p.peak_memory_bytes / 2**20:.1f} MiB")

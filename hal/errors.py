@@ -20,6 +20,17 @@ def brief(e: BaseException, limit: int = 200, typed: bool = False) -> str:
     return first[:limit]
 
 
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` as one printable line: control characters (newlines, escape
+    sequences) escaped, so that a file name or a string from a model cannot
+    forge lines or colours in what hal prints."""
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in text)
+    return text if limit is None or len(text) <= limit else text[:limit] + "…"
+
+
 class HalError(Exception):
     """Base class. ``what`` says what went wrong, ``fix`` what to do about it."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import safezip
+from .paths import atomic_file
 from .errors import ArtifactError, InvalidInputError
 from .types import Device, TensorSpec
 
@@ -374,11 +374,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_hal(exe: Executable, path: Path, meta_extra: dict[str, Any] | None = None) -> Path:
+def write_hal(exe: Executable, path: Path, meta_extra: dict[str, Any] | None = None,
+              mode: int = 0o666) -> Path:
     """Write ``exe`` as a ``.hal`` zip: ``hal.json`` (metadata and a SHA-256 of
-    every artifact file) plus ``artifact/``. The zip is built beside ``path``
-    under a dot-name and renamed into place, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    every artifact file) plus ``artifact/``, through :func:`~hal.paths.atomic_file`
+    (a reader never sees half a file). ``mode``: the cache writes its entries 0644."""
     with tempfile.TemporaryDirectory(prefix="hal-save-") as tmp:
         art = Path(tmp) / ARTIFACT_DIR
         art.mkdir()
@@ -388,19 +388,10 @@ def write_hal(exe: Executable, path: Path, meta_extra: dict[str, Any] | None = N
         digests = {f.relative_to(tmp).as_posix(): _sha256(f) for f in files}
         meta = {"format_version": FORMAT_VERSION, "info": exe.info.to_dict(),
                 "device": exe.device.to_dict(), "files": digests, **(meta_extra or {})}
-        # an exclusive dot-name beside the target, created 0666 less the umask (mkstemp's
-        # 0600 would make artifacts private; reading the umask would race other threads)
-        tmp_zip = path.parent / f".{path.name}.{secrets.token_hex(6)}"
-        os.close(os.open(tmp_zip, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        try:
-            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
-                z.writestr(META_NAME, json.dumps(meta, indent=1))
-                for f in files:
-                    z.write(f, f.relative_to(tmp).as_posix())
-            os.replace(tmp_zip, path)
-        except BaseException:
-            Path(tmp_zip).unlink(missing_ok=True)
-            raise
+        with atomic_file(path, mode) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(META_NAME, json.dumps(meta, indent=1))
+            for member in files:
+                z.write(member, member.relative_to(tmp).as_posix())
     return path
 
 

@@ -11,12 +11,13 @@ from .errors import STAGES, stage
 from .executable import ExecutableInfo, as_numpy, conform, read_json_object
 from .formats import Converter, Format, Model
 from .hookspecs import hookimpl
+from .options import Option, host_cores
 from .packages import install_hint, installed_version, missing, require
 from .plugins import PluginInfo, Registry, discover, registry
 from .types import CompileOptions, TensorSpec
 
 __all__ = [
-    "Backend", "CompileOptions", "Converter", "ExecutableInfo", "Format", "Model", "PluginInfo",
-    "Registry", "STAGES", "TensorSpec", "as_numpy", "conform", "discover", "hookimpl", "host_memory_bytes", "install_hint",
+    "Backend", "CompileOptions", "Converter", "ExecutableInfo", "Format", "Model", "Option", "PluginInfo",
+    "Registry", "STAGES", "TensorSpec", "as_numpy", "conform", "discover", "hookimpl", "host_cores", "host_memory_bytes", "install_hint",
     "installed_version", "missing", "read_json_object", "registry", "require", "resolve", "stage",
 ]

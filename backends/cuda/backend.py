@@ -36,9 +36,7 @@ class CudaBackend(Backend):
     aliases = ("cuda", "gpu")
     requires = ("torch",)
     extra = "cuda"
-    options = {"torch_compile": "torch.compile mode (e.g. 'max-autotune'); default eager",
-               "cuda_graphs": "capture one CUDA graph per input shape and replay it (bool)",
-               "tf32": "allow TF32 tensor cores for fp32 (bool, default False: IEEE fp32)"}
+    options = _options.OPTIONS
 
     def version(self) -> str:
         import torch

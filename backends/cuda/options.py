@@ -8,10 +8,11 @@ GPU; it is written next to the program as ``recipe.json`` so that ``hal.load``
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from hal import UsageError
+from hal.plugin import Option
 
 #: precisions the backend runs; fp16/bf16 need a GPU that has them (see devices.py).
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -23,6 +24,16 @@ KNOWN_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotu
 GRAPHING_MODES = ("reduce-overhead", "max-autotune")
 OPTION_KEYS = ("torch_compile", "cuda_graphs", "tf32")
 RECIPE_VERSION = 1
+#: the declaration the core checks ``options={...}`` against; :func:`parse` adds the rules
+#: that relate two options or an option and the precision
+OPTIONS = {
+    "torch_compile": Option("torch.compile mode (one of " + ", ".join(KNOWN_COMPILE_MODES)
+                            + ", or True); default eager", (str, bool, type(None)),
+                            check=lambda v: None if v in (None, True, False) or v in KNOWN_COMPILE_MODES
+                            else f"is {str(v)[:30]!r}, not a torch.compile mode"),
+    "cuda_graphs": Option("capture one CUDA graph per input shape and replay it (bool)", bool),
+    "tf32": Option("allow TF32 tensor cores for fp32 (bool, default False: IEEE fp32)", bool),
+}
 
 
 @dataclass(frozen=True)
@@ -43,12 +54,20 @@ class Recipe:
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:
+        """Rebuild from an artifact's (untrusted) ``recipe.json``: every field passes
+        the checks a caller's options pass (:func:`parse`), so no mode or flag
+        reaches torch that the user could not have asked for."""
         d = json.loads(text)
-        if d.get("version") != RECIPE_VERSION:
-            raise UsageError(f"CUDA recipe version {d.get('version')} is not {RECIPE_VERSION}",
-                             "recompile the model with this version of hal")
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})
+        if not isinstance(d, dict) or d.get("version") != RECIPE_VERSION:
+            raise UsageError(f"CUDA recipe version {str(d.get('version') if isinstance(d, dict) else d)[:20]} "
+                             f"is not {RECIPE_VERSION}", "recompile the model with this version of hal")
+        unknown = sorted(str(k)[:30] for k in d if k not in cls.__dataclass_fields__)
+        if unknown or d.get("precision") not in PRECISIONS or \
+                not isinstance(d.get("dynamic_batch", False), bool):
+            raise UsageError(f"CUDA recipe has unknown fields {unknown[:3]} or a bad precision or "
+                             "dynamic_batch", "recompile the model")
+        recipe = parse(d["precision"], {k: d[k] for k in OPTION_KEYS if k in d})
+        return replace(recipe, dynamic_batch=d.get("dynamic_batch", False))
 
     def options(self) -> dict[str, Any]:
         return {"torch_compile": self.torch_compile, "cuda_graphs": self.cuda_graphs,

@@ -144,8 +144,8 @@ def build(backend, model: Model, device: Device, options: CompileOptions,
 def load(backend, artifact: Path, info: ExecutableInfo, device: Device) -> CudaExecutable:
     try:
         recipe = Recipe.from_json((artifact / "recipe.json").read_text())
-    except (OSError, ValueError, TypeError) as e:
-        raise ArtifactError(f"the CUDA artifact's recipe.json is missing or unreadable ({e})",
+    except (OSError, ValueError, TypeError, UsageError) as e:
+        raise ArtifactError(f"the CUDA artifact's recipe.json is missing or unreadable ({brief(e, 160)})",
                             "recompile the model") from None
     if recipe.precision != info.precision:
         raise ArtifactError(f"the CUDA recipe says {recipe.precision}, the artifact {info.precision}",

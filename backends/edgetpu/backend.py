@@ -14,6 +14,7 @@ from pathlib import Path
 from hal import ArtifactError, CompileError, Device, Executable, ModelFormatError, UnsupportedError
 
 from . import compiler, devices
+from .executable import OPTIONS
 
 PRECISIONS = ("int8",)
 #: Coral's datasheet figure: 4 TOPS at 2 W.
@@ -29,10 +30,7 @@ class EdgeTpuBackend(Backend):
     aliases = ("coral",)
     requires = ("ai_edge_litert",)
     extra = "edgetpu"
-    options = {"raw_io": "int8 in, int8 out: hal does no (de)quantization (bool)",
-               "num_threads": "LiteRT CPU threads (emulator, and CPU ops on hardware)",
-               "allow_float_ops": "accept float ops that would run on the host CPU (bool)",
-               "min_runtime_version": "edgetpu_compiler -m: the oldest Edge TPU runtime to target"}
+    options = OPTIONS
 
     def version(self) -> str:
         """Everything that shapes an artifact (libedgetpu only runs it: not here)."""

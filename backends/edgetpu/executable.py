@@ -19,7 +19,8 @@ import numpy as np
 
 from hal import (ArtifactError, DeviceUnavailableError, Executable, HalError, UnsupportedError,
                  UsageError)
-from hal.plugin import ExecutableInfo, TensorSpec, read_json_object
+from hal.options import check as check_options
+from hal.plugin import ExecutableInfo, Option, TensorSpec, host_cores, read_json_object
 from hal.types import Device
 
 from . import devices
@@ -28,6 +29,19 @@ INT8_FILE = "model_int8.tflite"
 COMPILED_FILE = "model_edgetpu.tflite"
 LOG_FILE = "edgetpu_compiler.log"
 META_FILE = "edgetpu.json"
+
+
+_NONE = type(None)
+#: ``options=`` keys the backend understands; the same declaration checks a caller's
+#: options and an artifact's ``edgetpu.json`` (threads bounded by this host's cores)
+OPTIONS = {
+    "raw_io": Option("int8 in, int8 out: hal does no (de)quantization (bool)", bool),
+    "num_threads": Option("LiteRT CPU threads (emulator, and CPU ops on hardware), up to the "
+                          "host's cores", (int, _NONE), min=1, max=host_cores),
+    "allow_float_ops": Option("accept float ops that would run on the host CPU (bool)", bool),
+    "min_runtime_version": Option("edgetpu_compiler -m: the oldest Edge TPU runtime to target",
+                                  (int, _NONE), min=0, max=1000),
+}
 
 
 @dataclass
@@ -41,15 +55,8 @@ class EdgeTpuOptions:
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> EdgeTpuOptions:
-        known = cls.__dataclass_fields__
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise UsageError(f"unknown edgetpu option(s) {unknown}", f"use any of {sorted(known)}")
-        o = cls(**options)
-        if o.num_threads is not None and (not isinstance(o.num_threads, int) or o.num_threads < 1):
-            raise UsageError(f"num_threads={o.num_threads!r} is not a positive integer",
-                             "pass e.g. options={'num_threads': 2}")
-        return o
+        check_options("edgetpu", OPTIONS, options)
+        return cls(**options)
 
 
 @dataclass
@@ -255,12 +262,6 @@ class EdgeTpuExecutable(Executable):
         (directory / META_FILE).write_text(json.dumps({"options": asdict(self.opts)}))
 
 
-#: edgetpu.json's option fields and the types each may hold.
-_OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "raw_io": (bool,), "num_threads": (int, type(None)), "allow_float_ops": (bool,),
-    "min_runtime_version": (int, type(None))}
-
-
 def read_artifacts(directory: Path) -> tuple[Artifacts, EdgeTpuOptions]:
     """The artifact's files; ``edgetpu.json`` is untrusted, so every field is
     checked and a bad one is an ArtifactError, never a KeyError or TypeError."""
@@ -275,15 +276,10 @@ def read_artifacts(directory: Path) -> tuple[Artifacts, EdgeTpuOptions]:
     meta = read_json_object(directory / META_FILE, "edgetpu")
     if not isinstance(meta.get("options"), dict):
         raise bad("has no 'options' object")
-    opts = meta["options"]
-    unknown = sorted(str(k)[:30] for k in opts if k not in _OPTION_TYPES)
-    if unknown:
-        raise bad(f"has unknown option(s) {unknown[:4]}")
-    for k, v in opts.items():
-        types = _OPTION_TYPES[k]
-        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types) \
-                or (type(v) is int and v < (1 if k == "num_threads" else 0)):
-            raise bad(f"has option {k}={str(v)[:30]}, not a valid {k}")
+    try:
+        opts = EdgeTpuOptions.parse(meta["options"])
+    except UsageError as e:
+        raise bad(f"records options this backend does not admit: {e.what}") from None
     log = directory / LOG_FILE
     return (Artifacts(read(INT8_FILE), read(COMPILED_FILE), log.read_text() if log.is_file() else None),
-            EdgeTpuOptions(**opts))
+            opts)

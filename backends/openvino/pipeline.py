@@ -20,15 +20,59 @@ from typing import Any
 import numpy as np
 
 from hal import CompileError, Device, InvalidInputError, UnsupportedError, UsageError
+from hal.options import Option, check, host_cores, mapping
 
 from .convert import short
 from .devices import kind_of
 
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int8-dynamic": "f32"}
+_YES_NO = ("YES", "NO", True, False, "True", "False", "true", "false")
+#: the OpenVINO properties a user may set through ``options={"config": {...}}``: an
+#: allow-list, checked for the caller's options and for an artifact's alike. Nothing
+#: that names a path (CACHE_DIR, WEIGHTS_PATH), a nested property set
+#: (DEVICE_PROPERTIES), a cache or load mode, or what hal itself sets
+#: (INFERENCE_PRECISION_HINT, PERF_COUNT) can pass.
+CONFIG = {
+    "PERFORMANCE_HINT": Option("latency or throughput tuning",
+                               choices=("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")),
+    "PERFORMANCE_HINT_NUM_REQUESTS": Option("requests the hint tunes for", (int, str), min=0, max=1024,
+                                            check=lambda v: _digits(v, 1024)),
+    "NUM_STREAMS": Option("parallel streams", (int, str), min=1, max=host_cores,
+                          check=lambda v: None if v in ("AUTO", "NUMA") else _digits(v, host_cores())),
+    "INFERENCE_NUM_THREADS": Option("threads (0: the plugin decides)", (int, str), min=0, max=host_cores,
+                                    check=lambda v: _digits(v, host_cores())),
+    "ENABLE_CPU_PINNING": Option("pin threads to cores", (bool, str), choices=_YES_NO),
+    "ENABLE_HYPER_THREADING": Option("use SMT siblings", (bool, str), choices=_YES_NO),
+    "SCHEDULING_CORE_TYPE": Option("core type on hybrid CPUs",
+                                   choices=("ANY_CORE", "PCORE_ONLY", "ECORE_ONLY")),
+    "EXECUTION_MODE_HINT": Option("performance or accuracy", choices=("PERFORMANCE", "ACCURACY")),
+    "MODEL_PRIORITY": Option("priority among models on a device", choices=("LOW", "MEDIUM", "HIGH")),
+    "CPU_DENORMALS_OPTIMIZATION": Option("flush denormals to zero", (bool, str), choices=_YES_NO),
+}
+_NNCF = {
+    "preset": Option("nncf.QuantizationPreset", choices=("performance", "mixed", "PERFORMANCE", "MIXED")),
+    "model_type": Option("nncf.ModelType", choices=("transformer", "TRANSFORMER")),
+    "fast_bias_correction": Option("fast bias correction", bool),
+}
+
+
+def _digits(v, hi: int) -> str | None:
+    """An integer property may also be given as its decimal text (OpenVINO's own form)."""
+    if isinstance(v, str) and not (v.isdigit() and int(v) <= hi):
+        return f"is {v[:20]!r}, not a whole number up to {hi}"
+    return None
+
+
 OPTIONS = {
-    "config": "extra OpenVINO compile properties, e.g. {'NUM_STREAMS': '2'}",
-    "dynamic_quantization_group_size": "int8-dynamic activation group size (default 32)",
-    "nncf": "nncf.quantize arguments: preset, model_type, fast_bias_correction",
+    "config": Option("extra OpenVINO compile properties, e.g. {'NUM_STREAMS': 2}; allowed: "
+                     + ", ".join(CONFIG), dict, check=mapping(CONFIG, "OpenVINO property", {
+                         "INFERENCE_PRECISION_HINT": "choose the precision with precision=...",
+                         "PERF_COUNT": "Executable.profile turns it on", "CACHE_DIR": "hal's compile cache "
+                         "sets it (HAL_CACHE_DIR)"})),
+    "dynamic_quantization_group_size": Option("int8-dynamic activation group size (default 32)",
+                                              int, min=1, max=1 << 16),
+    "nncf": Option("nncf.quantize arguments: preset, model_type, fast_bias_correction", dict,
+                   check=mapping(_NNCF, "nncf argument")),
 }
 OPTION_KEYS = tuple(OPTIONS)
 #: runtime-graph layer types that do the arithmetic int8 is meant for
@@ -37,17 +81,8 @@ COMPUTE = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Decon
 
 
 def check_options(options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(OPTION_KEYS))
-    if unknown:
-        raise UsageError(f"unknown openvino option(s) {unknown}", f"use only {list(OPTION_KEYS)}")
-    extra = options.get("config", {}) or {}
-    if not isinstance(extra, dict):
-        raise UsageError("options['config'] must be a dict of OpenVINO properties",
-                         "pass e.g. {'config': {'NUM_STREAMS': '2'}}")
-    clash = {"INFERENCE_PRECISION_HINT", "PERF_COUNT", "CACHE_DIR"} & set(extra)
-    if clash:
-        raise UsageError(f"options['config'] sets {sorted(clash)}, which hal controls",
-                         "choose the precision with precision=...; profiling and caching are automatic")
+    """The declaration above, for callers outside the core's own check."""
+    check("openvino", OPTIONS, options)
 
 
 def config_for(precision: str, device: Device, options: dict[str, Any]) -> dict[str, str]:
@@ -62,8 +97,12 @@ def config_for(precision: str, device: Device, options: dict[str, Any]) -> dict[
         cfg["INFERENCE_PRECISION_HINT"] = HINTS[precision]
     if precision == "int8-dynamic":
         cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(int(options.get("dynamic_quantization_group_size", 32)))
-    cfg.update({k: str(v) for k, v in (options.get("config") or {}).items()})
+    cfg.update({k: _prop_text(v) for k, v in (options.get("config") or {}).items()})
     return cfg
+
+
+def _prop_text(v) -> str:
+    return ("YES" if v else "NO") if isinstance(v, bool) else str(v)
 
 
 def with_cache(config: dict[str, str], cache_dir: Path | None) -> dict[str, str]:

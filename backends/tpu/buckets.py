@@ -16,11 +16,15 @@ from typing import Any
 import numpy as np
 
 from hal import InvalidInputError, UsageError
+from hal.plugin import Option
 
+#: the largest batch bucket (17 buckets at most): each bucket is one XLA program
+MAX_BATCH = 1 << 16
 #: backend options a caller may pass in ``hal.compile(..., options=...)``.
 KNOWN_OPTIONS = {
-    "max_batch": "also compile power-of-two batch buckets up to this size (default: the "
-                 "example batch only); larger batches run in chunks of the largest bucket",
+    "max_batch": Option("also compile power-of-two batch buckets up to this size (default: the "
+                        "example batch only); larger batches run in chunks of the largest bucket",
+                        int, min=1, max=MAX_BATCH),
 }
 
 

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hal.paths import write_text_atomic
+
 from .. import coverage
 from .. import report as rep
 from ..results import Report, _order
@@ -124,8 +126,7 @@ def write_markdown(r: Report, path: str | Path) -> None:
     nr = rep.not_run(r)
     if nr:
         md += ["", "## Not run", ""] + [f"- {_md(n.what)}: {_md(n.line())}" for n in nr]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(md) + "\n")
 
 
 def _md(s: Any) -> str:
@@ -187,8 +188,7 @@ def write_html(r: Report, path: str | Path) -> None:
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     head, sep, tail = text.rpartition("</html>")
-    p.write_text((head + html_section(r) + sep + tail) if sep else text + html_section(r),
-                 encoding="utf-8")
+    write_text_atomic(p, (head + html_section(r) + sep + tail) if sep else text + html_section(r))
 
 
 def write_junit(r: Report, path: str | Path) -> None:
