@@ -15,6 +15,8 @@ from typing import Any
 
 from hal import HalError, ModelFormatError
 
+from .. import tflite_guard
+
 #: ops the Edge TPU executes (coral.ai/docs/edgetpu/models-intro, "Supported operations").
 EDGETPU_OPS = frozenset({
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
@@ -141,8 +143,10 @@ def check_model(data: bytes, error: type[HalError], what: str) -> None:
     op (``SELECT_TF_OPS``: a TensorFlow op such as ``WriteFile`` run by
     TensorFlow inside TFLite) or a custom op outside :data:`CUSTOM_OPS_OK`, in
     any subgraph (a custom op is whatever code a runtime registered under its
-    name), or whose indices or names are out of range or not UTF-8 (LiteRT's
-    Python layer would raise IndexError/UnicodeDecodeError on them)."""
+    name), whose indices or names are out of range or not UTF-8 (LiteRT's
+    Python layer would raise IndexError/UnicodeDecodeError on them), or whose
+    subgraph calls LiteRT would follow into a crash (a cycle, the main subgraph
+    called, nesting too deep: :mod:`hal_backends.tflite_guard`)."""
     from ai_edge_litert import schema_py_generated as fb
 
     if len(data) < 8 or data[4:8] != b"TFL3":
@@ -155,11 +159,14 @@ def check_model(data: bytes, error: type[HalError], what: str) -> None:
             if max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()) == fb.BuiltinOperator.CUSTOM:
                 names.append((oc.CustomCode() or b"").decode("utf-8"))
         damage = _damage(model, fb)
+        calls = None if damage else tflite_guard.call_problem(model, fb)
     except Exception as e:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere
         raise error(f"{what}: the TFLite flatbuffer could not be read ({type(e).__name__})",
                     "re-convert the model; the file may be truncated") from None
     if damage:
         raise error(f"{what} is damaged: {damage}", "re-convert the model")
+    if calls:
+        raise error(f"{what} is refused: {calls}", tflite_guard.FIX)
     flex = sorted({n for n in names if n.startswith("Flex")})
     if flex:
         raise error(f"{what} holds TensorFlow (Flex) op(s) {', '.join(flex[:4])}: TensorFlow code "

@@ -224,11 +224,20 @@ def _ov_type(o, helper, elem_type: int):
 
 
 def from_tflite(model: Model, options) -> Any:
-    path = model.path
-    if path is None:
-        path = scratch_dir("hal-ov-tflite-") / "model.tflite"
-        path.write_bytes(model.value)
-    return _convert(str(path), "TFLite model")
+    """The subgraph-call check of the edgetpu backend (``tflite_guard``) runs
+    here too, so a file is refused alike whichever backend reads it; OpenVINO
+    then reads the very bytes that were checked."""
+    from .. import tflite_guard
+
+    data = bytes(model.value)
+    checked = tflite_guard.check_calls(data, ModelFormatError, "the TFLite model")
+    path = scratch_dir("hal-ov-tflite-") / "model.tflite"
+    path.write_bytes(data)
+    ov_model = _convert(str(path), "TFLite model")
+    if not checked:
+        add_note(ov_model, "the TFLite model's subgraph calls were not checked by hal "
+                           "(ai-edge-litert, whose schema it reads with, is not installed)")
+    return ov_model
 
 
 def from_saved_model(model: Model, options) -> Any:
