@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hal.errors import HalError
+from hal.paths import inside
 
 #: stateful ops that models need and that cannot reach files or Python:
 #: variables, calls (callees are checked), control flow, XLA's call-module op.
@@ -306,13 +307,6 @@ def check_stablehlo_text(text: str, error: type[HalError], what: str, fix: str) 
         raise error(f"{what} {r.what}", fix) from None
 
 
-def _inside(root: Path, p: Path) -> bool:
-    try:
-        return p.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # a symlink loop
-        return False
-
-
 def _check_files(root: Path, sm) -> None:
     """Assets and variables must lie inside the SavedModel's directory, and a
     graph with variables must come with its checkpoint."""
@@ -321,14 +315,14 @@ def _check_files(root: Path, sm) -> None:
         names += [f"variables/{p.name}" for p in (root / "variables").iterdir()]
     for name in names:
         p = root / name
-        if (p.exists() or p.is_symlink()) and not _inside(root, p):
+        if (p.exists() or p.is_symlink()) and not inside(root, p):
             raise _Refused(f"has {name} pointing outside its directory")
     for mg in sm.meta_graphs:
         for a in mg.asset_file_def:
             name = a.filename
             parts = Path(name).parts
             if not name or Path(name).is_absolute() or ".." in parts or "\\" in name or \
-                    not _inside(root, root / "assets" / name):
+                    not inside(root, root / "assets" / name):
                 raise _Refused(f"names asset {name[:80]!r} outside its assets/ directory")
         has_vars = any(o.WhichOneof("kind") == "variable" for o in mg.object_graph_def.nodes)
         if has_vars and not (root / "variables" / "variables.index").is_file():

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from hal.npyfile import load_npz
+
 from .models import weights_digest
 
 FORMAT = "hal-conformance-goldens"
@@ -72,13 +74,13 @@ def read_goldens(directory: Path, models: list[str]):
         if not npz.is_file() or sha256(npz) != entry["sha256"]:
             raise UsageError(f"{npz} is missing or does not match its manifest checksum",
                              "copy the goldens folder again")
-        d = np.load(npz, allow_pickle=False)
+        d = load_npz(npz, f"golden file {npz.name}", UsageError)
         onnx = Path(directory) / entry["onnx"] if entry.get("onnx") else None
         if onnx is not None and (not onnx.is_file() or sha256(onnx) != entry.get("onnx_sha256")):
             raise UsageError(f"{onnx} is missing or does not match its manifest checksum",
                              "copy the goldens folder again")
         out = d["reference"]
-        labels = d["y_eval"] if "y_eval" in d.files else None
+        labels = d.get("y_eval")
         refs[name] = Reference(name, out, labels, None if labels is None else
                                float((out.argmax(-1) == labels).mean()), npz, onnx_path=onnx,
                                emulated=dict(entry.get("emulated_rel_err") or {}))

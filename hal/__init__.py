@@ -10,8 +10,8 @@ what they need to write a backend from :mod:`hal.plugin`.
 from .api import HAL_VERSION as __version__  # noqa: F401
 from .api import BackendStatus, backends, compile, devices, load
 from .errors import (ArtifactError, CompileError, DeviceUnavailableError, HalError,
-                     InvalidInputError, ModelFormatError, NoConversionPath, UnsupportedError,
-                     UsageError)
+                     InvalidInputError, ModelFormatError, NoConversionPath, ResourceError,
+                     UnsupportedError, UsageError)
 from .executable import Executable
 from .profile import LayerTime, Profile
 from .types import PRECISIONS, Device, Requirements
@@ -19,6 +19,7 @@ from .types import PRECISIONS, Device, Requirements
 __all__ = [
     "ArtifactError", "BackendStatus", "CompileError", "Device", "DeviceUnavailableError",
     "Executable", "HalError", "InvalidInputError", "LayerTime", "ModelFormatError",
-    "NoConversionPath", "PRECISIONS", "Profile", "Requirements", "UnsupportedError", "UsageError",
+    "NoConversionPath", "PRECISIONS", "Profile", "Requirements", "ResourceError", "UnsupportedError",
+    "UsageError",
     "backends", "compile", "devices", "load",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from . import formats as _formats
 from .backend import Backend
 from .errors import stage
 from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
-                     UsageError, brief)
+                     UsageError, brief, out_of_memory)
 from .executable import Executable, as_numpy, read_artifact, write_hal
 from .plugins import registry
 from .profile import random_inputs
@@ -215,6 +216,20 @@ def select(model: _formats.Model, precision: str, req: Requirements,
 
 
 # --- compile / load -------------------------------------------------------------------
+def _memory_error_as_hal(doing: str):
+    """A ``MemoryError`` anywhere below (a converter, a runtime, numpy) becomes
+    one ResourceError: a file that declares terabytes is an error, not a crash."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except MemoryError:
+                raise out_of_memory(doing) from None
+        return guarded
+    return wrap
+
+
 def _samples(data: Any, what: str) -> list[tuple[np.ndarray, ...]]:
     if data is None:
         return []
@@ -235,6 +250,7 @@ def _native(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.array(a, order="C")  # ascontiguousarray makes 0-d 1-d
 
 
+@_memory_error_as_hal("compiling the model")
 def compile(
     model: Any,
     target: str = "auto",
@@ -326,13 +342,19 @@ def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, ca
     try:
         with _cache.locked(directory, k) as path:
             opts.cache_dir = directory
-            if path.exists():
+            if path.exists() or path.is_symlink():
                 try:
+                    why = _cache.untrusted(path)
+                    if why:
+                        raise ArtifactError(f"the entry {why}", "it is never served")
                     exe = _from_cache(path, b, dev, expect_key=k)
                     exe.info.cache_hit = True
                     return exe
                 except Exception as e:  # noqa: BLE001 - any bad entry is rebuilt, never fatal
-                    path.unlink(missing_ok=True)
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError:
+                        pass  # the rebuilt entry replaces it by rename, or the save says why not
                     notes.append(f"cache entry {path.name} could not be used ({brief(e, 160)}); "
                                  "removed and rebuilt")
             exe = _build(b, dev, src, chain, opts, path, cache_key=k)
@@ -357,12 +379,13 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
         exe.info.check_finite = opts.check_finite
         if save_to is not None:
             try:
-                write_hal(exe, save_to, {"cache_key": cache_key})
+                write_hal(exe, save_to, {"cache_key": cache_key}, mode=_cache.ENTRY_MODE)
             except (HalError, OSError) as e:
                 exe.info.notes.append(f"not cached: {brief(e, 160)}")
     return exe
 
 
+@_memory_error_as_hal("loading the artifact")
 def load(path: str | os.PathLike, target: str | None = None) -> Executable:
     """Restore an executable from a ``.hal`` file on the device it was built
     for (or on ``target``, which must be of the same backend).

@@ -6,9 +6,11 @@ version). Writes are atomic (``Executable.save``) and a file lock makes two
 processes compiling the same model wait for one another instead of racing.
 
 An entry is as untrusted as any ``.hal`` file: it is loaded through the same
-checks, must name the key it is stored under, and one that fails to load is
-removed and rebuilt. A cache that cannot be used (a file in its place, no
-permission, writable by other users) is skipped with a note, never fatal.
+checks, must name the key it is stored under, must be a file this user owns
+and nobody else can write (:func:`untrusted`), and one that fails any of this
+is removed and rebuilt. A cache that cannot be used (a file in its place, no
+permission, writable by other users, sticky bit or not) is skipped with a
+note, never fatal.
 """
 
 from __future__ import annotations
@@ -68,11 +70,37 @@ def _usable(directory: Path) -> None:
         raise Unusable(f"cache directory {directory} cannot be created ({e.strerror or e})") from None
     if not stat.S_ISDIR(st.st_mode):
         raise Unusable(f"cache path {directory} is not a directory")
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise Unusable(f"cache directory {directory} is writable by every user, so its entries "
-                       "could be anyone's (chmod o-w it, or set HAL_CACHE_DIR)")
+    # sticky or not: in a /tmp-like folder another user cannot replace my entries, but
+    # can plant the entry of a key I have not compiled yet
+    if st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_uid != _uid()):
+        raise Unusable(f"cache directory {directory} is writable by other users, so its entries "
+                       "could be anyone's (chmod go-w it, or set HAL_CACHE_DIR to a folder of your own)")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise Unusable(f"cache directory {directory} is not writable")
+
+
+#: entries are written rw-r--r--: readable by others, changed by their owner alone
+ENTRY_MODE = 0o644
+
+
+def _uid() -> int | None:
+    return os.geteuid() if hasattr(os, "geteuid") else None
+
+
+def untrusted(entry: Path) -> str | None:
+    """Why an existing entry must not be served, or None: only a regular file
+    that this user owns and no one else can write is taken from the cache."""
+    try:
+        st = entry.lstat()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if _uid() is not None and st.st_uid != _uid():
+        return f"belongs to another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "is writable by other users"
+    return None
 
 
 #: temp files ``Executable.save`` writes before renaming: ``.<key>.hal.<random>``

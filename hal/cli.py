@@ -24,6 +24,7 @@ from rich.table import Table
 
 from . import api
 from .errors import HalError, InvalidInputError, UsageError, brief, printable
+from .npyfile import load_npy, load_npz
 from .paths import atomic_file
 from .plugins import discover, registry
 from .types import PRECISIONS
@@ -119,10 +120,11 @@ def _read_arrays(path: Path, what: str) -> list[np.ndarray]:
         raise UsageError(f"{what} file {path} does not exist", "check the path")
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return [z[k] for k in z.files]
+            return list(load_npz(path, f"{what} file {path.name}", UsageError).values())
         if path.suffix == ".npy":
-            return [np.load(path, allow_pickle=False)]
+            return [load_npy(path, f"{what} file {path.name}", UsageError)]
+    except HalError:
+        raise
     except ValueError as e:
         raise InvalidInputError(f"{what} file {path} is not plain numpy data ({e})",
                                 "save arrays with np.save / np.savez (no object arrays)") from None

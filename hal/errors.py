@@ -72,6 +72,17 @@ class CompileError(HalError):
     """The backend's toolchain failed while compiling."""
 
 
+class ResourceError(HalError):
+    """The host ran out of memory building or running a model (a ``MemoryError``
+    anywhere in hal or a runtime): one error naming what was being done."""
+
+
+def out_of_memory(doing: str) -> ResourceError:
+    return ResourceError(f"the host ran out of memory {doing}",
+                         "check the model and inputs for unexpectedly large sizes (a crafted file can "
+                         "declare terabytes), use smaller batches, or free memory")
+
+
 class ArtifactError(HalError):
     """A saved .hal artifact is missing, truncated, edited, or from an unknown
     backend: the file the caller passed is unusable, so it is an input error."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import safezip
 from .paths import atomic_file
-from .errors import ArtifactError, InvalidInputError
+from .errors import ArtifactError, InvalidInputError, out_of_memory
 from .types import Device, TensorSpec
 
 if TYPE_CHECKING:
@@ -191,8 +191,14 @@ class Executable:
 
     # --- the user-facing surface -------------------------------------------------
     def __call__(self, *inputs: Any):
-        outs = self.infer(self.check_inputs(inputs))
+        outs = self._infer(self.check_inputs(inputs))
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.infer(arrays)
+        except MemoryError:
+            raise out_of_memory(f"running the model on {self.info.target}") from None
 
     def run(self, inputs: Any) -> list[np.ndarray]:
         """Like ``__call__`` but takes a sequence or a name→array dict and
@@ -209,7 +215,7 @@ class Executable:
             inputs = [inputs[n] for n in names]
         elif isinstance(inputs, np.ndarray):
             inputs = [inputs]
-        return self.infer(self.check_inputs(tuple(inputs)))
+        return self._infer(self.check_inputs(tuple(inputs)))
 
     def check_inputs(self, inputs: tuple) -> list[np.ndarray]:
         """Count, dtype, shape and (by default) NaN/Inf, with one clear error
