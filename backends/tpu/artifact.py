@@ -5,7 +5,8 @@
   field is type-checked here and checked against ``hal.json``'s inputs, so a
   damaged or lying file is one ArtifactError, never a KeyError or TypeError.
 * torch: ``weights.npz`` (numpy arrays, read without pickle) and
-  ``program/b<n>.stablehlo.mlir``: data, rebuilt into XLA's call-module op.
+  ``program/b<n>.stablehlo.mlir``: parsed and checked by :mod:`.mlir_guard`,
+  whose re-print is rebuilt into XLA's call-module op.
 * Keras and SavedModel: ``saved_model/``, checked by
   :mod:`hal_backends.tf_graph_guard` before TensorFlow loads it.
 
@@ -14,8 +15,6 @@ Pure Python and numpy: no framework.
 
 from __future__ import annotations
 
-import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hal import ArtifactError
+from hal.npyfile import load_npz
 from hal.plugin import ExecutableInfo, read_json_object
 
 META = "tpu.json"
@@ -38,24 +38,25 @@ FIX = "re-create the artifact with hal compile (it was damaged or not written by
 
 @dataclass
 class Lowered:
-    """One bucket's StableHLO module and how to call it."""
+    """One bucket's StableHLO module and how to call it. The text is always
+    one that :func:`.mlir_guard.check` parsed and re-printed: custom-call
+    free, so it runs on the TPU and on XLA:CPU alike."""
 
     text: str
     #: the call-module arguments in order: ("param", state name) or ("input", index)
     args: list[tuple[str, Any]]
     out_shapes: list[tuple[int, ...]]
     out_dtypes: list[str]
-    #: True when the module holds no custom calls, so no platform check is needed.
-    portable: bool
 
     def to_dict(self) -> dict[str, Any]:
+        # "portable" (no custom calls) is always true now; older hal versions read it
         return {"args": [list(a) for a in self.args], "out_shapes": [list(s) for s in self.out_shapes],
-                "out_dtypes": self.out_dtypes, "portable": self.portable}
+                "out_dtypes": self.out_dtypes, "portable": True}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], text: str) -> Lowered:
         return cls(text, [tuple(a) for a in d["args"]], [tuple(s) for s in d["out_shapes"]],
-                   list(d["out_dtypes"]), bool(d["portable"]))
+                   list(d["out_dtypes"]))
 
 
 def bad(what: str) -> ArtifactError:
@@ -156,42 +157,15 @@ def _check_torch(d: dict[str, Any], sizes: list[int], n_inputs: int) -> None:
         odt = _strs(_need(low, "out_dtypes", list, where), f"{where}.out_dtypes")
         if len(odt) != len(outs) or any(x not in WEIGHT_DTYPES for x in odt):
             raise bad(f"{META} field {where}.out_dtypes does not give one dtype per output")
-        _need(low, "portable", bool, where)
+        _need(low, "portable", bool, where)  # read by older hal; the parsed program decides
 
 
-_MAIN = re.compile(r"func\.func\s+(?:public\s+)?@main\(")
-_ARG = re.compile(r"%[\w.$-]+\s*:\s*tensor<([^>]*)>")
-#: MLIR element types → the dtype names tpu.json and the weights use
-_MLIR_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64",
-                "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "ui8": "uint8",
-                "i1": "bool"}
-
-
-def main_signature(text: str) -> list[tuple[tuple[int, ...], str]] | None:
-    """The (shape, dtype) of each argument of the module's ``@main``, or None
-    when there is no static signature to read."""
-    m = _MAIN.search(text)
-    if m is None:
-        return None
-    depth, i = 1, m.end()
-    while depth and i < len(text):
-        depth += {"(": 1, ")": -1}.get(text[i], 0)
-        i += 1
-    out = []
-    for t in _ARG.findall(text[m.end():i - 1]):
-        *dims, elem = t.split("x") if "x" in t else [t]
-        if elem not in _MLIR_DTYPES or not all(d.isdigit() for d in dims):
-            return None
-        out.append((tuple(int(d) for d in dims), _MLIR_DTYPES[elem]))
-    return out
-
-
-def check_call_layout(n: int, low: Lowered, weights: dict[str, tuple[np.ndarray, str]],
+def check_call_layout(n: int, low: Lowered, sig: list[tuple[tuple[int, ...], str]] | None,
+                      weights: dict[str, tuple[np.ndarray, str]],
                       inputs: list[tuple[tuple[int, ...], str]]) -> None:
     """Each argument the call-module op passes (weight or input) must have the
-    shape and dtype the StableHLO's ``@main`` declares; XLA would otherwise
-    fail at the first call, not at load."""
-    sig = main_signature(low.text)
+    shape and dtype of ``sig``, the parsed ``@main``'s arguments (see
+    :mod:`.mlir_guard`); XLA would otherwise fail at the first call, not at load."""
     if sig is None or len(sig) != len(low.args):
         raise bad(f"StableHLO of batch bucket {n} does not declare the {len(low.args)} static "
                   "argument(s) tpu.json lists")
@@ -207,17 +181,18 @@ def write_weights(path: Path, arrays: list[np.ndarray]) -> None:
 
 
 def read_weights(path: Path, meta: dict[str, Any]) -> dict[str, tuple[np.ndarray, str]]:
-    """The weights by parameter name, with their TensorFlow dtype; numpy reads
-    them with ``allow_pickle=False``, so an object array is refused, not run."""
+    """The weights by parameter name, with their TensorFlow dtype, read by
+    :func:`hal.npyfile.load_npz`: an object array is refused, not run, and a
+    declared size the file does not store is refused before anything is allocated."""
     names, dtypes = meta["param_names"], meta["param_dtypes"]
     want = {f"p{i}" for i in range(len(names))}
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if set(z.files) != want:
-                raise bad(f"{WEIGHTS} holds {len(z.files)} array(s), {META} lists {len(names)}")
-            arrays = [z[f"p{i}"] for i in range(len(names))]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        z = load_npz(path, f"the tpu artifact's {WEIGHTS}", ArtifactError)
+    except OSError as e:
         raise bad(f"{WEIGHTS} is missing or unreadable ({type(e).__name__})") from None
+    if set(z) != want:
+        raise bad(f"{WEIGHTS} holds {len(z)} array(s), {META} lists {len(names)}")
+    arrays = [z[f"p{i}"] for i in range(len(names))]
     out = {}
     for name, dt, a in zip(names, dtypes, arrays):
         stored = "float32" if dt == "bfloat16" else dt

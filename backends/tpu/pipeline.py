@@ -7,17 +7,15 @@ failures (unsupported ops, shape errors) surface here, not at the first call.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from hal import (ArtifactError, Device, HalError, InvalidInputError, NoConversionPath,
+from hal import (Device, DeviceUnavailableError, HalError, InvalidInputError, NoConversionPath,
                  UnsupportedError, UsageError)
 from hal.plugin import CompileOptions, ExecutableInfo, Model, TensorSpec, require
 
-from .. import tf_graph_guard as guard
 from . import artifact as A
 from . import programs as P
 from .artifact import PROGRAM_DIR, SAVED
@@ -83,8 +81,8 @@ def _bucket_note(buckets: Buckets) -> str:
 
 # --- torch ---------------------------------------------------------------------------------
 def compile_torch(backend, model: Model, device: Device, options: CompileOptions, system) -> TpuExecutable:
-    require(("litert_torch",), "a torch model on the TPU (through litert-torch's StableHLO lowering)",
-            NoConversionPath, extra="tpu")
+    require(("litert_torch", "jaxlib"), "a torch model on the TPU (through litert-torch's StableHLO "
+            "lowering, checked with jaxlib's MLIR parser)", NoConversionPath, extra="tpu")
     from . import torch_lower as TL
 
     opts = parse_options(options.backend_options)
@@ -120,7 +118,7 @@ def compile_torch(backend, model: Model, device: Device, options: CompileOptions
     mod = P.torch_module(weights, strategy)
     program = P.Program(mod, {}, strategy)
     for n in sizes:
-        program.add(n, P.call_module_fn(mod, lowered[n], names, specs(n), _platform(device)))
+        program.add(n, P.call_module_fn(mod, lowered[n], names, specs(n)))
     outs = _first_run(program, first, arrays, "StableHLO module")
     path = ["torch.export (static shape per bucket)",
             "litert-torch StableHLO lowering (exported_program_to_mlir)"]
@@ -240,7 +238,6 @@ def compile_saved_model(backend, model: Model, device: Device, options: CompileO
 
 
 # --- load ----------------------------------------------------------------------------------------
-_BF16 = re.compile(r"[<x]bf16>")
 DT_BFLOAT16 = 14  # tensorflow.core.framework.types_pb2.DT_BFLOAT16
 
 
@@ -267,27 +264,27 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: di
     strategy = system.strategy if system is not None else None
     stablehlo: dict[int, str] = {}
     if meta["kind"] == "torch":
+        require(("jaxlib",), "loading a torch model's tpu artifact (its StableHLO is parsed with "
+                "jaxlib's MLIR before XLA sees it)", DeviceUnavailableError, extra="tpu")
+        from . import mlir_guard
+
         lowered: dict[int, Lowered] = {}
+        sigs, bf16 = {}, False
         for n in buckets.sizes:
             text = A.read_text(artifact / PROGRAM_DIR / f"b{n}.stablehlo.mlir",
                                f"StableHLO of batch bucket {n}")
-            guard.check_stablehlo_text(text, ArtifactError, f"the tpu artifact's StableHLO (bucket "
-                                       f"{n})", "re-create the artifact with hal compile")
-            low = Lowered.from_dict(meta["lowered"][str(n)], text)
-            low.portable = "custom_call" not in text  # the text decides, not the claim
-            lowered[n] = low
-        _claimed_precision(info, "torch", any(_BF16.search(t.text) for t in lowered.values()))
-        if not all(low.portable for low in lowered.values()) and meta["platform"] != _platform(device):
-            raise ArtifactError(
-                f"this artifact's StableHLO holds custom calls lowered for {meta['platform']}, "
-                f"so it cannot run on {device.target}", "recompile the model for this target")
+            # parsed and checked; XLA gets the re-print, never the file's text
+            checked = mlir_guard.check(text, lambda why, n=n: A.bad(f"StableHLO of batch bucket "
+                                                                    f"{n} {why}"))
+            lowered[n] = Lowered.from_dict(meta["lowered"][str(n)], checked.text)
+            sigs[n], bf16 = checked.main_args, bf16 or checked.bf16
+        _claimed_precision(info, "torch", bf16)
         weights = A.read_weights(artifact / A.WEIGHTS, meta)
         for n, low in lowered.items():
-            A.check_call_layout(n, low, weights, [(tuple(s), d) for s, d in
-                                                  zip(_shapes(base, n, buckets.batched),
-                                                      meta["in_dtypes"])])
-        program = P.rebuild_torch(weights, lowered, meta["param_names"], specs, meta["platform"],
-                                  strategy)
+            A.check_call_layout(n, low, sigs[n], weights, [(tuple(s), d) for s, d in
+                                                           zip(_shapes(base, n, buckets.batched),
+                                                               meta["in_dtypes"])])
+        program = P.rebuild_torch(weights, lowered, meta["param_names"], specs, strategy)
         stablehlo = {n: low.text for n, low in lowered.items()}
     else:
         full_fp32(device, info.precision)

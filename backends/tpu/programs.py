@@ -9,7 +9,7 @@ and one ``tf.function(jit_compile=True)`` per batch bucket (attribute ``b<n>``).
 
 Keras and SavedModel executables are saved with ``tf.saved_model.save``; a
 torch executable is saved as data (its StableHLO text and weights) and rebuilt
-by :func:`rebuild_torch`. Every SavedModel is checked by
+by :func:`rebuild_torch` from the text :mod:`.mlir_guard` re-printed. Every SavedModel is checked by
 :mod:`hal_backends.tf_graph_guard` before ``tf.saved_model.load`` sees it: a
 TensorFlow graph is code. On a TPU every call goes through the one-core
 ``TPUStrategy`` and variables are created under its scope.
@@ -62,25 +62,24 @@ def torch_module(state: dict[str, tuple[np.ndarray, str]], strategy) -> tf.Modul
 
 
 def call_module_fn(mod: tf.Module, low: Lowered, names: list[str],
-                   specs: list[tf.TensorSpec], platform: str) -> Callable:
+                   specs: list[tf.TensorSpec]) -> Callable:
     """The jit-compiled function that runs one bucket's StableHLO module.
 
-    A portable module (no custom calls) is marked as lowered for TPU with the
-    platform check disabled, so the very same SavedModel runs on the TPU and on
-    XLA:CPU; a module with custom calls is bound to the platform it was built for."""
+    ``low.text`` passed :mod:`.mlir_guard` (no custom calls, nothing
+    platform-specific), so it is marked as lowered for TPU with the platform
+    check disabled: the very same program runs on the TPU and on XLA:CPU."""
     from tensorflow.compiler.tf2xla.python import xla as tfxla
 
     index = {n: i for i, n in enumerate(names)}
     version = tfxla.call_module_maximum_supported_version()
     tout = [tf.as_dtype(d) for d in low.out_dtypes]
     sout = [list(s) for s in low.out_shapes]
-    platforms = ["TPU"] if low.portable else [platform]
-    disabled = [tfxla.call_module_disable_check_platform()] if low.portable else []
+    disabled = [tfxla.call_module_disable_check_platform()]
 
     def run(*xs):
         args = [xs[v] if kind == "input" else mod.params[index[v]] for kind, v in low.args]
         return tuple(tfxla.call_module(args, version=version, module=low.text, Tout=tout,
-                                       Sout=sout, platforms=platforms, function_list=[],
+                                       Sout=sout, platforms=["TPU"], function_list=[],
                                        disabled_checks=disabled))
 
     return tf.function(run, jit_compile=True, input_signature=specs, reduce_retracing=False)
@@ -257,14 +256,14 @@ def restore(path: str, sizes: tuple[int, ...], specs: Callable[[int], list[tf.Te
 
 
 def rebuild_torch(weights: dict[str, tuple[np.ndarray, str]], lowered: dict[int, Lowered],
-                  names: list[str], specs: Callable[[int], list[tf.TensorSpec]], platform: str,
+                  names: list[str], specs: Callable[[int], list[tf.TensorSpec]],
                   strategy=None) -> Program:
     """A torch executable from data: the weights as variables and each bucket's
     StableHLO through XLA's call-module op, exactly as compile built it."""
     mod = torch_module(weights, strategy)
     program = Program(mod, {}, strategy)
     for n, low in lowered.items():
-        program.add(n, _traced(call_module_fn(mod, low, names, specs(n), platform),
+        program.add(n, _traced(call_module_fn(mod, low, names, specs(n)),
                                f"the tpu artifact's StableHLO for batch bucket {n}"))
     return program
 

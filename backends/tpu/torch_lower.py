@@ -24,8 +24,8 @@ from hal.errors import brief
 from hal.formats.builtin import export_static
 from hal.plugin import Model
 
-from .. import tf_graph_guard as guard
 from .. import torch_common as tc
+from . import mlir_guard
 from .artifact import Lowered
 
 #: MLIR dialects XLA's call-module op accepts; anything else cannot run on XLA.
@@ -88,35 +88,65 @@ def _lowering_error(e: BaseException) -> Exception:
                         "simplify the failing op, or compile a Keras/SavedModel version of the model")
 
 
-def _walk(op, fn) -> None:
+def _walk(op, fn, func: str = "") -> None:
+    """``fn(op, name of the function holding it)`` for every op nested in ``op``."""
+    from litert_converter.mlir import ir
+
     for region in op.regions:
         for block in region.blocks:
             for inner in block.operations:
-                fn(inner.operation)
-                _walk(inner.operation, fn)
+                inner = inner.operation
+                name = func
+                if inner.name == "func.func":
+                    name = ir.StringAttr(inner.attributes["sym_name"]).value
+                fn(inner, name)
+                _walk(inner, fn, name)
 
 
-def _finish(lowered, fp32: bool) -> tuple[str, bool]:
+def _torch_op(loc: str, func: str) -> str:
+    """The torch op a lowered op came from, as litert-torch records it: the FX
+    node in the location (``loc("<module path>;"("multinomial"(...)))``), else
+    the name of the helper function holding it (``@_aten_gelu_5_3002edd5``)."""
+    names = re.findall(r'"([^"]*)"\(', loc)
+    if len(names) >= 2:
+        return f"{names[1]!r} (in {names[0].rstrip(';').rsplit('/', 1)[-1]})"
+    m = re.match(r"_?aten_(\w+?)_\d+_[0-9a-f]+$", func)
+    return f"aten.{m.group(1)}" if m else f"lowered as @{func}"
+
+
+def _finish(lowered, fp32: bool) -> str:
     """Set HIGHEST precision on fp32 dots/convolutions, refuse ops outside
-    XLA's dialects (naming them), and return the module text."""
+    XLA's dialects and custom calls (naming them and the torch op), and
+    return the module text."""
     from litert_converter.mlir import ir
 
     foreign: set[str] = set()
-    custom = [False]
+    custom: list[tuple[str, str, str]] = []  # target, location, function
+    calls: dict[str, str] = {}  # callee → location of its call site
     with lowered.ctx, ir.Location.unknown():
         highest = ir.Attribute.parse("[#stablehlo<precision HIGHEST>, #stablehlo<precision HIGHEST>]")
 
-        def visit(op) -> None:
+        def visit(op, func: str) -> None:
             name = op.name
             if name in PRECISION_OPS and fp32:
                 op.attributes["precision_config"] = highest
+            if name == "func.call":
+                calls[ir.FlatSymbolRefAttr(op.attributes["callee"]).value] = str(op.location)
             if name == "stablehlo.custom_call":
-                custom[0] = True
+                custom.append((ir.StringAttr(op.attributes["call_target_name"]).value,
+                               str(op.location), func))
             dialect = name.split(".", 1)[0]
             if dialect not in XLA_DIALECTS and name != "arith.constant":
                 foreign.add(name)
 
         _walk(lowered.module.operation, visit)
+    if custom:  # hal's own lowerings make none; torch.multinomial makes 'tfl.multinomial'
+        target, loc, func = custom[0]
+        torch_op = _torch_op(loc if '"(' in loc else calls.get(func, ""), func)
+        raise UnsupportedError(
+            f"litert-torch lowers torch op {torch_op} to XLA custom call {target!r}: native code "
+            f"found by name, which hal does not run (nor load from an artifact)",
+            "replace that torch op, or compile a Keras/SavedModel version of the model")
     if foreign:
         raise UnsupportedError(
             f"the StableHLO lowering left op(s) {', '.join(sorted(foreign))} that XLA cannot run",
@@ -124,7 +154,7 @@ def _finish(lowered, fp32: bool) -> tuple[str, bool]:
     # arith.constant has stablehlo.constant's syntax and meaning for tensors; XLA's
     # call-module op does not load the arith dialect (litert-torch's TF bridge does the same).
     text = lowered.module.operation.get_asm(large_elements_limit=1 << 62)
-    return text.replace("arith.constant", "stablehlo.constant"), not custom[0]
+    return text.replace("arith.constant", "stablehlo.constant")
 
 
 def prepare(model: Model, precision: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
@@ -160,10 +190,11 @@ def lower(module: torch.nn.Module, args: tuple[torch.Tensor, ...], precision: st
                 low = lexp.exported_program_to_mlir(ep, inline_constants=False)
         except Exception as e:  # noqa: BLE001 - the lowering raises whatever the op raised
             raise _lowering_error(e) from None
-        text, portable = _finish(low, precision == "fp32")
-        # the same check load applies, so that every artifact compile writes also loads
-        guard.check_stablehlo_text(text, UnsupportedError, "the StableHLO lowering",
-                                   "replace the torch op that lowers to this custom call")
+        # the check load applies, so that every artifact compile writes also loads; XLA
+        # runs the re-print, as it will after a load
+        text = mlir_guard.check(_finish(low, precision == "fp32"), lambda why: UnsupportedError(
+            f"the StableHLO lowering {why}", "replace the torch op that produces it, or compile "
+            "a Keras/SavedModel version of the model")).text
         call: list[tuple[str, Any]] = []
         for sig in low.input_signature:
             if sig.input_spec.is_user_input:
@@ -172,7 +203,7 @@ def lower(module: torch.nn.Module, args: tuple[torch.Tensor, ...], precision: st
                 call.append(("param", sig.input_spec.name))
                 state.setdefault(sig.input_spec.name, low.state_dict[sig.input_spec.name])
         out[n] = Lowered(text, call, [tuple(int(d) for d in s.shape) for s in low.output_signature],
-                         [np_dtype(s.dtype) for s in low.output_signature], portable)
+                         [np_dtype(s.dtype) for s in low.output_signature])
     return out
 
 
