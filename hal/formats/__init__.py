@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import stage
-from ..errors import ModelFormatError, NoConversionPath
+from ..errors import HalError, ModelFormatError, NoConversionPath, brief, printable
 from ..packages import install_hint, missing
+from ..paths import require_inside, require_tree_inside
 from ..types import CompileOptions
 
 #: file suffixes that are Python pickles: never loaded.
@@ -41,8 +42,12 @@ class Format:
     sniff: Callable[[Path], bool] | None = None
     #: path → in-memory value; raise ModelFormatError on a bad file.
     read: Callable[[Path], Any] | None = None
-    #: value → bytes that change whenever the model changes (cache key).
+    #: value → bytes that change whenever what runs changes (cache key); raises
+    #: :class:`Unkeyable` when it cannot tell, and the compile goes uncached.
     fingerprint: Callable[[Any], bytes] | None = None
+    #: path → every file a model on disk consists of (an IR's .bin, ONNX external
+    #: data); its key hashes their stored bytes. Default: the file, or a folder's files.
+    files: Callable[[Path], list[Path]] | None = None
     requires: tuple[str, ...] = ()
     #: what installs ``requires``: hal's extra, or a plugin's own pip requirement
     extra: str | None = None
@@ -80,24 +85,40 @@ class Model:
     _fingerprint: str | None = None
 
     def digest(self, formats: dict[str, Format]) -> str:
+        """The model part of the cache key. A file model is keyed by its stored
+        bytes, streamed (never by what loading it built: a ``.pt2`` may declare
+        terabytes it does not store); an in-memory one by its format's
+        fingerprint. Raises :class:`Unkeyable` when neither can say what runs."""
         if self._fingerprint is None:
             h = hashlib.sha256(self.format.encode())
             fmt = formats.get(self.format)
-            if self.path is not None and (fmt is None or fmt.fingerprint is None):
-                h.update(hash_path(self.path))
+            if self.path is not None:
+                files = fmt.files(self.path) if fmt is not None and fmt.files else None
+                h.update(hash_path(self.path, files))
             elif fmt is not None and fmt.fingerprint is not None:
                 h.update(fmt.fingerprint(self.value))
             else:
-                raise ModelFormatError(f"cannot fingerprint a {self.format} model", "pass cache=False")
+                raise Unkeyable(f"hal cannot fingerprint a {self.format} model")
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
 
-def hash_path(path: Path) -> bytes:
+class Unkeyable(Exception):
+    """The cache key cannot capture everything that runs: compile uncached."""
+
+
+def hash_path(path: Path, files: list[Path] | None = None) -> bytes:
+    """sha256 of the files' names (relative to ``path``'s folder) and stored
+    bytes, read in 1 MiB chunks. ``files`` defaults to ``path`` itself, or
+    every file under a folder."""
+    path = Path(path)
+    base = path if path.is_dir() else path.parent
+    if files is None:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
-        h.update(str(f.relative_to(path if path.is_dir() else path.parent)).encode())
+        name = os.path.relpath(f, base).encode()
+        h.update(len(name).to_bytes(8, "little") + name + f.stat().st_size.to_bytes(8, "little"))
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -144,6 +165,7 @@ def _identify_path(path: Path, formats: dict[str, Format]) -> Model:
             if absent:
                 raise NoConversionPath(f"reading {fmt.name} models needs {', '.join(absent)}",
                                        install_hint(absent, fmt.extra, fmt.install))
+            _check_folder(path, fmt)
             value = fmt.read(path) if fmt.read else path
             return Model(fmt.name, value, path=path)
     known = sorted({s for f in formats.values() for s in f.suffixes})
@@ -151,6 +173,24 @@ def _identify_path(path: Path, formats: dict[str, Format]) -> Model:
         f"{path} is not a model format hal recognises",
         f"pass a file ending in one of {', '.join(known)}, or a SavedModel directory",
     )
+
+
+def _check_folder(path: Path, fmt: Format) -> None:
+    """The folder rule (:mod:`hal.paths`) before any reader opens the model: a
+    folder model's every entry, and a file model's companions (``Format.files``),
+    resolve inside the model's own folder."""
+    what = f"the {fmt.name} model {printable(path.name, 80)}"
+    if path.is_dir():
+        require_tree_inside(path, ModelFormatError, what)
+    elif fmt.files is not None:
+        try:
+            files = fmt.files(path)
+        except HalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the format's own parser
+            raise ModelFormatError(f"{path} is not a readable {fmt.name} model (empty, truncated or "
+                                   f"corrupt: {brief(e, 160)})", "re-export it") from None
+        require_inside(path.parent, [f for f in files if f != path], ModelFormatError, what)
 
 
 _scope: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("hal_scratch", default=None)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import CompileError, ModelFormatError, UsageError, brief
 from ..hookspecs import hookimpl
-from . import Converter, Format, Model, hash_path, scratch_dir
+from . import Converter, Format, Model, Unkeyable, hash_path, scratch_dir
 from .pt2 import read as safe_export_read
 
 
@@ -44,42 +44,79 @@ def _is_tflite(obj: Any) -> bool:
 
 
 # --- fingerprints ------------------------------------------------------------------
+# A key hashes what runs, never a ``repr``; a file model is keyed by its stored bytes
+# (Model.digest, with Format.files below), so these see in-memory models only.
 def _tensor_bytes(h, named) -> None:
+    import torch
+
     for name, t in named:
+        if not isinstance(t, torch.Tensor) or t.is_quantized or t.layout != torch.strided:
+            raise Unkeyable(f"constant {name} is a {type(t).__name__}, which the cache key cannot read")
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def _fp_torch_module(m) -> bytes:
-    import inspect
+    from .torchkey import fingerprint
 
-    h = hashlib.sha256()
-    for cls in type(m).__mro__:
-        if cls.__module__.startswith("torch."):
-            break
-        try:
-            h.update(inspect.getsource(cls).encode())
-        except (OSError, TypeError):
-            h.update(cls.__qualname__.encode())
-    h.update(repr(m).encode())
-    h.update(str(m.training).encode())
-    _tensor_bytes(h, m.state_dict(keep_vars=False).items())
-    return h.digest()
+    return fingerprint(m)
 
 
 def _fp_exported(ep) -> bytes:
-    h = hashlib.sha256(str(ep.graph_module.code).encode())
+    """The program as it runs: every graph's code (control-flow branches are
+    submodules), the signature, shape constraints and call specs, and every
+    parameter, buffer and constant by bytes. A non-tensor constant (a torchbind
+    object) is unkeyable."""
+    h = hashlib.sha256()
+    for name, gm in ep.graph_module.named_modules():
+        code = getattr(gm, "code", None)
+        h.update(f"{name}\0{code}\0".encode())
+    h.update(str(ep.graph_signature).encode())
+    h.update(str(sorted((str(k), str(v)) for k, v in ep.range_constraints.items())).encode())
+    h.update(str(ep.call_spec).encode())
+    h.update(str(getattr(ep, "verifiers", None) or getattr(ep, "dialect", "")).encode())
     _tensor_bytes(h, ep.state_dict.items())
-    _tensor_bytes(h, ((k, v) for k, v in ep.constants.items() if hasattr(v, "detach")))
+    _tensor_bytes(h, ep.constants.items())
     return h.digest()
 
 
 def _fp_keras(m) -> bytes:
-    h = hashlib.sha256(m.to_json().encode())
+    """Config (``to_json``), every weight's bytes, and each layer's class: a custom
+    layer's ``call`` is code that ``to_json`` names but does not contain."""
+    from .torchkey import class_key
+
+    try:
+        h = hashlib.sha256(m.to_json().encode())
+    except Exception as e:  # noqa: BLE001 - a subclassed model without get_config
+        raise Unkeyable(f"the Keras model has no config to key ({brief(e, 120)})") from None
+    layers = m._flatten_layers(include_self=True, recursive=True) if hasattr(m, "_flatten_layers") \
+        else [m, *m.layers]
+    for layer in layers:
+        h.update(class_key(type(layer)))
     for w in m.weights:
-        h.update(np.asarray(w.numpy()).tobytes())
+        a = np.ascontiguousarray(w.numpy())
+        h.update(f"{w.path if hasattr(w, 'path') else w.name}:{a.dtype}:{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
     return h.digest()
+
+
+def _onnx_files(path: Path) -> list[Path]:
+    """The .onnx file and every external-data file its tensors name."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    m = onnx.load(str(path), load_external_data=False)
+    names = set()
+    for t in _get_all_tensors(m):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            names |= {e.value for e in t.external_data if e.key == "location"}
+    return [path] + [path.parent / n for n in sorted(names)]
+
+
+def _ir_files(path: Path) -> list[Path]:
+    return [path, path.with_suffix(".bin")]
 
 
 # --- safe loaders -------------------------------------------------------------------
@@ -221,8 +258,8 @@ def register_formats(register):
                     detect=_is_exported, read=safe_export_read, fingerprint=_fp_exported,
                     requires=("torch",), extra="cpu"))
     register(Format("onnx", "ONNX ModelProto (.onnx)", suffixes=(".onnx",), detect=_is_onnx,
-                    read=_read_onnx, fingerprint=lambda m: m.SerializeToString(),
-                    requires=("onnx",), extra="cpu"))
+                    read=_read_onnx, fingerprint=lambda m: m.SerializeToString(deterministic=True),
+                    files=_onnx_files, requires=("onnx",), extra="cpu"))
     register(Format("tflite", "TFLite flatbuffer (.tflite)", suffixes=(".tflite",),
                     detect=_is_tflite, read=_read_tflite, fingerprint=bytes))
     register(Format("keras", "Keras model (.keras)", suffixes=(".keras",), detect=_is_keras,
@@ -230,7 +267,7 @@ def register_formats(register):
     register(Format("savedmodel", "TensorFlow SavedModel directory", sniff=_is_saved_model_dir,
                     fingerprint=lambda p: hash_path(Path(p))))
     register(Format("openvino.ir", "OpenVINO IR (.xml + .bin)", suffixes=(".xml",), read=_read_ir,
-                    fingerprint=lambda p: hash_path(Path(p)) + hash_path(Path(p).with_suffix(".bin"))))
+                    fingerprint=lambda p: hash_path(Path(p), _ir_files(Path(p))), files=_ir_files))
 
 
 @hookimpl
