@@ -2,7 +2,14 @@
 
 The key covers everything that shapes the artifact (model content, backend and
 its runtime version, device, precision, options, calibration data, hal's own
-version). Writes are atomic (``Executable.save``) and a file lock makes two
+version). The model part hashes what runs, never a ``repr``
+(``hal.formats.Model.digest``): a file by the stored bytes of every file it
+consists of (an IR's ``.bin``, ONNX external data, a SavedModel's folder),
+streamed; an ``nn.Module`` by a canonical walk of every submodule's class
+code, ``__dict__`` (plain attributes, configs, hooks) and tensors
+(``hal.formats.torchkey``); an ``ExportedProgram`` by every graph's code and
+constant. A model whose state the key cannot read compiles uncached, with a
+note. Writes are atomic (``Executable.save``) and a file lock makes two
 processes compiling the same model wait for one another instead of racing.
 
 An entry is as untrusted as any ``.hal`` file: it is loaded through the same
