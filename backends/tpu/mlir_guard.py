@@ -124,7 +124,8 @@ def _parse(text: str, ctx):
         if diags:
             d = diags[0]
             where = re.sub(r'^loc\("-":(\d+):(\d+)\)$', r"line \1, column \2", str(d.location))
-            msg = f"{d.message} ({where})"
+            # MLIR's hint for its command-line tools is no help here
+            msg = f"{d.message.split('. If this is intended')[0]} ({where})"
         else:
             msg = brief(e, 160)
         raise _Refused(f"is not valid MLIR: {printable(' '.join(msg.split()), 160)}") from None
