@@ -17,13 +17,14 @@ def register_formats(register):
 
 @hookimpl
 def register_converters(register):
-    from . import convert
+    from . import convert, torch_import
 
-    def ov(source, fn, *requires):
-        register(Converter("ov.convert_model", source, "openvino.model", fn,
+    def ov(source, fn, *requires, name="ov.convert_model"):
+        register(Converter(name, source, "openvino.model", fn,
                            requires=("openvino", *requires), extra="openvino"))
 
-    ov("torch.nn", convert.from_torch, "torch")
+    # torch.export first (it refuses data-dependent branches); a checked trace only if it fails
+    ov("torch.nn", torch_import.from_torch, "torch", name="torch.export.export + ov.convert_model")
     ov("torch.export", convert.from_exported, "torch")
     register(Converter("Core.read_model", "onnx", "openvino.model", convert.from_onnx,
                        requires=("openvino", "onnx"), extra="openvino"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from hal import CompileError, HalError, ModelFormatError
 from hal.plugin import Model
-from hal.formats.builtin import scratch_dir, torch_example_args
+from hal.formats.builtin import scratch_dir
 
 from . import compat
 
@@ -88,20 +88,6 @@ def take_notes(ov_model, keep: bool = False) -> list[str]:
     if not keep:
         del rt[NOTES]
     return out
-
-
-def from_torch(model: Model, options) -> Any:
-    import torch
-
-    args = torch_example_args(model)
-    m = model.value
-    training = m.training
-    m.eval()
-    try:
-        with torch.no_grad():
-            return _convert(m, "torch module", example_input=args[0] if len(args) == 1 else args)
-    finally:
-        m.train(training)
 
 
 def from_exported(model: Model, options) -> Any:
