@@ -37,12 +37,16 @@ def installed_version(*dists: str) -> str | None:
 def install_hint(modules: list[str] | tuple[str, ...], extra: str | None = None,
                  install: str | None = None) -> str:
     """What to run to get ``modules``: the plugin's own pip requirement
-    (``install``, e.g. ``"hal-npu-plugin[runtime]"``), else hal's extra, else the
+    (``install``, e.g. ``"hal-npu-plugin[runtime]"``), else hal's extra (a deploy-only
+    ``X-runtime`` extra names ``X``, which compiles too), else the
     modules' usual PyPI names (``ai_edge_litert`` → ``ai-edge-litert``)."""
     if install:
         return f"pip install '{install}'"
     if extra:
-        return f"pip install 'hal-accel[{extra}]'"
+        hint = f"pip install 'hal-accel[{extra}]'"
+        if extra.endswith("-runtime"):  # deploy-only extras: say which one compiles too
+            hint += f" to load and run .hal files, 'hal-accel[{extra[:-len('-runtime')]}]' to compile too"
+        return hint
     names = sorted({m.split(".")[0].replace("_", "-") for m in modules})
     return "pip install " + " ".join(names) if names else "install the plugin's runtime"
 

@@ -46,7 +46,7 @@ class CudaBackend(Backend):
     def probe(self) -> list[Device]:
         from . import devices
 
-        return devices.probe(self.name)
+        return devices.probe(self.name, self.missing_runtime())
 
     def refuse_precision(self, precision: str, device: Device, why: str = "") -> UnsupportedError:
         if not why and precision == "bf16":

@@ -85,11 +85,15 @@ def gpus(torch) -> tuple[list[Gpu], str]:
     return out, ""
 
 
-def probe(backend: str) -> list[Device]:
+def probe(backend: str, missing_runtime: str | None = None) -> list[Device]:
+    aliases0 = ("cuda:0", "gpu:0", "gpu")
+    if missing_runtime:  # no torch: the devices are listed with what to install, torch is not imported
+        return [Device(backend, "0", "CUDA GPU", available=False, reason=missing_runtime,
+                       aliases=aliases0, precisions=PRECISIONS, rank=RANK),
+                _all_device(backend, [], missing_runtime)]
     import torch
 
     found, why = gpus(torch)
-    aliases0 = ("cuda:0", "gpu:0", "gpu")
     if not found:
         return [Device(backend, "0", "CUDA GPU", available=False, reason=why, aliases=aliases0,
                        precisions=PRECISIONS, rank=RANK),

@@ -29,7 +29,7 @@ class EdgeTpuBackend(Backend):
     precisions = PRECISIONS
     aliases = ("coral",)
     requires = ("ai_edge_litert",)
-    extra = "edgetpu"
+    extra = "edgetpu-runtime"  # loading and running; compiling adds hal-accel[edgetpu]
     options = OPTIONS
 
     def version(self) -> str:

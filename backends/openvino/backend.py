@@ -23,7 +23,7 @@ class OpenVINOBackend(Backend):
     precisions = devices.ALL
     aliases = ("movidius", "npu")
     requires = ("openvino",)
-    extra = "openvino"
+    extra = "openvino-runtime"  # loading and running; compiling adds hal-accel[openvino]
     options = pipeline.OPTIONS
 
     def version(self) -> str:
@@ -47,6 +47,8 @@ class OpenVINOBackend(Backend):
         ov_model = _static_shapes(model.value, options.example_input, copy=not model.converted)
         bitview.check_ports(ov_model)
         path = []
+        if precision in ("int8", "int8-dynamic"):
+            devices.require_quantizer(precision)
         with stage("quantize"):
             if precision == "int8":
                 ov_model, step = pipeline.quantize_int8(ov_model, options.calibration or [],

@@ -10,12 +10,12 @@ up front instead of being quietly run at another precision.
 from __future__ import annotations
 
 
-from hal import Device
+from hal import Device, UnsupportedError
 
 from . import compat
 from .convert import short as _short
 
-from hal.plugin import host_memory_bytes, missing
+from hal.plugin import host_memory_bytes, require
 
 NAME = "openvino"
 #: target="auto" ranking among hardware: accelerators above the CPU, the
@@ -39,12 +39,21 @@ def aliases_for(device_id: str, legacy: bool) -> tuple[str, ...]:
     return ()
 
 
-def _nncf() -> bool:
-    return not missing(("nncf",))
+#: what quantizing needs; running a quantized model needs OpenVINO alone
+QUANTIZER = ("nncf",)
+
+
+def require_quantizer(precision: str) -> None:
+    """Compiling int8 / int8-dynamic quantizes with NNCF; a device's precisions
+    do not depend on it, so an int8 ``.hal`` loads and runs where only the
+    OpenVINO runtime is installed (``hal-accel[openvino-runtime]``)."""
+    require(QUANTIZER, f"quantizing to {precision} for OpenVINO (loading and running a "
+            "quantized .hal does not need it)", UnsupportedError, extra="openvino")
 
 
 def precisions(kind: str, caps: list[str], props: list[str]) -> tuple[str, ...]:
-    """What the plugin can honour, from its capabilities; MYRIAD is fp16 only."""
+    """What the plugin can run, from its capabilities; MYRIAD is fp16 only. Not
+    whether NNCF is installed: that is a compile-time question (:func:`require_quantizer`)."""
     if kind == "MYRIAD":
         return ("fp16",)
     out = []
@@ -54,9 +63,9 @@ def precisions(kind: str, caps: list[str], props: list[str]) -> tuple[str, ...]:
         out.append("fp16")
     if "BF16" in caps:
         out.append("bf16")
-    if "INT8" in caps and _nncf():
+    if "INT8" in caps:
         out.append("int8")
-    if kind == "CPU" and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in props and _nncf():
+    if kind == "CPU" and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in props:
         out.append("int8-dynamic")
     return tuple(out)
 
@@ -67,8 +76,6 @@ def why_not(precision: str, device: Device) -> str:
     caps = device.properties.get("optimization_capabilities", [])
     if kind == "MYRIAD":
         return "MYRIAD (Movidius) runs fp16 only"
-    if precision in ("int8", "int8-dynamic") and not _nncf():
-        return f"{precision} uses NNCF, which is not installed (pip install 'hal-accel[openvino]')"
     if precision == "int8-dynamic":
         return ("int8-dynamic uses the CPU plugin's dynamic quantization "
                 "(DYNAMIC_QUANTIZATION_GROUP_SIZE), which only the OpenVINO CPU device has")

@@ -37,7 +37,7 @@ class TpuBackend(Backend):
     precisions = PRECISIONS
     aliases = ("tpu",)
     requires = ("tensorflow",)
-    extra = "tpu"
+    extra = "tpu-runtime"  # loading and running; compiling adds hal-accel[tpu]
     options = KNOWN_OPTIONS
 
     def version(self) -> str:

@@ -265,7 +265,7 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: di
     stablehlo: dict[int, str] = {}
     if meta["kind"] == "torch":
         require(("jaxlib",), "loading a torch model's tpu artifact (its StableHLO is parsed with "
-                "jaxlib's MLIR before XLA sees it)", DeviceUnavailableError, extra="tpu")
+                "jaxlib's MLIR before XLA sees it)", DeviceUnavailableError, extra="tpu-runtime")
         from . import mlir_guard
 
         lowered: dict[int, Lowered] = {}
