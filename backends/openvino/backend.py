@@ -47,10 +47,16 @@ class OpenVINOBackend(Backend):
         ov_model = _static_shapes(model.value, options.example_input, copy=not model.converted)
         bitview.check_ports(ov_model)
         path = []
-        if precision in ("int8", "int8-dynamic"):
-            devices.require_quantizer(precision)
         with stage("quantize"):
-            if precision == "int8":
+            pre = pipeline.check_prequantized(ov_model, precision, device)
+            if precision in ("int8", "int8-dynamic") and not pre:
+                devices.require_quantizer(precision)
+            if pre:  # QDQ ONNX, int8 TFLite, an IR with FakeQuantize: never quantized twice
+                path.append(f"already quantized ({pre}): run as given, not quantized again")
+                if options.calibration:
+                    pipeline.check_calibration(ov_model, options.calibration)
+                    notes.append("calibration data not used: the model carries its own quantization")
+            elif precision == "int8":
                 ov_model, step = pipeline.quantize_int8(ov_model, options.calibration or [],
                                                         options.backend_options)
                 path.append(step)
@@ -68,6 +74,9 @@ class OpenVINOBackend(Backend):
                               extra={"config": config, **facts,
                                      "execution_devices": _exec_devices(compiled)})
         info.notes.extend(notes)
+        if facts.get("weights_stored"):
+            info.notes.append("the model stores its weights in f16 (ov.save_model's default "
+                              "compress_to_fp16=True); OpenVINO decompresses them and computes in f32")
         if precision == "int8-dynamic":
             info.notes.append("int8-dynamic: weights are stored int8; FullyConnected activations are "
                               "quantized per call by the CPU plugin; convolutions compute in fp32 "

@@ -131,13 +131,23 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def _check_calibration(ov_model, calibration) -> None:
+def check_calibration(ov_model, calibration) -> None:
+    """Each sample has one array per input, of the input's shape and dtype: NNCF
+    feeds float32 samples to an int8 input without a word (12x the error)."""
+    from .compat import to_numpy_dtype
+
     specs = [(p.get_partial_shape(), i) for i, p in enumerate(ov_model.inputs)]
+    dtypes = [to_numpy_dtype(p.get_element_type()) for p in ov_model.inputs]
     for n, sample in enumerate(calibration):
         if len(sample) != len(specs):
             raise InvalidInputError(f"calibration sample {n} has {len(sample)} array(s), "
                                     f"the model takes {len(specs)}", "pass one array per input")
-        for a, (ps, i) in zip(sample, specs):
+        for a, (ps, i), dt in zip(sample, specs, dtypes):
+            if a.dtype.name != dt:
+                raise InvalidInputError(
+                    f"calibration sample {n} input {i} is {a.dtype.name}, the model's input is {dt}",
+                    f"pass calibration arrays of the model's input dtype ({dt}), preprocessed as "
+                    "at run time")
             if ps.rank.is_static and (a.ndim != ps.rank.get_length() or any(
                     d.is_static and d.get_length() != s for d, s in zip(ps, a.shape))):
                 raise InvalidInputError(
@@ -148,7 +158,7 @@ def _check_calibration(ov_model, calibration) -> None:
 def quantize_int8(ov_model, calibration: list[tuple[np.ndarray, ...]], options) -> tuple[Any, str]:
     """Static int8 by NNCF post-training quantization on the caller's data."""
     nncf = _nncf()
-    _check_calibration(ov_model, calibration)
+    check_calibration(ov_model, calibration)
     kw: dict[str, Any] = {}
     for k, v in (options.get("nncf") or {}).items():
         if k == "preset":
@@ -209,6 +219,55 @@ def runtime_layers(compiled) -> list[tuple[str, set[str], list[str]]] | None:
     return out or None
 
 
+def prequantized(ov_model) -> str | None:
+    """What makes ``ov_model`` already int8, or None: OpenVINO's frontends turn a QDQ
+    ONNX model's QuantizeLinear/DequantizeLinear pairs and an int8 TFLite's quantized
+    tensors into FakeQuantize, as NNCF does; an IR may carry them itself."""
+    n = sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops())
+    return f"{n} FakeQuantize op(s)" if n else None
+
+
+def check_prequantized(ov_model, precision: str, device: Device) -> str | None:
+    """A pre-quantized model runs int8 whatever the hint: refuse any other label;
+    at int8 return what was found (hal then does not quantize it again)."""
+    found = prequantized(ov_model)
+    if found and precision != "int8":
+        raise UnsupportedError(
+            f"the model is already quantized ({found}): {device.target} runs it at int8, so "
+            f"it cannot be compiled as {precision}",
+            "use precision='int8' (no calibration needed: hal runs the model's own quantization "
+            "and does not quantize it again)")
+    return found
+
+
+def f16_weights(ov_model) -> bool:
+    """Weights stored f16 and decompressed to f32 (``ov.save_model``'s default
+    ``compress_to_fp16=True``): f16 Constants feeding a decompression Convert."""
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() == "Convert" and \
+                any(k.startswith("decompression") for k in op.get_rt_info().keys()):
+            src = op.input(0).get_source_output().get_node()
+            if src.get_type_name() == "Constant" and op.get_input_element_type(0).get_type_name() == "f16":
+                return True
+    return False
+
+
+def _f32_compute(compiled) -> set[tuple[str, ...]]:
+    """Runtime layers (by original names) that report f16 only for their weights: an
+    f32 kernel with f32 outputs reading f16-stored weights it decompresses."""
+    out = set()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if "runtimePrecision" not in rt or "outputPrecisions" not in rt:
+            continue
+        kernel = rt["primitiveType"].astype(str).lower() if "primitiveType" in rt else ""
+        if set(_tokens(rt["outputPrecisions"].astype(str))) == {"f32"} and "16" not in kernel \
+                and "f16" in _tokens(rt["runtimePrecision"].astype(str)):
+            names = rt["originalLayersNames"].astype(str) if "originalLayersNames" in rt else ""
+            out.add(tuple(n for n in names.split(",") if n))
+    return out
+
+
 def runtime_precisions(compiled) -> Counter | None:
     """(layer type, precision) counts of the compiled runtime graph, or None
     where the plugin does not annotate it."""
@@ -265,6 +324,12 @@ def verify(compiled, precision: str, device: Device, config: dict[str, str],
     if layers is None:
         facts["runtime_precisions"] = "not reported by this plugin"
         return facts
+    if model is not None and f16_weights(model):
+        # f16-stored weights are the model's, and a layer that only reads them computes f32
+        facts["weights_stored"] = "f16 (decompressed to f32 at compile)"
+        weights_only = _f32_compute(compiled)
+        layers = [(l, ps - {"f16"} if tuple(names) in weights_only else ps, names)
+                  for l, ps, names in layers]
     seen = Counter((l, p) for l, ps, _ in layers for p in ps)
     facts["runtime_precisions"] = sorted({p for _, p in seen})
     lowered = _lowered(layers, model_types(model) if model is not None else None)
@@ -298,7 +363,7 @@ def verify(compiled, precision: str, device: Device, config: dict[str, str],
                     "plugin applies dynamic activation quantization to FullyConnected layers only)",
                     "use precision='int8' with calibration data for convolution models")
         elif not q:
-            raise UnsupportedError(f"{device.target} ran no compute layer at int8 after NNCF "
+            raise UnsupportedError(f"{device.target} ran no compute layer at int8 after "
                                    f"quantization (runtime precisions: {facts['runtime_precisions']})",
                                    "int8 needs Convolution/MatMul layers NNCF can quantize; use fp32")
         facts["int8_layer_types"] = q
