@@ -140,15 +140,66 @@ _ONNX_PATH = {"fp32": "onnx.reference.ReferenceEvaluator (corrected LRN/BatchNor
                       "Conv/pooling), cross-checked against onnxruntime on every call"}
 
 
+def _check_calibration_dtypes(ins: list[TensorSpec], calibration) -> None:
+    from hal import InvalidInputError
+
+    for n, sample in enumerate(calibration):
+        for i, (a, spec) in enumerate(zip(sample, ins)):
+            if a.dtype.name != spec.dtype:
+                raise InvalidInputError(
+                    f"calibration sample {n} input {i} is {a.dtype.name}, the model's input "
+                    f"{spec.name!r} is {spec.dtype}", f"pass calibration arrays of dtype {spec.dtype}")
+
+
 def _executable(info: ExecutableInfo, device: Device, proto) -> Executable:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if info.precision == "fp64":
-            return OnnxOracleExecutable(info, device, proto)
-        return OnnxReferenceExecutable(info, device, proto)
+        try:
+            if info.precision == "fp64":
+                return OnnxOracleExecutable(info, device, proto)
+            return OnnxReferenceExecutable(info, device, proto)
+        except RuntimeError as e:  # onnx.reference: "No implementation for operator ..."
+            from hal.errors import brief
+
+            raise UnsupportedError(f"onnx.reference cannot run this ONNX model ({brief(e, 200)})",
+                                   "run it on openvino:CPU, or pass the source model (torch) "
+                                   "to the reference backend") from None
+
+
+#: ONNX ops that compute on quantized integers: a model with any is pre-quantized
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+             "QLinearMatMul", "ConvInteger", "MatMulInteger")
+
+
+def quantized_ops(proto) -> dict[str, int]:
+    """The quantized ops of an ONNX graph (QDQ pairs, QLinear*, *Integer), by count."""
+    found: dict[str, int] = {}
+    for n in proto.graph.node:
+        if n.domain in ("", "ai.onnx") and n.op_type in QUANT_OPS:
+            found[n.op_type] = found.get(n.op_type, 0) + 1
+    return found
+
+
+_QDQ_PATH = ("onnx.reference.ReferenceEvaluator on the model's own quantization "
+             "(QuantizeLinear/DequantizeLinear as written; not quantized again)")
 
 
 def _compile_onnx(b: ReferenceBackend, model: Model, device: Device, options: CompileOptions):
+    q = quantized_ops(model.value)
+    what = ", ".join(f"{n} {k}" for k, n in q.items())
+    if q and options.precision != "int8":
+        raise UnsupportedError(
+            f"the ONNX model is already quantized ({what}): it computes on int8 values, so it "
+            f"cannot be compiled as {options.precision}",
+            "use precision='int8' (no calibration needed: hal runs the model's own quantization "
+            "and does not quantize it again)")
+    if q:
+        ins, outs = onnx_specs(model.value)
+        _check_calibration_dtypes(ins, options.calibration or [])
+        info = b.executable_info(device, "int8", ins, outs, conversion_path=[_QDQ_PATH],
+                                 notes=["calibration data not used: the model carries its own "
+                                        "quantization"] if options.calibration else [])
+        return _executable(info, device, model.value)
     if options.precision not in _ONNX_PATH:
         raise UnsupportedError(
             f"the reference backend runs ONNX models at fp32 and fp64 only, not {options.precision}",
@@ -179,9 +230,11 @@ def _load_onnx(b: ReferenceBackend, path: Path, info: ExecutableInfo, device: De
     if any(uses_external_data(t) for t in proto.graph.initializer):
         raise ArtifactError("the artifact's model.onnx points at external data files",
                             "re-create it with hal compile (artifacts are self-contained)")
-    if info.precision not in _ONNX_PATH:
+    if (info.precision == "int8") != bool(quantized_ops(proto)) or \
+            info.precision not in (*_ONNX_PATH, "int8"):
         raise ArtifactError(f"hal.json says {info.precision}; ONNX on the reference backend is "
-                            "fp32 or fp64", "re-create the artifact with hal")
+                            "fp32 or fp64, or int8 for a pre-quantized model",
+                            "re-create the artifact with hal")
     try:
         ins, _ = onnx_specs(proto)
     except UnsupportedError as e:

@@ -300,7 +300,20 @@ def _ops() -> list[type]:
                     y = y / frac
             return (y.numpy(),)
 
-    return [LRN, BatchNormalization, Softmax, LogSoftmax, Hardmax, Conv, MaxPool, AveragePool]
+    return [LRN, BatchNormalization, Softmax, LogSoftmax, Hardmax, Conv, MaxPool, AveragePool,
+            *_qdq_ops()]
+
+
+def _qdq_ops() -> list[type]:
+    """QuantizeLinear/DequantizeLinear at every opset: onnx.reference ships them only
+    from opset 19 (a QDQ model of opset 13-18, what ORT's quantizer writes, fails with
+    'No implementation'); the older opsets' semantics are a subset of the newest."""
+    from onnx.reference.ops import op_dequantize_linear as dq, op_quantize_linear as q
+
+    newest = lambda mod, stem: max((getattr(mod, n) for n in dir(mod) if n.startswith(stem + "_")  # noqa: E731
+                                    and n[len(stem) + 1:].isdigit()), key=lambda c: int(c.__name__.rsplit("_", 1)[1]))
+    return [type("DequantizeLinear", (newest(dq, "DequantizeLinear"),), {"op_domain": ""}),
+            type("QuantizeLinear", (newest(q, "QuantizeLinear"),), {"op_domain": ""})]
 
 
 _FAST = (np.dtype(np.float32), np.dtype(np.float64))
