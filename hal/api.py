@@ -15,6 +15,7 @@ import numpy as np
 
 from . import cache as _cache
 from . import formats as _formats
+from . import signature as _signature
 from .backend import Backend
 from .errors import stage
 from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
@@ -373,6 +374,7 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
         model = _formats.convert(src, chain, opts)
         with stage("compile"):  # a backend tags its own steps inside (e.g. "quantize")
             exe = b.compile(model, dev, opts)
+        _signature.stamp(exe.info, _source_signature(src))
         exe.info.compile_time_s = time.perf_counter() - t0
         exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
             exe.info.conversion_path
@@ -383,6 +385,19 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
             except (HalError, OSError) as e:
                 exe.info.notes.append(f"not cached: {brief(e, 160)}")
     return exe
+
+
+def _source_signature(src: _formats.Model):
+    """The I/O contract read off the model the user gave (:mod:`hal.signature`);
+    None when its format does not say, or reading it fails (the backend's names stand)."""
+    fmt = registry().formats.get(src.format)
+    if fmt is None or fmt.signature is None:
+        return None
+    try:
+        return fmt.signature(src.value, src.example_input)
+    except Exception as e:  # noqa: BLE001 - a format's reader: the names are a courtesy, not the build
+        _log.debug("no signature for %s: %s", src.format, brief(e))
+        return None
 
 
 @_memory_error_as_hal("loading the artifact")

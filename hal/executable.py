@@ -21,7 +21,8 @@ import numpy as np
 
 from . import safezip
 from .paths import atomic_file
-from .errors import ArtifactError, InvalidInputError, out_of_memory
+from . import signature
+from .errors import ArtifactError, InvalidInputError, out_of_memory, printable
 from .types import Device, TensorSpec
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ class ExecutableInfo:
     notes: list[str] = field(default_factory=list)
     #: backend facts worth reporting (model size, compression ratio, ...)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the structure the model returns (:mod:`hal.signature`); ``None``: one array alone,
+    #: several as a tuple. Set by the core from the source model, never by a backend.
+    output_tree: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,7 +81,7 @@ _INFO_TYPES: dict[str, tuple[type, ...]] = {
     "precision": (str,), "inputs": (list,), "outputs": (list,), "conversion_path": (list,),
     "compile_time_s": (int, float), "artifact_size_bytes": (int, type(None)),
     "backend_options": (dict,), "check_finite": (bool,), "cache_hit": (bool,), "notes": (list,),
-    "extra": (dict,),
+    "extra": (dict,), "output_tree": (list, type(None)),
 }
 _REQUIRED = ("backend", "backend_version", "target", "device_kind", "precision", "inputs", "outputs")
 
@@ -125,6 +129,13 @@ def _checked_info(d: Any) -> dict[str, Any]:
             raise _bad(f"info.{k} holds something other than text")
     out["inputs"] = [_checked_spec(x, f"input {i}") for i, x in enumerate(out["inputs"])]
     out["outputs"] = [_checked_spec(x, f"output {i}") for i, x in enumerate(out["outputs"])]
+    for k in ("inputs", "outputs"):
+        if len({s.name for s in out[k]}) != len(out[k]):
+            raise _bad(f"two {k} share a name")
+    if out.get("output_tree") is not None:
+        why = signature.why_invalid(out["output_tree"], len(out["outputs"]))
+        if why:
+            raise _bad(f"info.output_tree {why}")
     return out
 
 
@@ -190,9 +201,12 @@ class Executable:
         return None
 
     # --- the user-facing surface -------------------------------------------------
-    def __call__(self, *inputs: Any):
-        outs = self._infer(self.check_inputs(inputs))
-        return outs[0] if len(outs) == 1 else tuple(outs)
+    def __call__(self, *inputs: Any, **named: Any):
+        """Positional arrays in input order, or arrays by input name (``exe(input_ids=...)``);
+        returns what the model returns: one array, or its tuple / dict / nesting of them."""
+        if named:
+            inputs = tuple(self._by_name(named, inputs))
+        return signature.unflatten(self.info.output_tree, self._infer(self.check_inputs(inputs)))
 
     def _infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         try:
@@ -200,22 +214,30 @@ class Executable:
         except MemoryError:
             raise out_of_memory(f"running the model on {self.info.target}") from None
 
-    def run(self, inputs: Any) -> list[np.ndarray]:
-        """Like ``__call__`` but takes a sequence or a name→array dict and
-        always returns a list."""
+    def run(self, inputs: Any) -> Outputs:
+        """Like ``__call__`` but takes a sequence or a name→array dict and always
+        returns the flat outputs, as a list that also answers to output names
+        (``outs["logits"]``, ``outs.names``), like OpenVINO's ``OVDict``."""
         if isinstance(inputs, dict):
-            names = [s.name for s in self.info.inputs]
-            unknown = sorted(set(inputs) - set(names))
-            missing = [n for n in names if n not in inputs]
-            if unknown or missing:
-                raise InvalidInputError(
-                    f"input names do not match: missing {missing}, unknown {unknown}",
-                    f"pass exactly {names}",
-                )
-            inputs = [inputs[n] for n in names]
+            inputs = self._by_name(inputs, ())
         elif isinstance(inputs, np.ndarray):
             inputs = [inputs]
-        return self._infer(self.check_inputs(tuple(inputs)))
+        return Outputs(self._infer(self.check_inputs(tuple(inputs))),
+                       [s.name for s in self.info.outputs])
+
+    def _by_name(self, named: dict, positional: tuple) -> list[Any]:
+        names = [s.name for s in self.info.inputs]
+        given = dict(zip(names, positional))
+        twice = sorted(set(given) & set(named))
+        unknown = sorted(map(str, set(named) - set(names)))
+        given.update(named)
+        missing = [n for n in names if n not in given]
+        if unknown or missing or twice:
+            raise InvalidInputError(
+                f"input names do not match the model's {names}: missing {missing}, unknown "
+                f"{[printable(u, 40) for u in unknown]}" + (f", given twice {twice}" if twice else ""),
+                f"pass exactly {names} (by position or by name)")
+        return [given[n] for n in names]
 
     def check_inputs(self, inputs: tuple) -> list[np.ndarray]:
         """Count, dtype, shape and (by default) NaN/Inf, with one clear error
@@ -287,6 +309,26 @@ class Executable:
         i = self.info
         return (f"<Executable {i.backend} on {i.target} ({i.device_kind}) {i.precision} "
                 f"inputs={[_fmt_shape(s.shape) for s in i.inputs]}>")
+
+
+class Outputs(list):
+    """The flat outputs of one run, in order, also by name: ``outs[0]``,
+    ``outs["logits"]``, ``outs.names``, ``outs.to_dict()``."""
+
+    def __init__(self, arrays: list[np.ndarray], names: list[str]):
+        super().__init__(arrays)
+        self.names = list(names)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            try:
+                return list.__getitem__(self, self.names.index(key))
+            except ValueError:
+                raise KeyError(f"no output {key!r}; the outputs are {self.names}") from None
+        return list.__getitem__(self, key)
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self))
 
 
 def conform(a: np.ndarray, spec: TensorSpec, check_finite: bool) -> np.ndarray:

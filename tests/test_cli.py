@@ -93,7 +93,7 @@ def test_int8_with_calibration_file(files):
     (["run", "{d}/empty.onnx"], 2, ["is empty"]),
     (["run", "{d}/w.pt"], 2, ["never unpickles"]),
     (["run", "{d}/bad.hal"], 2, ["not a .hal artifact"]),
-    (["run", "{d}/m.pt2", "-t", "cpu", "-i", "{d}/obj.npy"], 2, ["not plain numpy data"]),
+    (["run", "{d}/m.pt2", "-t", "cpu", "-i", "{d}/obj.npy"], 2, ["holds Python objects (a pickle)"]),
 ])
 def test_bad_input_is_one_line_with_exit_code(files, args, code, needles):
     (files / "empty.onnx").write_bytes(b"")

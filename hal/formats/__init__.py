@@ -48,6 +48,9 @@ class Format:
     #: path → every file a model on disk consists of (an IR's .bin, ONNX external
     #: data); its key hashes their stored bytes. Default: the file, or a folder's files.
     files: Callable[[Path], list[Path]] | None = None
+    #: (value, example inputs) → the model's own I/O names and output structure
+    #: (:class:`hal.signature.Signature`), stamped on every backend's executable
+    signature: Callable[[Any, Any], Any] | None = None
     requires: tuple[str, ...] = ()
     #: what installs ``requires``: hal's extra, or a plugin's own pip requirement
     extra: str | None = None
@@ -188,6 +191,8 @@ def _check_folder(path: Path, fmt: Format) -> None:
         except HalError:
             raise
         except Exception as e:  # noqa: BLE001 - the format's own parser
+            if fmt.read is not None:
+                fmt.read(path)  # raises the format's own error for a damaged file
             raise ModelFormatError(f"{path} is not a readable {fmt.name} model (empty, truncated or "
                                    f"corrupt: {brief(e, 160)})", "re-export it") from None
         require_inside(path.parent, [f for f in files if f != path], ModelFormatError, what)

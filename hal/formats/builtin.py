@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import CompileError, ModelFormatError, UsageError, brief
 from ..hookspecs import hookimpl
-from . import Converter, Format, Model, Unkeyable, hash_path, scratch_dir
+from . import Converter, Format, Model, Unkeyable, hash_path, scratch_dir, signatures
 from .pt2 import read as safe_export_read
 
 
@@ -253,17 +253,19 @@ def _keras_to_saved_model(model: Model, options) -> Path:
 @hookimpl
 def register_formats(register):
     register(Format("torch.nn", "PyTorch nn.Module (+ example inputs)",
-                    detect=_is_torch_module, fingerprint=_fp_torch_module, requires=("torch",)))
+                    detect=_is_torch_module, fingerprint=_fp_torch_module, requires=("torch",),
+                    signature=signatures.torch_module))
     register(Format("torch.export", "torch.export ExportedProgram (.pt2)", suffixes=(".pt2",),
                     detect=_is_exported, read=safe_export_read, fingerprint=_fp_exported,
-                    requires=("torch",), extra="cpu"))
+                    requires=("torch",), extra="cpu", signature=signatures.exported))
     register(Format("onnx", "ONNX ModelProto (.onnx)", suffixes=(".onnx",), detect=_is_onnx,
                     read=_read_onnx, fingerprint=lambda m: m.SerializeToString(deterministic=True),
-                    files=_onnx_files, requires=("onnx",), extra="cpu"))
+                    files=_onnx_files, requires=("onnx",), extra="cpu", signature=signatures.onnx_model))
     register(Format("tflite", "TFLite flatbuffer (.tflite)", suffixes=(".tflite",),
                     detect=_is_tflite, read=_read_tflite, fingerprint=bytes))
     register(Format("keras", "Keras model (.keras)", suffixes=(".keras",), detect=_is_keras,
-                    read=_read_keras, fingerprint=_fp_keras, requires=("keras",), extra="tpu"))
+                    read=_read_keras, fingerprint=_fp_keras, requires=("keras",), extra="tpu",
+                    signature=signatures.keras_model))
     register(Format("savedmodel", "TensorFlow SavedModel directory", sniff=_is_saved_model_dir,
                     fingerprint=lambda p: hash_path(Path(p))))
     register(Format("openvino.ir", "OpenVINO IR (.xml + .bin)", suffixes=(".xml",), read=_read_ir,

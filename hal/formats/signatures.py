@@ -1,0 +1,109 @@
+"""Reading the I/O contract (:class:`hal.signature.Signature`) off the model the user gave.
+
+One function per source format; each imports its framework when called, and
+returns ``None`` where the model does not say (the backend's names then stand).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ..signature import Signature
+
+
+def _pytree_to_json(spec: Any) -> Any:
+    """torch's pytree spec as hal's JSON tree; ``ValueError`` for a container
+    hal cannot rebuild (a custom class: its outputs stay a flat tuple)."""
+    if spec.is_leaf():
+        return None
+    kids = [_pytree_to_json(c) for c in (spec.children() if hasattr(spec, "children")
+                                         else spec.children_specs)]
+    t, ctx = spec.type, spec.context
+    if t is tuple or (isinstance(t, type) and issubclass(t, tuple)):
+        if isinstance(ctx, (list, tuple)) and len(ctx) == len(kids) and all(isinstance(k, str) for k in ctx):
+            return ["dict", list(ctx), kids]  # a namedtuple: its fields by name
+        return ["tuple", kids]
+    if t is list:
+        return ["list", kids]
+    if isinstance(ctx, (list, tuple)) and len(ctx) == len(kids):  # dict, OrderedDict, ModelOutput
+        return ["dict", [str(k) for k in ctx], kids]
+    raise ValueError(f"output container {getattr(t, '__name__', t)}")
+
+
+def _torch_tree(out: Any) -> Any:
+    import torch
+    from torch.utils import _pytree as pytree
+
+    leaves, spec = pytree.tree_flatten(out)
+    if not leaves or not all(isinstance(x, torch.Tensor) for x in leaves):
+        return None  # None, ints or an unregistered object among the outputs: no tree to keep
+    try:
+        return _pytree_to_json(spec)
+    except ValueError:
+        return None
+
+
+def _forward_names(module: Any, n: int) -> list[str] | None:
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(p.name)
+    return names[:n] if len(names) >= n else None
+
+
+def torch_module(module: Any, example: tuple | None) -> Signature | None:
+    """``forward``'s parameter names, and the structure of one eager call on the
+    example (in eval mode, the caller's training flags restored after)."""
+    if not example:
+        return None
+    import torch
+
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(a.copy()) for a in example))
+    except Exception:  # noqa: BLE001 - the backend's own run reports a failing model
+        out = None
+    finally:
+        for m, f in flags:
+            m.training = f
+    return Signature(inputs=_forward_names(module, len(example)),
+                     tree=None if out is None else _torch_tree(out))
+
+
+def exported(ep: Any, example: tuple | None = None) -> Signature | None:
+    """The program's user inputs (tensor placeholders, by the names export gave
+    them: ``forward``'s parameters) and its output spec."""
+    from torch.export.graph_signature import InputKind, TensorArgument
+
+    names = [s.arg.name for s in ep.graph_signature.input_specs
+             if s.kind == InputKind.USER_INPUT and isinstance(s.arg, TensorArgument)]
+    try:
+        tree = _pytree_to_json(ep.call_spec.out_spec)
+    except (ValueError, AttributeError):
+        tree = None
+    return Signature(inputs=names or None, tree=tree)
+
+
+def onnx_model(proto: Any, example: tuple | None = None) -> Signature:
+    """The graph's inputs (less initializers listed as inputs) and outputs, by name."""
+    init = {i.name for i in proto.graph.initializer}
+    return Signature(inputs=[i.name for i in proto.graph.input if i.name not in init],
+                     outputs=[o.name for o in proto.graph.output])
+
+
+def keras_model(model: Any, example: tuple | None = None) -> Signature | None:
+    """A functional Keras model's input and output tensors' names."""
+    try:
+        ins = [t.name for t in model.inputs]
+        outs = list(getattr(model, "output_names", None) or [t.name for t in model.outputs])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return Signature(inputs=ins or None, outputs=outs or None)
