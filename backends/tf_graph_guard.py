@@ -16,14 +16,20 @@ in attributes. Each op must be:
 * a checkpoint op inside the saver's own save or restore function
   (:data:`SAVE_OPS`, :data:`RESTORE_OPS`), when nothing else can reach it.
 
-Unknown (unregistered) ops are refused. StableHLO run by ``XlaCallModule`` may
-not make custom calls outside :data:`CUSTOM_CALLS_OK`. Assets and variables
-must lie inside the SavedModel's directory.
+Unknown (unregistered) ops are refused. The program an ``XlaCallModule`` op
+runs (its ``module`` attribute: MLIR bytecode, as jax2tf and Keras' JAX export
+write it, or text) is parsed with MLIR and checked op by op by
+:mod:`hal_backends.tpu.mlir_guard` (:func:`check_stablehlo`), never matched
+against patterns: MLIR spells one op many ways (generic form, ``\\XX``
+escapes in quoted names), and a custom call runs native code found by name.
+It may hold func, stablehlo and chlo ops, and custom calls only to
+:data:`CUSTOM_CALLS_OK`; text that does not parse is refused. That needs
+jaxlib; without it a SavedModel with an ``XlaCallModule`` is refused. Assets
+and variables must lie inside the SavedModel's directory.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,16 +58,16 @@ DENIED_PARTS = ("Dataset", "Iterator", "Reader", "Debug", "Summary", "File", "Py
 SAVE_OPS = frozenset({"SaveV2", "Save", "SaveSlices", "MergeV2Checkpoints",
                       "ShardedFilename", "ShardedFilespec"})
 RESTORE_OPS = frozenset({"RestoreV2", "Restore", "RestoreSlice"})
-#: StableHLO custom-call targets that only annotate (sharding) or call library
-#: functions that are themselves checked; any other target is native code.
-CUSTOM_CALLS_OK = frozenset({"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape",
-                             "tf.call_tf_function"})
-
-#: a custom-call op, and the two ways its target is written (``@target`` / ``@"target"``
-#: in the pretty form, ``call_target_name = "target"`` in the generic one)
-_CC_OP = re.compile(r"\b(?:stablehlo|mhlo)\.custom_call\b")
-_CC_TARGET = re.compile(r"custom_call\"?\s*@(?:\"([^\"]*)\"|([\w.$\-]+))|"
-                        r"call_target_name\s*=\s*\"([^\"]*)\"")
+#: custom-call targets an ``XlaCallModule`` program may name; any other target
+#: is native code that XLA looks up by name (``xla_python_cpu_callback`` runs
+#: Python). ``shape_assertion``: the shape checks jax2tf and Keras' JAX export
+#: write for a dynamic batch (``XlaCallModule`` evaluates and removes them
+#: before XLA compiles). ``Sharding`` and the ``SPMD*`` pair: partitioning
+#: annotations, consumed by XLA's partitioner. ``tf.call_tf_function``: jax2tf's
+#: call of a TensorFlow function from the op's ``function_list``, which this
+#: guard checks like every function of the library.
+CUSTOM_CALLS_OK = frozenset({"shape_assertion", "Sharding", "SPMDFullToShardShape",
+                             "SPMDShardToFullShape", "tf.call_tf_function"})
 
 
 @dataclass
@@ -259,7 +265,7 @@ def _check_meta_graph(mg, report: GraphReport) -> None:
         for n in f.node_def:
             check(n.op, f"in function {name!r}", free and name in save_f, free and name in rest_f)
             if n.op == "XlaCallModule":
-                check_stablehlo(n.attr["module"].s, f"function {name!r}")
+                check_stablehlo(n.attr["module"].s, f"in function {name!r}")
 
 
 def _object_graph_functions(og) -> set[str]:
@@ -274,37 +280,20 @@ def _object_graph_functions(og) -> set[str]:
 
 
 def check_stablehlo(module: bytes | str, where: str) -> None:
-    """Refuse a StableHLO module (text, or MLIR bytecode) that makes custom
-    calls other than :data:`CUSTOM_CALLS_OK`: a custom call is native code."""
-    text = module if isinstance(module, str) else None
-    if text is None:
-        if module[:4] == b"ML\xefR":
-            try:
-                from tensorflow.compiler.mlir.stablehlo import stablehlo
-
-                text = stablehlo.deserialize_portable_artifact_str(module)
-            except Exception:  # noqa: BLE001 - not a portable artifact: scan its strings
-                text = module.decode("latin-1")
-                if "custom_call" in text:
-                    raise _Refused(f"holds MLIR bytecode with custom calls that hal cannot read "
-                                   f"({where})") from None
-        else:
-            text = module.decode("utf-8", "replace")
-    targets = [next(g for g in m.groups() if g is not None) for m in _CC_TARGET.finditer(text)]
-    if len(_CC_OP.findall(text)) > len(targets):
-        raise _Refused(f"makes an XLA custom call whose target hal cannot read ({where})")
-    for target in targets:
-        if target not in CUSTOM_CALLS_OK:
-            raise _Refused(f"makes XLA custom call {target[:60]!r}, which runs native code outside "
-                           f"StableHLO ({where})")
-
-
-def check_stablehlo_text(text: str, error: type[HalError], what: str, fix: str) -> None:
-    """:func:`check_stablehlo` raising ``error``."""
+    """Parse the program of an ``XlaCallModule`` (MLIR bytecode or text) with
+    MLIR and refuse it (``_Refused``) unless every op is allowed by
+    :mod:`hal_backends.tpu.mlir_guard` with custom calls to
+    :data:`CUSTOM_CALLS_OK` only. ``where`` names the node ("function 'f'")."""
     try:
-        check_stablehlo(text, what)
-    except _Refused as r:
-        raise error(f"{what} {r.what}", fix) from None
+        import jaxlib  # noqa: F401 - the parser; imported here, never with hal
+    except ImportError:
+        raise _Refused(f"runs an XlaCallModule program ({where}), which hal checks with "
+                       f"jaxlib's MLIR parser, and jaxlib is not installed (pip install jaxlib)"
+                       ) from None
+    from hal_backends.tpu import mlir_guard
+
+    mlir_guard.check(module, lambda why: _Refused(f"has an XlaCallModule program ({where}) "
+                                                  f"that {why}"), CUSTOM_CALLS_OK)
 
 
 def _check_files(root: Path, sm) -> None:

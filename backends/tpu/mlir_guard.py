@@ -1,7 +1,9 @@
 """Parse, check and re-print the StableHLO a torch artifact runs.
 
 The ``.hal`` of a torch model holds each bucket's program as StableHLO text,
-which XLA's call-module op compiles. Text is checked as MLIR, never by
+which XLA's call-module op compiles; a SavedModel's ``XlaCallModule`` ops hold
+theirs as MLIR bytecode (what jax2tf and Keras' JAX export write) or text, and
+:mod:`hal_backends.tf_graph_guard` checks them here too. A program is checked as MLIR, never by
 pattern: MLIR spells an op many ways (generic form, ``\\XX`` escapes in the
 quoted name, aliases), and XLA resolves a ``stablehlo.custom_call`` target by
 name, i.e. runs native code. So :func:`check`:
@@ -10,10 +12,14 @@ name, i.e. runs native code. So :func:`check`:
    parser recurses, and ~10 000 levels overflow the C++ stack: a crash, not
    an error);
 2. parses it with MLIR (jaxlib's bindings: builtin, func, stablehlo and chlo
-   registered, unregistered dialects refused) and verifies it;
+   registered, unregistered dialects refused) and verifies it; bytecode is
+   read as XLA's call-module op reads it, as a StableHLO portable artifact
+   (VHLO, upgraded to StableHLO) — no nesting bound applies before that;
 3. walks every op against an allow-list: the module, functions with bodies,
    calls and returns, and the stablehlo/chlo ops, minus :data:`DENIED` (custom
-   calls, host transfers); the same rule applies at compile;
+   calls, host transfers); the same rule applies at compile. A caller may
+   name custom-call targets it permits (``custom_calls``; the torch path
+   permits none);
 4. reads ``@main``'s argument types from the parsed function;
 5. re-prints the module: XLA gets that text, never the file's bytes.
 
@@ -44,6 +50,8 @@ DIALECTS = ("stablehlo", "chlo")
 #: allow-list of custom-call targets.
 DENIED = frozenset({"stablehlo.custom_call", "stablehlo.infeed", "stablehlo.outfeed",
                     "stablehlo.send", "stablehlo.recv"})
+#: what MLIR bytecode starts with
+BYTECODE_MAGIC = b"ML\xefR"
 #: MLIR element types → the dtype names tpu.json and the weights use
 DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64",
           "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "ui8": "uint8",
@@ -167,12 +175,14 @@ def _is_bf16(t) -> bool:
     return _as(ir.BF16Type, shaped.element_type if shaped is not None else t) is not None
 
 
-def _refusal(op) -> str | None:
+def _refusal(op, custom_calls: frozenset[str] = frozenset()) -> str | None:
     """Why ``op`` may not run, or None."""
     name = op.name
     if name == "stablehlo.custom_call":
         target = (_string(op.attributes["call_target_name"])
                   if "call_target_name" in op.attributes else "?")
+        if target in custom_calls and "call_target_name" in op.attributes:
+            return None
         return (f"makes XLA custom call {printable(target, 60)!r}, which runs native code outside "
                 f"StableHLO")
     if name in DENIED:
@@ -185,7 +195,7 @@ def _refusal(op) -> str | None:
             f"{'/'.join(DIALECTS)} ops)")
 
 
-def _walk(module) -> bool:
+def _walk(module, custom_calls: frozenset[str] = frozenset()) -> bool:
     """Refuse any op outside the allow-list; True if any value is bfloat16."""
     bf16 = False
     stack = []
@@ -193,7 +203,7 @@ def _walk(module) -> bool:
         stack.extend(o.operation for o in block.operations)
     while stack:
         op = stack.pop()
-        why = _refusal(op)
+        why = _refusal(op, custom_calls)
         if why:
             raise _Refused(why)
         bf16 = bf16 or any(_is_bf16(r.type) for r in op.results)
@@ -219,20 +229,61 @@ def _main_args(module) -> list[tuple[tuple[int, ...], str]] | None:
     raise _Refused("has no function @main")
 
 
-def check(text: str, error: Callable[[str], HalError]) -> Checked:
-    """Parse and check ``text``; ``error(why)`` builds the one error raised,
-    where ``why`` continues a sentence about the program ("is not valid MLIR: …")."""
+def _parse_bytecode(data: bytes, ctx):
+    """MLIR bytecode as ``XlaCallModule`` reads it: a StableHLO portable
+    artifact (VHLO, converted to StableHLO), else plain bytecode of the
+    registered dialects; verified either way."""
+    from jaxlib.mlir import ir
+    from jaxlib.mlir.dialects import stablehlo
+
     try:
-        if not isinstance(text, str):
-            raise _Refused(f"is a {type(text).__name__}, not text")
-        depth = nesting(text)
-        if depth > MAX_DEPTH:
-            raise _Refused(f"nests brackets {depth} deep (more than {MAX_DEPTH})")
-        ctx = _context()
-        module = _parse(text, ctx)
+        module = stablehlo.deserialize_portable_artifact(ctx, data)
+    except Exception:  # noqa: BLE001 - not VHLO: the plain parser says why
+        module = None
+    if module is None:
+        try:
+            module = ir.Module.parse(data, context=ctx)
+        except ir.MLIRError as e:
+            diags = getattr(e, "error_diagnostics", None) or []
+            msg = diags[0].message.split(". If this is intended")[0] if diags else brief(e, 160)
+            raise _Refused(f"is not valid MLIR bytecode: {printable(' '.join(msg.split()), 160)}"
+                           ) from None
+        except Exception as e:  # noqa: BLE001 - the binding's own errors
+            raise _Refused(f"could not be read as MLIR bytecode ({brief(e, 120, typed=True)})"
+                           ) from None
+    if not module.operation.verify():  # pragma: no cover - verify() raises on failure
+        raise _Refused("does not verify as MLIR")
+    return module
+
+
+def check(text: str | bytes, error: Callable[[str], HalError],
+          custom_calls: frozenset[str] = frozenset()) -> Checked:
+    """Parse and check ``text``; ``error(why)`` builds the one error raised,
+    where ``why`` continues a sentence about the program ("is not valid MLIR: …").
+
+    ``text`` may be ``bytes`` (an ``XlaCallModule``'s attribute): MLIR
+    bytecode when it starts with :data:`BYTECODE_MAGIC`, else UTF-8 text.
+    ``custom_calls`` names the custom-call targets allowed (none by default)."""
+    try:
+        if isinstance(text, bytes) and text.startswith(BYTECODE_MAGIC):
+            ctx = _context()
+            module = _parse_bytecode(text, ctx)
+        else:
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Refused("is neither MLIR bytecode nor UTF-8 text") from None
+            if not isinstance(text, str):
+                raise _Refused(f"is a {type(text).__name__}, not text")
+            depth = nesting(text)
+            if depth > MAX_DEPTH:
+                raise _Refused(f"nests brackets {depth} deep (more than {MAX_DEPTH})")
+            ctx = _context()
+            module = _parse(text, ctx)
         if module.operation.name != "builtin.module":  # pragma: no cover - parse() wraps ops
             raise _Refused(f"is a {module.operation.name}, not a module")
-        bf16 = _walk(module)
+        bf16 = _walk(module, frozenset(custom_calls))
         args = _main_args(module)
         out = module.operation.get_asm(enable_debug_info=False)
         # the re-print is what XLA parses: bound it too (a hex constant of high
