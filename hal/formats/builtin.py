@@ -121,18 +121,9 @@ def _ir_files(path: Path) -> list[Path]:
 
 # --- safe loaders -------------------------------------------------------------------
 def _read_onnx(path: Path):
-    import onnx
+    from .onnxcheck import read
 
-    try:
-        m = onnx.load(str(path))
-        onnx.checker.check_model(m)
-    except Exception as e:  # noqa: BLE001
-        raise ModelFormatError(f"{path} is not a valid ONNX model (empty, truncated or "
-                               f"corrupt: {brief(e, 160)})",
-                               "re-export it, e.g. with torch.onnx.export") from None
-    if not m.graph.node:
-        raise ModelFormatError(f"{path} is an ONNX model with an empty graph", "re-export it")
-    return m
+    return read(path)
 
 
 def check_tflite(data: bytes, where: str) -> bytes:
