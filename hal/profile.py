@@ -180,7 +180,10 @@ def _throughput(exe, arrays, bs, iterations, warmup, duration_s) -> Profile:
 
 
 def random_inputs(specs, batch_size: int = 1, seed: int = 0) -> list[np.ndarray]:
-    """Deterministic inputs matching ``specs`` (dynamic dims → ``batch_size``)."""
+    """Deterministic inputs matching ``specs`` (dynamic dims → ``batch_size``).
+    8-bit integers span their range (quantized data); wider integers are 0 or 1:
+    an int64 input is usually token ids, positions or a mask, and only 0 and 1 are
+    valid ids for every vocabulary (a random id out of an embedding's range fails)."""
     rng = np.random.default_rng(seed)
     out = []
     for s in specs:
@@ -190,7 +193,8 @@ def random_inputs(specs, batch_size: int = 1, seed: int = 0) -> list[np.ndarray]
             out.append(rng.standard_normal(shape).astype(dt))
         elif dt.kind in "iu":
             info = np.iinfo(dt)
-            out.append(rng.integers(max(info.min, -128), min(info.max, 127), shape, dtype=dt))
+            lo, hi = (info.min, info.max) if dt.itemsize == 1 else (0, 1)
+            out.append(rng.integers(lo, hi, shape, dtype=dt, endpoint=True))
         elif dt.kind == "b":
             out.append(rng.integers(0, 2, shape).astype(bool))
         else:
