@@ -131,7 +131,13 @@ class EdgeTpuBackend(Backend):
                    "int8_tflite_bytes": len(files.int8) if files.int8 else None,
                    "compiled_tflite_bytes": len(files.compiled) if files.compiled else None,
                    "model_size_bytes": len(files.compiled or files.int8 or b"")})
-        return EdgeTpuExecutable(info, device, files, opts)
+        exe = EdgeTpuExecutable(info, device, files, opts)
+        if model.format == "tflite" and options.calibration:  # the given model is already int8
+            for n, sample in enumerate(options.calibration):
+                pipeline.check_dtypes(n, sample, [s.dtype for s in exe.info.inputs])
+            exe.info.notes.append("calibration data not used: the given TFLite is already int8 "
+                                  "(hal does not quantize it again)")
+        return exe
 
     def _check_precompiled(self, g, device: Device) -> None:
         """A model edgetpu_compiler already compiled: only the Edge TPU runtime runs

@@ -57,6 +57,7 @@ def calibration_batches(options: CompileOptions, example: tuple[np.ndarray, ...]
         if len(sample) != len(example):
             raise UsageError(f"calibration sample {i} has {len(sample)} input(s), the model takes "
                              f"{len(example)}", "pass one array per model input in each sample")
+        check_dtypes(i, sample, [e.dtype.name for e in example])
         arrays = [np.ascontiguousarray(a, dtype=e.dtype if a.dtype.kind == e.dtype.kind == "f"
                                        else a.dtype) for a, e in zip(sample, example)]
         if all(a.shape == e.shape for a, e in zip(arrays, example)):
@@ -76,6 +77,19 @@ def calibration_batches(options: CompileOptions, example: tuple[np.ndarray, ...]
         raise UsageError("int8 for the Edge TPU needs calibration data",
                          "pass calibration=[x1, x2, ...] (representative inputs)")
     return out
+
+
+def check_dtypes(n: int, sample, dtypes: list[str]) -> None:
+    """A calibration sample's arrays are of the model's input kinds: float samples
+    for an int8 or int64 input would calibrate ranges on the wrong numbers (float
+    widths may differ; they are cast)."""
+    from hal import InvalidInputError
+
+    for i, (a, dt) in enumerate(zip(sample, dtypes)):
+        if a.dtype.name != dt and not (a.dtype.kind == "f" and np.dtype(dt).kind == "f"):
+            raise InvalidInputError(f"calibration sample {n} input {i} is {a.dtype.name}, the "
+                                    f"model's input is {dt}",
+                                    f"pass calibration arrays of dtype {dt}, as the model takes them")
 
 
 # --- torch ----------------------------------------------------------------------------
