@@ -98,6 +98,8 @@ def run_example(module: torch.nn.Module, args) -> list[torch.Tensor]:
     try:
         with torch.inference_mode():
             return flatten(module(*args))
+    except CompileError:  # an output hal cannot pass back: flatten says which and what to do
+        raise
     except Exception as e:  # noqa: BLE001
         shapes = [tuple(a.shape) for a in args]
         if "Guard failed" in str(e):  # a torch.export program specialised to other shapes
@@ -118,7 +120,32 @@ def flatten(out: Any) -> list[torch.Tensor]:
         return [t for o in out for t in flatten(o)]
     if isinstance(out, dict):
         return [t for o in out.values() for t in flatten(o)]
-    raise CompileError(f"the model returned a {type(out).__name__}", "return tensors")
+    raise CompileError(*not_tensor(out))
+
+
+def not_tensor(out: Any) -> tuple[str, str]:
+    """(what, fix) for an output that is not a tensor or a container of them. A
+    transformers cache (DynamicCache: past key/values) comes back when the config
+    has ``use_cache=True``, the default of causal LMs."""
+    t = type(out)
+    if t.__module__.startswith("transformers") and "Cache" in t.__name__:
+        return (f"the model returns a transformers {t.__name__} (its past key/values) among its "
+                "outputs, which is not a tensor",
+                "build it with use_cache=False (e.g. GPT2Config(..., use_cache=False), or "
+                "model.config.use_cache = False) so that it returns tensors only")
+    return (f"the model returns a {t.__module__}.{t.__name__} among its outputs, which is not a tensor",
+            "return tensors, or tuples, lists or dicts of tensors")
+
+
+def non_tensor_output(module: torch.nn.Module, args) -> tuple[str, str] | None:
+    """(what, fix) when ``module(*args)`` returns something hal cannot pass back, else None."""
+    try:
+        run_example(module, args)
+    except CompileError as e:
+        return e.what, e.fix or ""
+    except Exception:  # noqa: BLE001 - another failure: the caller's own error says it
+        return None
+    return None
 
 
 def export(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):

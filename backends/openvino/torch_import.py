@@ -47,6 +47,11 @@ def from_torch(model: Model, options) -> Any:
                 with stage("export"):
                     ep = export_static(m, args)
             except CompileError as e:
+                from hal_backends import torch_common as tc
+
+                bad = tc.non_tensor_output(m, args)  # no converter can pass it back either
+                if bad is not None:
+                    raise CompileError(*bad) from None
                 tried.append(f"{EXPORTED}: {e.what}")
             else:
                 try:
