@@ -151,6 +151,8 @@ def torch_to_int8(model: Model, options: CompileOptions) -> Converted:
                 warnings.simplefilter("ignore")
                 data = _pt2e_once(module, args, batches, strict, decompose)
         except Exception as e:  # noqa: BLE001 - try the next export variant
+            if _raised_in(e, "_annotate_gru"):  # every variant runs the same annotator
+                raise _gru_refused(e) from None
             errors.append(f"{label}: {short(e)}")
             continue
         floats = len(mapping_report(data).float_tensors)
@@ -165,6 +167,30 @@ def torch_to_int8(model: Model, options: CompileOptions) -> Converted:
              if errors else [])
     return Converted(best[2], [best[1], "litert-torch PT2E static int8 (PT2EQuantizer, symmetric "
                                "per-channel)", "litert_torch.convert → TFLite"], notes)
+
+
+def _raised_in(e: BaseException, function: str) -> bool:
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name.startswith(function):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _gru_refused(e: BaseException) -> CompileError:
+    """litert-torch's GRU annotator reads the GRU's hidden-state input and both of its
+    outputs (an IndexError, 'list index out of range', without them); with them,
+    the GRU's gates stay float, which the Edge TPU does not run."""
+    from hal.errors import brief
+
+    return CompileError(
+        "litert-torch's int8 quantizer (PT2EQuantizer) cannot quantize this model's torch.nn.GRU "
+        f"({brief(e, 80, typed=True)} in its GRU annotator, which needs the GRU called with an "
+        "initial hidden state and both outputs used; even then the GRU's gates stay float)",
+        "run it where GRU runs at int8 or float ('cpu', 'openvino:CPU'); for the Edge TPU, call "
+        "it as `y, h = gru(x, h0)`, use both outputs, and pass options={'allow_float_ops': True} "
+        "to run the gates on the host CPU in float")
 
 
 class _quiet_root_logger:
