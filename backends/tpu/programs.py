@@ -93,10 +93,19 @@ def keras_module(model, precision: str, strategy) -> tf.Module:
 
     mod = tf.Module(name="hal_tpu_keras")
     if precision == "bf16" or strategy is not None:
+        at: list[str] = []
+
         def rebuild(layer):
+            at[:] = [f"{type(layer).__name__} {layer.name!r}"]
             cfg = layer.get_config()
             if precision == "bf16":
                 cfg["dtype"] = keras.DTypePolicy("bfloat16")
+            if isinstance(layer, keras.layers.Lambda):
+                # its config holds the function as code, which safe mode (rightly) will not
+                # deserialize: rebuild it from the live function instead
+                return keras.layers.Lambda(layer.function, output_shape=layer._output_shape,
+                                           mask=layer.mask, arguments=layer.arguments,
+                                           name=layer.name, dtype=cfg.get("dtype"))
             return layer.__class__.from_config(cfg)
 
         try:
@@ -104,14 +113,25 @@ def keras_module(model, precision: str, strategy) -> tf.Module:
                 clone = keras.models.clone_model(model, clone_function=rebuild, recursive=True)
                 clone.set_weights(model.get_weights())
         except Exception as e:  # noqa: BLE001 - subclassed models cannot be cloned
+            what = "bfloat16 policy" if precision == "bf16" else "TPU strategy scope"
+            if _subclassed(model):
+                fix = ("pass a Functional or Sequential Keras model (a subclassed model cannot be "
+                       "cloned), or use precision='fp32'")
+            else:
+                fix = (f"give {at[0] if at else 'the layer'} a get_config()/from_config() that "
+                       "round-trip (keras.saving.register_keras_serializable), or use precision='fp32'")
             raise UnsupportedError(
-                f"could not rebuild the Keras model under a bfloat16 policy: "
-                f"{brief(e, 160, typed=True)}",
-                "pass a Functional or Sequential Keras model (subclassed models cannot be "
-                "cloned), or use precision='fp32'") from None
+                f"could not rebuild the Keras model under a {what}"
+                + (f" at layer {at[0]}" if at and not _subclassed(model) else "")
+                + f": {brief(e, 160, typed=True)}", fix) from None
         model = clone
     mod.model = model
     return mod
+
+
+def _subclassed(model) -> bool:
+    """A model defined by its own ``call`` (not Functional or Sequential): not clonable."""
+    return not any(c.__name__ in ("Functional", "Sequential") for c in type(model).__mro__)
 
 
 def keras_fn(mod: tf.Module, specs: list[tf.TensorSpec]) -> Callable:
