@@ -190,6 +190,23 @@ def specs(args: tuple[torch.Tensor, ...], outs: list[torch.Tensor], dynamic: boo
     return ins, outs_
 
 
+def program_shapes(ep) -> tuple[list[tuple], list[tuple]]:
+    """The (shape, dtype) of each user input and output of an exported program,
+    read from the graph: a symbolic dimension (a batch or sequence ``Dim``) is
+    ``None``, whatever size the example that traced it had."""
+    def of(v) -> tuple:
+        return (tuple(d if isinstance(d, int) else None for d in v.shape),
+                str(v.dtype).removeprefix("torch."))
+
+    user = set(ep.graph_signature.user_inputs)
+    ins = [of(n.meta["val"]) for n in ep.graph.nodes
+           if n.op == "placeholder" and n.name in user and isinstance(n.meta.get("val"), torch.Tensor)]
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    outs = [of(a.meta["val"]) for a in torch.utils._pytree.tree_leaves(out_node.args[0])
+            if hasattr(a, "meta") and isinstance(a.meta.get("val"), torch.Tensor)]
+    return ins, outs
+
+
 def save_program(ep, directory: Path, name: str = "model.pt2") -> None:
     torch.export.save(ep, str(directory / name))
 

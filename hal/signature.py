@@ -36,6 +36,9 @@ class Signature:
     inputs: list[str] | None = None
     outputs: list[str] | None = None
     tree: Any = None
+    #: each input's shape as the model declares it (``None`` for a free dimension),
+    #: where the format declares shapes (an exported program, ONNX); None elsewhere
+    shapes: list[tuple] | None = None
 
     def output_names(self) -> list[str] | None:
         if self.outputs is not None:
@@ -149,3 +152,13 @@ def stamp(info: Any, sig: Signature | None) -> None:
         setattr(info, kind, [replace(s, name=n) for s, n in zip(specs, unique(names))])
     if sig.tree is not None and leaves(sig.tree) == len(info.outputs):
         info.output_tree = sig.tree
+    if sig.shapes is not None and len(sig.shapes) == len(info.inputs):
+        for spec, declared in zip(info.inputs, sig.shapes):
+            if len(declared) != len(spec.shape):
+                continue
+            for i, (d, got) in enumerate(zip(declared, spec.shape)):
+                if d != got:
+                    info.notes.append(
+                        f"input {spec.name!r} dimension {i}: the model declares "
+                        f"{'a free size' if d is None else d}, the {info.target} executable takes "
+                        f"{'any size' if got is None else got}")

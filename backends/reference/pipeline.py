@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import warnings
 from pathlib import Path
@@ -178,7 +180,12 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
     try:
         ex_args = tuple(a.double() if precision == "fp64" and a.is_floating_point() else a
                         for a in args)
-        program, dynamic = tc.export(module, ex_args)
+        if model.format == "torch.export" and precision in ("fp32", "int8-dynamic") \
+                and any(None in sh for sh, _ in tc.program_shapes(model.value)[0]):
+            # the caller's own Dims (a sequence, a batch range): re-exporting would keep a batch Dim at most
+            program, dynamic = model.value, tc._dynamic_batch(model.value)
+        else:
+            program, dynamic = tc.export(module, ex_args)
         if model.format == "torch.export" and precision != "int8":
             module = program.module()  # the caller's program may carry static-shape guards
         if precision == "int8-dynamic":
@@ -192,6 +199,11 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> E
     outs = tc.run_example(module, [a.double() if precision == "fp64" and a.is_floating_point()
                                    else a for a in args])
     ins, outs_spec = tc.specs(args, outs, dynamic)
+    if program is not None:  # the program's own dims: a sequence Dim stays free, a fixed batch fixed
+        p_ins, p_outs = tc.program_shapes(program)
+        if len(p_ins) == len(ins) and len(p_outs) == len(outs_spec):
+            ins = [replace(s, shape=sh) for s, (sh, _) in zip(ins, p_ins)]
+            outs_spec = [replace(s, shape=sh) for s, (sh, _) in zip(outs_spec, p_outs)]
     info = backend.executable_info(device, precision,
                           ins, outs_spec, conversion_path=path, extra=extra)
     return TorchExecutable(info, device, module, program, recipe)
@@ -202,15 +214,9 @@ def _claims(program, recipe: dict) -> tuple[str, list[tuple[tuple, str]]]:
     (shape, dtype), read from the graph, not from ``hal.json``."""
     quantized = any(n.op == "call_function" and "quantize_per" in str(n.target)
                     for n in program.graph.nodes)
-    user = set(program.graph_signature.user_inputs)
-    ins, dtypes = [], {t.dtype for t in program.state_dict.values() if t.is_floating_point()}
-    for n in program.graph.nodes:
-        if n.op == "placeholder" and n.name in user and isinstance(n.meta.get("val"), torch.Tensor):
-            v = n.meta["val"]
-            ins.append((tuple(d if isinstance(d, int) else None for d in v.shape),
-                        str(v.dtype).removeprefix("torch.")))
-            if v.is_floating_point():
-                dtypes.add(v.dtype)
+    ins = tc.program_shapes(program)[0]
+    dtypes = {t.dtype for t in program.state_dict.values() if t.is_floating_point()}
+    dtypes |= {getattr(torch, d) for _, d in ins if getattr(torch, d).is_floating_point}
     precision = ("int8-dynamic" if recipe.get("dynamic_int8_linear") is True else
                  "int8" if quantized else "fp64" if dtypes == {torch.float64} else "fp32")
     return precision, ins

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ..signature import Signature
+from ..signature import Signature, leaf_names
 
 
 def _pytree_to_json(spec: Any) -> Any:
@@ -31,17 +31,18 @@ def _pytree_to_json(spec: Any) -> Any:
     raise ValueError(f"output container {getattr(t, '__name__', t)}")
 
 
-def _torch_tree(out: Any) -> Any:
+def _outputs(spec: Any, leaves: list | None = None) -> dict[str, Any]:
+    """``Signature`` fields for a torch output spec: the tree and the names it gives
+    (one tensor alone is ``output_0``), or nothing where hal cannot rebuild it."""
     import torch
-    from torch.utils import _pytree as pytree
 
-    leaves, spec = pytree.tree_flatten(out)
-    if not leaves or not all(isinstance(x, torch.Tensor) for x in leaves):
-        return None  # None, ints or an unregistered object among the outputs: no tree to keep
+    if leaves is not None and (not leaves or not all(isinstance(x, torch.Tensor) for x in leaves)):
+        return {}  # None, ints or an unregistered object among the outputs: no tree to keep
     try:
-        return _pytree_to_json(spec)
-    except ValueError:
-        return None
+        tree = _pytree_to_json(spec)
+    except (ValueError, AttributeError):
+        return {}
+    return {"tree": tree, "outputs": leaf_names(tree)}
 
 
 def _forward_names(module: Any, n: int) -> list[str] | None:
@@ -74,8 +75,13 @@ def torch_module(module: Any, example: tuple | None) -> Signature | None:
     finally:
         for m, f in flags:
             m.training = f
-    return Signature(inputs=_forward_names(module, len(example)),
-                     tree=None if out is None else _torch_tree(out))
+    fields = {}
+    if out is not None:
+        from torch.utils import _pytree as pytree
+
+        leaves, spec = pytree.tree_flatten(out)
+        fields = _outputs(spec, leaves)
+    return Signature(inputs=_forward_names(module, len(example)), **fields)
 
 
 def exported(ep: Any, example: tuple | None = None) -> Signature | None:
@@ -85,18 +91,34 @@ def exported(ep: Any, example: tuple | None = None) -> Signature | None:
 
     names = [s.arg.name for s in ep.graph_signature.input_specs
              if s.kind == InputKind.USER_INPUT and isinstance(s.arg, TensorArgument)]
-    try:
-        tree = _pytree_to_json(ep.call_spec.out_spec)
-    except (ValueError, AttributeError):
-        tree = None
-    return Signature(inputs=names or None, tree=tree)
+    return Signature(inputs=names or None, shapes=_program_shapes(ep), **_outputs(ep.call_spec.out_spec))
+
+
+def _program_shapes(ep: Any) -> list[tuple] | None:
+    """Each user input's shape as the program declares it: a symbolic dimension is ``None``."""
+    import torch
+
+    user = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+    if not all(isinstance(v, torch.Tensor) for v in vals):
+        return None
+    return [tuple(d if isinstance(d, int) else None for d in v.shape) for v in vals]
 
 
 def onnx_model(proto: Any, example: tuple | None = None) -> Signature:
     """The graph's inputs (less initializers listed as inputs) and outputs, by name."""
     init = {i.name for i in proto.graph.initializer}
-    return Signature(inputs=[i.name for i in proto.graph.input if i.name not in init],
-                     outputs=[o.name for o in proto.graph.output])
+    ins = [i for i in proto.graph.input if i.name not in init]
+
+    def shape(vi) -> tuple | None:
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            return None
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+
+    shapes = [shape(i) for i in ins]
+    return Signature(inputs=[i.name for i in ins], outputs=[o.name for o in proto.graph.output],
+                     shapes=None if None in shapes else shapes)
 
 
 def keras_model(model: Any, example: tuple | None = None) -> Signature | None:
