@@ -66,7 +66,7 @@ STEERING = {
 
 
 @pytest.mark.parametrize("case", sorted(STEERING))
-def test_openvino_artifact_options_are_checked_not_passed(ov_hal, tmp_path, case):
+def test_openvino_artifact_options_are_checked_not_passed(ov_hal, small_cnn, tmp_path, case):
     opts = STEERING[case](tmp_path)
     bad = craft.repack_hal(ov_hal, tmp_path / "bad.hal",
                            meta=lambda m: m["info"].update(backend_options=opts))
@@ -78,19 +78,8 @@ def test_openvino_artifact_options_are_checked_not_passed(ov_hal, tmp_path, case
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.hal"]
     good = hal.load(ov_hal)
     assert good.info.extra["config"].get("NUM_STREAMS") == "1"
-    np.testing.assert_allclose(good(X), hal.compile(_small(), target="cpu", example_input=(X,),
+    np.testing.assert_allclose(good(X), hal.compile(small_cnn, target="cpu", example_input=(X,),
                                                     cache=False)(X), rtol=1e-4, atol=1e-4)
-
-
-def _small():
-    torch.manual_seed(0)
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
-    ).eval()
 
 
 def test_the_same_rule_refuses_the_callers_options(small_cnn, tmp_path):
@@ -119,7 +108,7 @@ def etpu_hal(tmp_path_factory, small_cnn) -> Path:
     return exe.save(d / "m.hal")
 
 
-def test_an_artifact_asking_for_2000_threads_gets_none(etpu_hal, tmp_path):
+def test_an_artifact_asking_for_2000_threads_gets_none(etpu_hal, small_cnn, tmp_path):
     bad = craft.repack_hal(etpu_hal, tmp_path / "a.hal",
                            meta=lambda m: m["info"].update(backend_options={"num_threads": 2000}))
     with pytest.raises(ArtifactError, match="num_threads") as e:
@@ -134,7 +123,7 @@ def test_an_artifact_asking_for_2000_threads_gets_none(etpu_hal, tmp_path):
     one_line(e)
     one_line_error(cli("run", str(bad2)), 2, "num_threads")
     with pytest.raises(UsageError, match="num_threads"):
-        hal.compile(_small(), target="edgetpu:emulated", precision="int8", example_input=(X,),
+        hal.compile(small_cnn, target="edgetpu:emulated", precision="int8", example_input=(X,),
                     calibration=[X], cache=False, options={"num_threads": 2000})
     assert hal.load(etpu_hal)(X).shape == (1, 10)
 
