@@ -114,7 +114,13 @@ def test_torch_cnn_int8_matches_float_model(torch_exe, small_cnn):
 
 
 def test_raw_int8_io(torch_exe, x16, calib):
-    raw = hal.compile(torch_exe.files.int8, EMU, precision="int8", calibration=calib,
+    # raw_io takes int8 in: calibration samples are checked against that dtype (and not used)
+    with pytest.raises(hal.InvalidInputError, match="float32.*int8"):
+        hal.compile(torch_exe.files.int8, EMU, precision="int8", calibration=calib,
+                    options={"raw_io": True}, cache=False)
+    s, z = torch_exe._it.get_input_details()[0]["quantization"]
+    q_calib = [np.clip(np.rint(c / s) + z, -128, 127).astype(np.int8) for c in calib[:2]]
+    raw = hal.compile(torch_exe.files.int8, EMU, precision="int8", calibration=q_calib,
                       options={"raw_io": True}, cache=False)
     assert [s.dtype for s in raw.info.inputs + raw.info.outputs] == ["int8", "int8"]
     d_in = raw._it.get_input_details()[0]
