@@ -19,7 +19,7 @@ in attributes. Each op must be:
 Unknown (unregistered) ops are refused. The program an ``XlaCallModule`` op
 runs (its ``module`` attribute: MLIR bytecode, as jax2tf and Keras' JAX export
 write it, or text) is parsed with MLIR and checked op by op by
-:mod:`hal_backends.tpu.mlir_guard` (:func:`check_stablehlo`), never matched
+:mod:`hal_backends.mlir_guard` (:func:`check_stablehlo`), never matched
 against patterns: MLIR spells one op many ways (generic form, ``\\XX``
 escapes in quoted names), and a custom call runs native code found by name.
 It may hold func, stablehlo and chlo ops, and custom calls only to
@@ -282,7 +282,7 @@ def _object_graph_functions(og) -> set[str]:
 def check_stablehlo(module: bytes | str, where: str) -> None:
     """Parse the program of an ``XlaCallModule`` (MLIR bytecode or text) with
     MLIR and refuse it (``_Refused``) unless every op is allowed by
-    :mod:`hal_backends.tpu.mlir_guard` with custom calls to
+    :mod:`hal_backends.mlir_guard` with custom calls to
     :data:`CUSTOM_CALLS_OK` only. ``where`` names the node ("function 'f'")."""
     try:
         import jaxlib  # noqa: F401 - the parser; imported here, never with hal
@@ -290,7 +290,7 @@ def check_stablehlo(module: bytes | str, where: str) -> None:
         raise _Refused(f"runs an XlaCallModule program ({where}), which hal checks with "
                        f"jaxlib's MLIR parser, and jaxlib is not installed (pip install jaxlib)"
                        ) from None
-    from hal_backends.tpu import mlir_guard
+    from hal_backends import mlir_guard
 
     mlir_guard.check(module, lambda why: _Refused(f"has an XlaCallModule program ({where}) "
                                                   f"that {why}"), CUSTOM_CALLS_OK)

@@ -29,7 +29,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from hal.cli import app  # noqa: E402
 from hal_backends import tf_graph_guard as guard  # noqa: E402
-from hal_backends.tpu import mlir_guard  # noqa: E402
+from hal_backends import mlir_guard  # noqa: E402
 
 TPU = "tpu:xla-cpu"
 PROGRAM = "artifact/program/b2.stablehlo.mlir"

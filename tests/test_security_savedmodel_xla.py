@@ -28,7 +28,7 @@ import craft  # noqa: E402  (tests/craft.py)
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 from hal_backends import tf_graph_guard as guard  # noqa: E402
-from hal_backends.tpu import mlir_guard  # noqa: E402
+from hal_backends import mlir_guard  # noqa: E402
 
 TPU = "tpu:xla-cpu"
 X = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)

@@ -5,7 +5,7 @@
   field is type-checked here and checked against ``hal.json``'s inputs, so a
   damaged or lying file is one ArtifactError, never a KeyError or TypeError.
 * torch: ``weights.npz`` (numpy arrays, read without pickle) and
-  ``program/b<n>.stablehlo.mlir``: parsed and checked by :mod:`.mlir_guard`,
+  ``program/b<n>.stablehlo.mlir``: parsed and checked by :mod:`hal_backends.mlir_guard`,
   whose re-print is rebuilt into XLA's call-module op.
 * Keras and SavedModel: ``saved_model/``, checked by
   :mod:`hal_backends.tf_graph_guard` before TensorFlow loads it.
@@ -39,7 +39,7 @@ FIX = "re-create the artifact with hal compile (it was damaged or not written by
 @dataclass
 class Lowered:
     """One bucket's StableHLO module and how to call it. The text is always
-    one that :func:`.mlir_guard.check` parsed and re-printed: custom-call
+    one that :func:`hal_backends.mlir_guard.check` parsed and re-printed: custom-call
     free, so it runs on the TPU and on XLA:CPU alike."""
 
     text: str
@@ -165,7 +165,7 @@ def check_call_layout(n: int, low: Lowered, sig: list[tuple[tuple[int, ...], str
                       inputs: list[tuple[tuple[int, ...], str]]) -> None:
     """Each argument the call-module op passes (weight or input) must have the
     shape and dtype of ``sig``, the parsed ``@main``'s arguments (see
-    :mod:`.mlir_guard`); XLA would otherwise fail at the first call, not at load."""
+    :mod:`hal_backends.mlir_guard`); XLA would otherwise fail at the first call, not at load."""
     if sig is None or len(sig) != len(low.args):
         raise bad(f"StableHLO of batch bucket {n} does not declare the {len(low.args)} static "
                   "argument(s) tpu.json lists")

@@ -266,7 +266,7 @@ def load(backend, artifact: Path, info: ExecutableInfo, device: Device, meta: di
     if meta["kind"] == "torch":
         require(("jaxlib",), "loading a torch model's tpu artifact (its StableHLO is parsed with "
                 "jaxlib's MLIR before XLA sees it)", DeviceUnavailableError, extra="tpu-runtime")
-        from . import mlir_guard
+        from .. import mlir_guard
 
         lowered: dict[int, Lowered] = {}
         sigs, bf16 = {}, False

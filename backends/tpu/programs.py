@@ -9,7 +9,7 @@ and one ``tf.function(jit_compile=True)`` per batch bucket (attribute ``b<n>``).
 
 Keras and SavedModel executables are saved with ``tf.saved_model.save``; a
 torch executable is saved as data (its StableHLO text and weights) and rebuilt
-by :func:`rebuild_torch` from the text :mod:`.mlir_guard` re-printed. Every SavedModel is checked by
+by :func:`rebuild_torch` from the text :mod:`hal_backends.mlir_guard` re-printed. Every SavedModel is checked by
 :mod:`hal_backends.tf_graph_guard` before ``tf.saved_model.load`` sees it: a
 TensorFlow graph is code. On a TPU every call goes through the one-core
 ``TPUStrategy`` and variables are created under its scope.
@@ -65,7 +65,7 @@ def call_module_fn(mod: tf.Module, low: Lowered, names: list[str],
                    specs: list[tf.TensorSpec]) -> Callable:
     """The jit-compiled function that runs one bucket's StableHLO module.
 
-    ``low.text`` passed :mod:`.mlir_guard` (no custom calls, nothing
+    ``low.text`` passed :mod:`hal_backends.mlir_guard` (no custom calls, nothing
     platform-specific), so it is marked as lowered for TPU with the platform
     check disabled: the very same program runs on the TPU and on XLA:CPU."""
     from tensorflow.compiler.tf2xla.python import xla as tfxla

@@ -25,7 +25,7 @@ from hal.formats.builtin import export_static
 from hal.plugin import Model
 
 from .. import torch_common as tc
-from . import mlir_guard
+from .. import mlir_guard
 from .artifact import Lowered
 
 #: MLIR dialects XLA's call-module op accepts; anything else cannot run on XLA.
