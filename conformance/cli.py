@@ -19,7 +19,7 @@ def run_cli(opts: Options, console=None) -> int:
     from hal.cli import SafeConsole as Console
 
     from . import report as rep
-    from .results import CellResult
+    from .results import CellResult, Result
     from .runner import Suite, export_goldens
 
     con = console or Console()
@@ -39,13 +39,13 @@ def run_cli(opts: Options, console=None) -> int:
         if bar is not None:
             bar.update(bar.task_ids[0], completed=progress.finished,
                        total=max(progress.total, progress.finished), description=eta)
-        if c.result == "unsupported" or (c.suite == "onnx" and c.result == "pass"):
+        if not c.runnable or (c.suite == "onnx" and c.result == Result.PASS):
             return  # ONNX's 1884 node cases per target: only what breaks gets a line
         extra = rep.headline(c)
-        con.print(f"[dim]{eta}[/dim] [{rep.STYLE[c.result]}]{rep.MARK[c.result]:>7}[/] {c.id:<42} {extra:>9} "
+        con.print(f"[dim]{eta}[/dim] [{c.result.style}]{c.result.mark:>7}[/] {c.id:<42} {extra:>9} "
                   + (f"[dim]{c.host:<12}[/dim] " if c.host else "")
                   + f"[dim]{c.duration_s or 0:5.1f}s[/dim]"
-                  + (f"  [dim]{c.message[:160]}[/dim]" if c.result != "pass" else ""),
+                  + (f"  [dim]{c.message[:160]}[/dim]" if c.result != Result.PASS else ""),
                   highlight=False)
 
     try:

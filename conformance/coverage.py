@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from .policy import JUDGED_PRECISIONS
-from .results import CellResult, Report, Result
+from .results import Category, CellResult, Report, Result
 
 #: results that are not the backend declining: counted as "broken" in summaries
-BROKEN = (Result.FAIL, Result.PRECISION_NOT_HONOURED, Result.ERROR, Result.CRASH, Result.TIMEOUT,
-          Result.LOST)
+BROKEN = tuple(r for r in Result if r.category in (Category.FAILURE, Category.ERROR))
+#: the totals' columns: every result kind, as the report names it
+TOTALS = [(r.value, "not honoured" if r == Result.PRECISION_NOT_HONOURED else r.value) for r in Result]
 
 
 def columns(cells: list[CellResult]) -> list[tuple[str, str]]:
@@ -87,13 +88,11 @@ def broken_by_stage(r: Report) -> dict[str, list[CellResult]]:
 
 def markdown(r: Report, max_listed: int = 300) -> list[str]:
     """The summary for a pull request: totals, each suite's matrix, what broke where."""
-    md = ["## Totals", "", "| tier | device | precision | pass | fail | not honoured | error | "
-          "crash | timeout | unsupported |", "|---|---|---|---|---|---|---|---|---|---|"]
+    md = ["## Totals", "", "| tier | device | precision | " + " | ".join(n for _, n in TOTALS) + " |",
+          "|---|---|---|" + "---|" * len(TOTALS)]
     for t in totals(r):
-        md.append(f"| {t['tier']} | {t['target']} | {t['precision']} | {t.get('pass', 0)} | "
-                  f"{t.get('fail', 0)} | "
-                  f"{t.get('precision-not-honoured', 0)} | {t.get('error', 0)} | "
-                  f"{t.get('crash', 0)} | {t.get('timeout', 0)} | {t.get('unsupported', 0)} |")
+        md.append(f"| {t['tier']} | {t['target']} | {t['precision']} | "
+                  + " | ".join(str(t.get(k, 0)) for k, _ in TOTALS) + " |")
     for suite, title, heading in MATRICES:
         cols, rows = matrix(r, suite)
         if not rows:
@@ -148,13 +147,12 @@ def rich_summary(r: Report):
     from rich.table import Table
 
     t = Table(box=box.SIMPLE_HEAD, title="cells per device and precision", title_justify="left")
-    for col in ("tier", "device", "precision", "pass", "fail", "≠ honoured", "error", "crash",
-                "timeout", "unsupported"):
-        t.add_column(col, justify="left" if col in ("tier", "device", "precision") else "right")
+    for col in ("tier", "device", "precision"):
+        t.add_column(col)
+    for _, name in TOTALS:
+        t.add_column(name, justify="right")
     for x in totals(r):
-        t.add_row(x["tier"], x["target"], x["precision"], str(x.get("pass", 0)), str(x.get("fail", 0)),
-                  str(x.get("precision-not-honoured", 0)), str(x.get("error", 0)),
-                  str(x.get("crash", 0)), str(x.get("timeout", 0)), str(x.get("unsupported", 0)))
+        t.add_row(x["tier"], x["target"], x["precision"], *(str(x.get(k, 0)) for k, _ in TOTALS))
     return t
 
 

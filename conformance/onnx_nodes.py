@@ -11,13 +11,13 @@ gets a row per operator next to the torch operator tier's.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .results import CellResult, Result, Stage
+from .protocol import Outcome, Status
+from .results import Reason, Result, Stage
 
 SUITE = "onnx"
 PRECISION = "fp32"
@@ -87,31 +87,32 @@ def run_chunk(target: str, names: list[str], workdir: Path, timeout_s: float,
     return res.results
 
 
-#: a refusal by design or a missing conversion: the target declines the case
-_DECLINED = re.compile(r"UnsupportedError|NoConversionPath|passes tensors only|is (a sequence|a map|"
-                       r"an empty optional)")
+#: exception types that mean the target declines a case (by design, or no conversion)
+DECLINED = ("UnsupportedError", "NoConversionPath")
 
 
-def cell(device: dict[str, Any], backend: str, name: str, rec: dict[str, Any]) -> CellResult:
-    """One case's record from :mod:`.onnx_suite` as a conformance cell."""
-    target = device["target"]
-    c = CellResult(f"{target}/{name}/{PRECISION}", backend, target, device["name"], device["kind"],
-                   name, PRECISION, suite=SUITE, family=cases().get(name, "?"),
-                   duration_s=rec.get("seconds"))
+def outcome(rec: dict[str, Any]) -> Outcome:
+    """One case's record from :mod:`.onnx_suite` as an :class:`Outcome` judged by ONNX's
+    own expected outputs. The stage is the one hal tagged; where none was tagged, the
+    attribution (:func:`.onnx_suite.whose`) says whose step it was."""
     r, msg, who = rec.get("result"), rec.get("message", ""), rec.get("whose", "")
+    o = Outcome(Status.RAN, f"{who}: {msg}" if who and r != "pass" else "",
+                duration_s=rec.get("seconds"))
     if r == "pass":
-        c.result = Result.PASS
-        return c
-    c.message = f"{who}: {msg}" if who else msg
-    if r == "fail":
-        c.result, c.stage = Result.FAIL, Stage.COMPARE
+        o.judged = Result.PASS
+    elif r == "fail":
+        o.judged, o.stage, o.reason = Result.FAIL, Stage.COMPARE, Reason.EXTERNAL
     elif r in ("crash", "timeout"):
-        c.result, c.stage = Result(r), Stage.RUN
-    elif r == "skip" or _DECLINED.search(msg):
-        c.result, c.stage = Result.UNSUPPORTED, (Stage.CONVERT if "converter" in who else Stage.COMPILE)
-    else:  # the stage hal tagged the error with, else what the attribution says
-        c.result = Result.ERROR
-        c.stage = Stage(rec["stage"]) if rec.get("stage") in Stage._value2member_map_ else (
+        o.judged, o.stage = Result(r), Stage.RUN
+        o.reason = Reason.WORKER_DIED if r == "crash" else Reason.NO_ANSWER
+    elif r == "skip" or any(t in DECLINED for t in rec.get("error_types") or ()):
+        o.judged = Result.UNSUPPORTED
+        conv = "converter" in who or "NoConversionPath" in (rec.get("error_types") or ())
+        o.stage = Stage.CONVERT if conv else Stage.COMPILE
+        o.reason = Reason.NO_CONVERSION if conv else Reason.REFUSED
+    else:
+        o.judged, o.reason = Result.ERROR, Reason.RAISED
+        o.stage = Stage.of(rec.get("stage")) or (
             Stage.CONVERT if who.startswith("converter") else
             Stage.COMPILE if "compile" in who or "refused" in who else Stage.RUN)
-    return c
+    return o

@@ -170,6 +170,7 @@ def _outcome(case, name: str) -> dict[str, Any]:
         def addError(self, test, err):  # keep the stage hal tagged the exception with
             super().addError(test, err)
             self.stage = getattr(err[1], "hal_stage", None)
+            self.types = [k.__name__ for k in type(err[1]).__mro__]
 
     result = Result()
     t0 = time.perf_counter()
@@ -177,6 +178,8 @@ def _outcome(case, name: str) -> dict[str, Any]:
     rec: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3)}
     if result.stage:
         rec["stage"] = result.stage
+    if getattr(result, "types", None):
+        rec["error_types"] = result.types  # what the judge reads, not the message
     if result.failures:
         rec.update(result="fail", message=_last(result.failures[0][1]))
     elif result.errors:

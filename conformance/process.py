@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,10 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from .protocol import CellCommand, Outcome, Status
 
 
 class WorkerDied(Exception):
@@ -175,36 +180,35 @@ class BackendRun:
         self.worker, self.ready = w, ready
         return ready
 
-    def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Run one cell command; a death or a timeout becomes the cell's result."""
+    def execute(self, cmd: CellCommand, timeout_s: float | None = None) -> Outcome:
+        """Run one cell command; a death or a timeout becomes the cell's outcome
+        (``timeout_s``: this command's own bound instead of the per-cell one)."""
+        timeout_s = timeout_s or self.timeout_s
         if self.dead:
-            return {"status": "crash", "message": self.dead}
+            return Outcome(Status.CRASH, self.dead)
         try:
             self.ensure_started()
         except (WorkerDied, WorkerTimeout) as e:
             self.dead = f"the worker could not be restarted: {e}"
-            return {"status": "crash" if isinstance(e, WorkerDied) else "timeout",
-                    "message": self.dead}
+            return Outcome(Status.CRASH if isinstance(e, WorkerDied) else Status.TIMEOUT, self.dead)
         w = self.worker
         assert w is not None
         t0 = time.monotonic()
         w.stage = None
         try:
-            w.send(cmd)
-            w.expect("start", self.timeout_s)
-            return w.expect("done", self.timeout_s)
+            w.send(cmd.to_dict())
+            w.expect("start", timeout_s)
+            return Outcome.from_dict(w.expect("done", timeout_s))
         except WorkerTimeout:
             w.kill()
             self.worker = None
-            return {"status": "timeout", "duration_s": time.monotonic() - t0, "stage": w.stage,
-                    "message": f"no result within {self.timeout_s:g}s; the worker was killed "
-                               f"and restarted for the remaining cells",
-                    "detail": w.log_tail(lines=40, chars=6000)}
+            return Outcome(Status.TIMEOUT, f"no result within {timeout_s:g}s; the worker was "
+                           f"killed and restarted for the remaining cells", w.stage,
+                           duration_s=time.monotonic() - t0, detail=w.log_tail(lines=40, chars=6000))
         except WorkerDied as e:
             self.worker = None
-            return {"status": "crash", "duration_s": time.monotonic() - t0, "message": str(e),
-                    "stage": w.stage,
-                    "detail": w.log_tail(lines=40, chars=6000)}
+            return Outcome(Status.CRASH, str(e), w.stage, duration_s=time.monotonic() - t0,
+                           detail=w.log_tail(lines=40, chars=6000))
 
     def request(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send a non-cell command and wait for its ``done`` (no restart on failure)."""
@@ -216,10 +220,73 @@ class BackendRun:
         except (WorkerDied, WorkerTimeout) as e:
             self.worker.kill()
             self.worker = None
-            return {"status": "crash", "message": str(e)}
+            return {"status": Status.CRASH.value, "message": str(e)}
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
             self.ready = None
+
+
+def safe_name(s: str) -> str:
+    """``s`` as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+class WorkerPool:
+    """The workers of one orchestrator, by key (a backend's name, or another worker of
+    it), with the scratch folder their inputs and outputs go through."""
+
+    def __init__(self, workdir: Path | None, source: str | None, startup_timeout_s: float,
+                 timeout_s: float, jobs: int = 1) -> None:
+        import tempfile
+
+        self.own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hal-conformance-"))
+        (self.workdir / "out").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+        self.source = source
+        self.startup_timeout_s = startup_timeout_s
+        self.timeout_s = timeout_s
+        #: OpenMP threads per worker when several share the cores (None: the default)
+        self.threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+        self.runs: dict[str, BackendRun] = {}
+        self.lock = threading.Lock()
+
+    def get(self, name: str, key: str | None = None) -> BackendRun:
+        """``name``'s worker (``key``: another worker of the same backend)."""
+        key = key or name
+        with self.lock:
+            if key not in self.runs:
+                self.runs[key] = BackendRun(name, self.workdir / f"worker-{safe_name(key)}.log",
+                                            self.source, self.startup_timeout_s, self.timeout_s,
+                                            self.threads)
+            return self.runs[key]
+
+    def data(self, model: str) -> Path:
+        """The model's inputs as an .npz (written once)."""
+        from . import cases
+
+        path = self.workdir / "data" / f"{safe_name(model)}.npz"
+        with self.lock:
+            if not path.exists():
+                np.savez(path, **cases.data(model))
+        return path
+
+    def out_path(self, cell_id: str) -> Path:
+        return self.workdir / "out" / f"{safe_name(cell_id)}.npy"
+
+    def close(self, key: str) -> None:
+        run = self.runs.get(key)
+        if run is not None:
+            run.close()
+
+    def close_all(self, remove: bool = True) -> None:
+        """Stop every worker; remove the scratch folder when it is ours."""
+        import shutil
+
+        for run in list(self.runs.values()):
+            run.close()
+        if remove and self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

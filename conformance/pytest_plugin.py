@@ -49,14 +49,16 @@ class BackendCollector(pytest.Collector):
 
     def collect(self):
         suite = _suite(self.config)
-        specs = suite.plan(self.backend)
-        if specs is None:
+        specs = suite.plan()  # the one planner, as `hal conformance` and the lab use it
+        broken = suite.report.backends.get(self.backend, {}).get("error")
+        if broken:
             yield BrokenBackend.from_parent(self, name="worker-start",
                                             message="; ".join(suite.report.errors))
             return
         for spec in specs:
-            yield CellItem.from_parent(self, name=f"{spec.device['target']}/{spec.model}[{spec.precision}]",
-                                       spec=spec)
+            if spec.backend == self.backend:
+                yield CellItem.from_parent(self, name=f"{spec.target}/{spec.model}[{spec.precision}]"
+                                           + ("@dynamic" if spec.shapes == "dynamic" else ""), spec=spec)
 
 
 class CellItem(pytest.Item):
@@ -66,13 +68,15 @@ class CellItem(pytest.Item):
         self.add_marker("hal_conformance")
 
     def runtest(self) -> None:
+        from .results import Category
+
         cell = _suite(self.config).run_cell(self.spec)
-        for k in ("result", "max_abs_err", "snr_db", "top1_agreement", "accuracy",
+        for k in ("result", "reason", "max_abs_err", "snr_db", "top1_agreement", "accuracy",
                   "compile_time_s", "latency_p50_ms"):
             self.user_properties.append((k, getattr(cell, k)))
-        if cell.result == "unsupported":
-            pytest.skip(f"unsupported: {cell.message}")
-        if cell.result != "pass":
+        if cell.result.category == Category.SKIPPED:
+            pytest.skip(f"{cell.result}: {cell.message}")
+        if cell.result.category != Category.PASS:
             raise CellFailed(f"{cell.result}: {cell.message}")
 
     def repr_failure(self, excinfo, style=None):

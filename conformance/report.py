@@ -16,14 +16,11 @@ from hal.paths import atomic_file, write_text_atomic
 
 from .models import MODELS
 from .policy import JUDGED_PRECISIONS, POLICY
-from .results import CellResult, Report
+from .results import Category, CellResult, Report, Result
 
-STYLE = {"pass": "green", "fail": "bold red", "unsupported": "dim", "error": "yellow",
-         "crash": "bold magenta", "timeout": "magenta", "lost": "bold yellow",
-         "oracle-disagreement": "cyan", "precision-not-honoured": "bold red"}
-MARK = {"pass": "✓", "fail": "✗", "unsupported": "–", "error": "error", "crash": "crash",
-        "timeout": "timeout", "lost": "lost", "oracle-disagreement": "no oracle",
-        "precision-not-honoured": "≠"}
+#: each result's console style and matrix mark, as the :class:`Result` enum defines them
+STYLE = {r.value: r.style for r in Result}
+MARK = {r.value: r.mark for r in Result}
 
 
 def headline(c: CellResult) -> str:
@@ -45,8 +42,7 @@ def _fmt(v, spec: str = ".3g", none: str = "") -> str:
 
 def summary_line(r: Report) -> str:
     s = r.summary()
-    parts = [f"{s[k]} {k}" for k in ("pass", "fail", "unsupported", "error", "crash", "timeout",
-                                     "lost", "oracle-disagreement") if s.get(k)]
+    parts = [f"{s[r.value]} {r.value}" for r in Result if s.get(r.value)]
     dur = r.meta.get("duration_s")
     return (f"{s['cells']} cells ({s['runnable']} runnable): {', '.join(parts) or 'none'}"
             + (f" in {dur:.0f}s" if dur is not None else "")
@@ -148,7 +144,7 @@ def _problems(r: Report) -> list:
     from rich.text import Text
 
     out = []
-    problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != "pass"]
+    problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != Result.PASS]
     if problems:
         pt = Table(title="cells that did not pass", title_justify="left", show_lines=False)
         pt.add_column("cell")
@@ -183,9 +179,10 @@ def write_junit(r: Report, path: str | Path) -> None:
         by_dev[c.target].append(c)
     total = defaultdict(int)
     for dev, cells in sorted(by_dev.items()):
-        counts = {"tests": len(cells), "failures": sum(c.result == "fail" for c in cells),
-                  "errors": sum(c.result in ("error", "crash", "timeout", "lost") for c in cells),
-                  "skipped": sum(c.result == "unsupported" for c in cells)}
+        cats = [Result(c.result).category for c in cells]
+        counts = {"tests": len(cells), "failures": cats.count(Category.FAILURE),
+                  "errors": cats.count(Category.ERROR),
+                  "skipped": cats.count(Category.SKIPPED) + cats.count(Category.NOT_JUDGED)}
         ts = ET.SubElement(root, "testsuite", name=f"hal.conformance.{dev}",
                            time=f"{sum(c.duration_s or 0 for c in cells):.3f}",
                            **{k: str(v) for k, v in counts.items()})
@@ -205,12 +202,14 @@ def write_junit(r: Report, path: str | Path) -> None:
                     ET.SubElement(cp, "property", name=k, value=str(v))
             if c.conversion_path:
                 ET.SubElement(cp, "property", name="conversion_path", value=" → ".join(c.conversion_path))
-            if c.result == "fail":
-                ET.SubElement(tc, "failure", message=c.message[:1000], type="tolerance").text = c.message
-            elif c.result in ("error", "crash", "timeout", "lost"):
-                ET.SubElement(tc, "error", message=c.message[:1000], type=c.result).text = \
+            cat = Result(c.result).category
+            if cat == Category.FAILURE:
+                ET.SubElement(tc, "failure", message=c.message[:1000],
+                              type=str(c.reason or "tolerance")).text = c.message
+            elif cat == Category.ERROR:
+                ET.SubElement(tc, "error", message=c.message[:1000], type=str(c.result)).text = \
                     c.message + ("\n" + c.detail if c.detail else "")
-            elif c.result in ("unsupported", "oracle-disagreement"):  # judged by nothing
+            elif cat in (Category.SKIPPED, Category.NOT_JUDGED):  # judged by nothing
                 ET.SubElement(tc, "skipped", message=c.message[:1000])
     for k, v in total.items():
         root.set(k, str(v))
@@ -294,7 +293,7 @@ def precision_figure(r: Report, precision: str):
         if not is_float:  # no tick past 100%
             ax.set_xticks([t for t in ax.get_xticks() if lo <= t <= 100])
         for y, v, c in zip(ys, vals, cells):
-            ok = c.result == "pass"
+            ok = c.result == Result.PASS
             ax.scatter(v, y, s=55, marker="o" if ok else "X", color=_OK if ok else _BAD, zorder=3)
         ax.axvline(limit, color=_BAD, ls="--", lw=1.3, zorder=2)
         ax.text(limit, len(cells) - 0.45, f" {rule}", color=_BAD, va="bottom", ha="left")
@@ -305,7 +304,7 @@ def precision_figure(r: Report, precision: str):
             if cells[i].target != cells[i - 1].target:
                 ax.axhline(ys[i] + 0.5, color="#999", lw=0.6)
         ax.grid(axis="x", alpha=0.3)
-        failing = sum(c.result != "pass" for c in cells)
+        failing = sum(c.result != Result.PASS for c in cells)
         ax.set_title(f"{precision}: {len(cells) - failing} of {len(cells)} pass"
                      + (f", {failing} {'does' if failing == 1 else 'do'} not" if failing else ""),
                      loc="left")
@@ -413,7 +412,7 @@ def write_html(r: Report, path: str | Path) -> None:
     e = html.escape
     s = r.summary()
     precisions = [p for p in JUDGED_PRECISIONS if any(c.precision == p for c in r.cells)]
-    problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != "pass"]
+    problems = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable and c.result != Result.PASS]
     skipped = not_run(r)
     bad = not r.passed
     verdict = (f"{len(problems)} of {s['runnable']} runnable cells did not pass"

@@ -14,8 +14,27 @@ from typing import Any
 from hal.paths import write_text_atomic
 
 
+class Category(str, Enum):
+    """What a result means for the run, as ExecuTorch's ``TestResult`` groups its outcomes
+    (success, backend failure, not the backend's fault); each maps to one JUnit element."""
+
+    PASS = "pass"
+    #: the backend's answer is wrong (JUnit <failure>)
+    FAILURE = "failure"
+    #: the cell did not finish: an exception, a crash, a timeout, a lost host (<error>)
+    ERROR = "error"
+    #: the backend declines: not runnable, never a pass or a failure (<skipped>)
+    SKIPPED = "skipped"
+    #: ran, but nothing could judge it (<skipped>, and the run does not pass)
+    NOT_JUDGED = "not-judged"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Result(str, Enum):
-    """What became of a cell. A str, so the JSON holds the plain value."""
+    """What became of a cell. A str, so the JSON holds the plain value; each knows its
+    category, its mark in the matrices and its console style."""
 
     PASS = "pass"
     #: it ran and broke the tolerance policy
@@ -38,6 +57,38 @@ class Result(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def category(self) -> Category:
+        return _LOOK[self][0]
+
+    @property
+    def mark(self) -> str:
+        """Its mark in a result matrix (console, HTML)."""
+        return _LOOK[self][1]
+
+    @property
+    def style(self) -> str:
+        """Its rich console style."""
+        return _LOOK[self][2]
+
+    @property
+    def runnable(self) -> bool:
+        """Whether the cell counts as runnable (everything but a refusal)."""
+        return self.category != Category.SKIPPED
+
+
+_LOOK: dict[Result, tuple[Category, str, str]] = {
+    Result.PASS: (Category.PASS, "✓", "green"),
+    Result.FAIL: (Category.FAILURE, "✗", "bold red"),
+    Result.PRECISION_NOT_HONOURED: (Category.FAILURE, "≠", "bold red"),
+    Result.UNSUPPORTED: (Category.SKIPPED, "–", "dim"),
+    Result.ERROR: (Category.ERROR, "error", "yellow"),
+    Result.CRASH: (Category.ERROR, "crash", "bold magenta"),
+    Result.TIMEOUT: (Category.ERROR, "timeout", "magenta"),
+    Result.LOST: (Category.ERROR, "lost", "bold yellow"),
+    Result.ORACLE_DISAGREEMENT: (Category.NOT_JUDGED, "no oracle", "cyan"),
+}
+
 
 class Stage(str, Enum):
     """Where a cell that did not pass broke, in the order a cell goes through them
@@ -53,6 +104,62 @@ class Stage(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def of(cls, value: str | None) -> Stage | None:
+        """A stage from a worker's tag (None when it names none we know)."""
+        return cls(value) if value in cls._value2member_map_ else None
+
+
+class Reason(str, Enum):
+    """Why a cell is not a plain pass, as a code that reports and re-judging read (the
+    message says the same for people). Each knows the stage it is at when nothing
+    more precise was tagged."""
+
+    #: planning refusals (no worker asked)
+    NOT_AVAILABLE = "not-available"
+    NOT_OFFERED = "not-offered"
+    NO_CONVERSION = "no-conversion"
+    INTEGER_INPUTS = "integer-inputs"
+    NO_DYNAMIC_BATCH = "no-dynamic-batch"
+    #: the backend raised UnsupportedError while compiling
+    REFUSED = "refused"
+    #: an exception, a crash, a timeout, a lost host
+    RAISED = "raised"
+    WORKER_DIED = "worker-died"
+    NO_ANSWER = "no-answer"
+    HOST_LOST = "host-lost"
+    NO_REFERENCE = "no-reference"
+    NO_OUTPUT = "no-output"
+    ORACLE_DISAGREED = "oracle-disagreed"
+    #: judged: outputs that cannot be compared, then the rules
+    SHAPE = "shape"
+    NOT_FINITE = "not-finite"
+    KIND = "kind"
+    ROUNDTRIP = "roundtrip"
+    TOLERANCE = "tolerance"
+    DISHONEST = "dishonest"
+    #: a verdict of the case's own test (ONNX's node corpus: its expected outputs)
+    EXTERNAL = "external"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def stage(self) -> Stage:
+        if self in _JUDGED:
+            return Stage.COMPARE
+        return {Reason.NO_CONVERSION: Stage.CONVERT,
+                Reason.ROUNDTRIP: Stage.SAVE_RELOAD}.get(self, Stage.COMPILE)
+
+    @property
+    def rejudgeable(self) -> bool:
+        """A verdict of the tolerance policy, which a policy change may turn."""
+        return self in (Reason.TOLERANCE, Reason.DISHONEST)
+
+
+_JUDGED = {Reason.SHAPE, Reason.NOT_FINITE, Reason.KIND, Reason.TOLERANCE, Reason.DISHONEST,
+           Reason.EXTERNAL, Reason.ORACLE_DISAGREED}
 
 
 #: every value ``CellResult.result`` can take
@@ -78,6 +185,8 @@ class CellResult:
     message: str = ""
     #: where a non-pass broke (None for a pass)
     stage: Stage | None = None
+    #: why it is not a pass, as a code (None for a pass)
+    reason: Reason | None = None
     #: quick | ops | models, and the operator family or model family (matrix rows)
     suite: str = "quick"
     family: str = ""
@@ -107,15 +216,17 @@ class CellResult:
     def __post_init__(self) -> None:
         self.result = Result(self.result)
         self.stage = Stage(self.stage) if self.stage else None
+        self.reason = Reason(self.reason) if self.reason else None
 
     @property
     def runnable(self) -> bool:
-        return self.result != Result.UNSUPPORTED
+        return Result(self.result).runnable
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["result"] = Result(self.result).value
         d["stage"] = Stage(self.stage).value if self.stage else None
+        d["reason"] = Reason(self.reason).value if self.reason else None
         return d
 
     @classmethod
@@ -138,15 +249,22 @@ class Report:
     complete: bool = False
 
     def counts(self) -> dict[str, int]:
+        """Cells per result, every kind listed (0 where none)."""
         c = {r: 0 for r in RESULTS}
         for cell in self.cells:
             c[Result(cell.result).value] += 1
         return c
 
+    def categories(self) -> dict[str, int]:
+        c = {k.value: 0 for k in Category}
+        for cell in self.cells:
+            c[Result(cell.result).category.value] += 1
+        return c
+
     @property
     def passed(self) -> bool:
         """Every runnable cell passed and nothing failed outside a cell."""
-        return not self.errors and all(c.result == "pass" for c in self.cells if c.runnable)
+        return not self.errors and all(c.result == Result.PASS for c in self.cells if c.runnable)
 
     def summary(self) -> dict[str, Any]:
         c = self.counts()

@@ -25,6 +25,8 @@ import numpy as np
 
 from hal.plugin import missing
 
+from .protocol import Status
+
 #: the profile loop runs this long per cell (after a short warm-up).
 PROFILE_SECONDS = 0.2
 #: samples per call when the executable takes any batch size
@@ -59,37 +61,39 @@ class Worker:
         from hal.formats import plan
 
         from .policy import JUDGED_PRECISIONS, ORACLE_PRECISION
+        from .protocol import BackendInfo, DeviceInfo, Refusal
+        from .results import Reason
 
         st = self.status
         devices = []
+        dyn = bool(getattr(self.backend, "dynamic_batch", False))
         for dev in st.devices:
-            d = dev.to_dict()
-            d["unsupported"] = {}
+            d = DeviceInfo.from_dict(dev.to_dict(), st.name, dyn)
             offered = self.backend.precisions_for(dev) if dev.available else ()
             for p in JUDGED_PRECISIONS + (ORACLE_PRECISION,):
                 if not dev.available:
-                    why = f"{dev.target} is not available: {dev.reason or 'no reason given'}"
+                    why = Refusal(Reason.NOT_AVAILABLE,
+                                  f"{dev.target} is not available: {dev.reason or 'no reason given'}")
                 elif p not in offered:
-                    why = (f"{dev.target} does not offer {p} "
-                           f"(offers {', '.join(offered) or 'nothing'})")
+                    why = Refusal(Reason.NOT_OFFERED, f"{dev.target} does not offer {p} "
+                                  f"(offers {', '.join(offered) or 'nothing'})")
                 else:
                     try:
                         plan(self.source, self.backend.formats_for(dev, p), self.reg.converters)
                         why = None
                     except self.hal.HalError as e:
-                        why = f"no conversion from {self.source}: {e}"
-                d["unsupported"][p] = why
+                        why = Refusal(Reason.NO_CONVERSION, f"no conversion from {self.source}: {e}")
+                d.unsupported[p] = why
             # whether ONNX's node corpus can run here (at fp32, as ONNX's expected outputs are)
             try:
                 plan("onnx", self.backend.formats_for(dev, "fp32"), self.reg.converters)
-                d["takes_onnx"] = dev.available and "fp32" in offered
+                d.takes_onnx = dev.available and "fp32" in offered
             except self.hal.HalError:
-                d["takes_onnx"] = False
+                d.takes_onnx = False
             devices.append(d)
-        self.send(event="ready", pid=os.getpid(), backend=st.name, version=st.version,
-                  dynamic_batch=bool(getattr(self.backend, "dynamic_batch", False)),
-                  missing_runtime=st.missing_runtime, error=st.error, description=st.description,
-                  source=self.source, devices=devices)
+        info = BackendInfo(st.name, st.version, st.missing_runtime, st.error, st.description, dyn,
+                           self.source, devices)
+        self.send(event="ready", pid=os.getpid(), **info.to_dict())
 
     # --- one cell -------------------------------------------------------------------
     def model(self, name: str, onnx_path: str | None):
@@ -122,69 +126,70 @@ class Worker:
             raise got
         return got
 
-    def at(self, cmd: dict, stage: str) -> None:
+    def at(self, cmd, stage: str) -> None:
         """Enter a stage: the orchestrator hears it, so a crash or a timeout names it too."""
         self.stage = stage
-        self.send(event="stage", id=cmd["id"], stage=stage)
+        self.send(event="stage", id=cmd.id, stage=stage)
 
-    def cell(self, cmd: dict) -> None:
+    def cell(self, command: dict) -> None:
         from hal.errors import stage_of
 
+        from .protocol import CellCommand, Outcome
+
         hal = self.hal
-        self.send(event="start", id=cmd["id"], t=time.time())
-        res: dict[str, Any] = {"event": "done", "id": cmd["id"]}
+        cmd = CellCommand.from_dict(command)
+        self.send(event="start", id=cmd.id, t=time.time())
         t0 = time.perf_counter()
         self.stage = "compile"
         try:
-            res.update(self._run(cmd))
+            res = Outcome.from_dict(self._run(cmd))
         except hal.UnsupportedError as e:
-            res.update(status="unsupported", message=str(e), stage=stage_of(e, self.stage))
+            res = Outcome(Status.UNSUPPORTED, str(e), stage_of(e, self.stage))
         except hal.HalError as e:
             disagree = type(e).__name__ == "OracleDisagreement"  # the fp64 ONNX oracle's refusal
-            res.update(status="oracle-disagreement" if disagree else "error",
-                       message=f"{type(e).__name__}: {e}", stage=stage_of(e, self.stage))
+            res = Outcome(Status.ORACLE_DISAGREEMENT if disagree else Status.ERROR,
+                          f"{type(e).__name__}: {e}", stage_of(e, self.stage))
         except Exception as e:  # noqa: BLE001 - a backend bug is a result, not our crash
-            res.update(status="error", message=f"{type(e).__name__}: {str(e)[:500]}",
-                       stage=stage_of(e, self.stage),
-                       detail="".join(traceback.format_exc(limit=8))[-3000:])
-        res["duration_s"] = time.perf_counter() - t0
-        self.send(**res)
+            res = Outcome(Status.ERROR, f"{type(e).__name__}: {str(e)[:500]}", stage_of(e, self.stage),
+                          detail="".join(traceback.format_exc(limit=8))[-3000:])
+        res.duration_s = time.perf_counter() - t0
+        self.send(event="done", id=cmd.id, **res.to_dict())
 
-    def _run(self, cmd: dict) -> dict[str, Any]:
+    def _run(self, cmd) -> dict[str, Any]:
         from .cases import inputs_of
 
         hal = self.hal
-        data = np.load(cmd["data"], allow_pickle=False)
+        data = np.load(cmd.data, allow_pickle=False)
         xs = inputs_of(data, "eval")
-        precision = cmd["precision"]
+        precision = cmd.precision
         calib = None
         if precision == "int8":
             cal = inputs_of(data, "calib")
             calib = [tuple(a[i:i + 1] for a in cal) for i in range(len(cal[0]))]
-        model = self.model(cmd["model"], cmd.get("onnx"))
-        dynamic = cmd.get("shapes") == "dynamic"
+        model = self.model(cmd.model, cmd.onnx)
+        dynamic = cmd.shapes == "dynamic"
         example = tuple(a[:1] for a in xs)
         if dynamic:  # the model carries a dynamic batch; no example input pins it
             self.at(cmd, "export")
             model, example = export_dynamic(model, xs), None
-        elif cmd.get("shared_export") and self.source != "onnx":
+        elif cmd.shared_export and self.source != "onnx":
             # one torch.export program per model, handed to every precision's compile (as
             # ExecuTorch's flows share an export): the tiers' time goes to the backends
             self.at(cmd, "export")
-            model = self.exported(cmd["model"], model, example)
+            model = self.exported(cmd.model, model, example)
         self.at(cmd, "compile")
         t0 = time.perf_counter()
-        exe = hal.compile(model, target=cmd["target"], precision=precision,
+        exe = hal.compile(model, target=cmd.target, precision=precision,
                           example_input=example, calibration=calib, cache=False)
         wall = time.perf_counter() - t0
         out: dict[str, Any] = {
-            "status": "ran", "compile_time_s": exe.info.compile_time_s or wall,
+            "status": Status.RAN, "compile_time_s": exe.info.compile_time_s or wall,
             "conversion_path": list(exe.info.conversion_path), "device_kind": exe.info.device_kind,
             "backend_version": exe.info.backend_version, "notes": list(exe.info.notes),
             "executable_precision": exe.info.precision}
-        if exe.info.target != cmd["target"] or exe.info.precision != precision:
+        if exe.info.target != cmd.target or exe.info.precision != precision:
             raise hal.CompileError(
-                f"asked for {cmd['target']} at {precision}, got {exe.info.target} at "
+                f"asked for {cmd.target} at {precision}, got {exe.info.target} at "
                 f"{exe.info.precision}", "a backend must never fall back silently")
         if dynamic:
             fixed = [s.shape[0] for s in exe.info.inputs if s.shape and s.shape[0] is not None]
@@ -194,13 +199,13 @@ class Worker:
                     f"dynamic-batch model to an executable that takes batch {fixed[0]} only",
                     "keep the batch dimension dynamic, or declare dynamic_batch = False")
         self.at(cmd, "run")
-        np.save(cmd["out"], run_varied(exe, xs) if dynamic else run_all(exe, xs))
-        if cmd.get("profile", True):
+        np.save(cmd.out, run_varied(exe, xs) if dynamic else run_all(exe, xs))
+        if cmd.profile:
             batch = [a[:_batch_of(exe, 1)] for a in xs]
             prof = exe.profile(*batch, warmup=3, duration_s=PROFILE_SECONDS, extras=False)
             out.update(latency_p50_ms=prof.latency_ms["p50"], latency_batch=int(batch[0].shape[0]),
                        latency_iterations=prof.iterations, timer=prof.timer)
-        if cmd.get("roundtrip", True):
+        if cmd.roundtrip:
             self.at(cmd, "save-reload")
             out.update(self._save_and_reload(exe, xs))
         return out
@@ -250,9 +255,9 @@ class Worker:
                 except Exception as e:  # noqa: BLE001 - no emulation: that precision is not checked
                     done[name] = None
                     done[f"{name}_why"] = f"{type(e).__name__}: {str(e)[:200]}"
-            self.send(event="done", id=cmd["id"], status="ran", **done)
+            self.send(event="done", id=cmd["id"], status=Status.RAN.value, **done)
         except Exception as e:  # noqa: BLE001
-            self.send(event="done", id=cmd["id"], status="error", message=f"{type(e).__name__}: {e}")
+            self.send(event="done", id=cmd["id"], status=Status.ERROR.value, message=f"{type(e).__name__}: {e}")
 
     def export_onnx(self, cmd: dict) -> None:
         """The model as ONNX (torch.onnx, dynamic batch) for goldens, so a device
@@ -267,9 +272,9 @@ class Worker:
             prog = torch.onnx.export(build(cmd["model"]), xs, dynamo=True, verbose=False,
                                      dynamic_shapes=tuple({0: batch} for _ in xs))
             prog.save(cmd["path"])
-            self.send(event="done", id=cmd["id"], status="ran")
+            self.send(event="done", id=cmd["id"], status=Status.RAN.value)
         except Exception as e:  # noqa: BLE001
-            self.send(event="done", id=cmd["id"], status="error", message=f"{type(e).__name__}: {e}")
+            self.send(event="done", id=cmd["id"], status=Status.ERROR.value, message=f"{type(e).__name__}: {e}")
 
 
 def _batch_of(exe, default: int) -> int:

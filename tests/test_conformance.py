@@ -23,6 +23,7 @@ from hal_conformance.models import MODELS, WEIGHTS_DIR  # noqa: E402
 from hal_conformance.policy import POLICY, compare, judge  # noqa: E402
 from hal_conformance.results import Report  # noqa: E402
 from hal_conformance.options import Options  # noqa: E402
+from hal_conformance.results import _order  # noqa: E402
 from hal_conformance.runner import Suite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,8 +201,9 @@ def test_json_report_is_complete(reference_run):
     assert d["complete"] and d["summary"]["pass"] == 2 and d["summary"]["unsupported"] == 1
     assert d["oracle"]["target"] == "reference:cpu" and d["oracle"]["precision"] == "fp64"
     assert d["models"]["mlp"]["reference_accuracy"] > 0.95
-    back = Report.from_dict(d)
-    assert [c.id for c in back.cells] == [c.id for c in report.cells]
+    back = Report.from_dict(d)  # cells in report order (the run records them as they finish)
+    assert sorted(c.id for c in back.cells) == sorted(c.id for c in report.cells)
+    assert [c.to_dict() for c in back.cells] == [c.to_dict() for c in sorted(report.cells, key=_order)]
 
 
 def test_junit_and_html(reference_run, tmp_path):
@@ -463,3 +465,87 @@ def test_the_emulated_band_never_passes_an_output_without_signal():
     assert judge(honest, "int8", None, "models", band) == []
     broken = judge(zeros, "int8", None, "models", band)
     assert broken and "carries no signal" in broken[-1]
+
+
+# --- plan and judge: pure, no workers ------------------------------------------------------
+def _device(target, **kw):
+    from hal_conformance.protocol import DeviceInfo
+
+    return DeviceInfo(target.partition(":")[0], target, id=target.partition(":")[2],
+                      unsupported={p: None for p in ("fp32", "fp16", "bf16", "int8", "int8-dynamic")},
+                      **kw)
+
+
+def test_the_planner_owns_routers_dynamic_batch_onnx_and_integer_inputs():
+    """One pure function plans for one host, the lab and pytest alike."""
+    from hal_conformance.plan import Kind, Shapes, plan
+    from hal_conformance.protocol import Refusal
+    from hal_conformance.results import Reason
+
+    pytest.importorskip("onnx")
+    cpu = _device("vendor:CPU", takes_onnx=True, dynamic_batch=False)
+    auto = _device("vendor:AUTO", routes_to=["CPU"], takes_onnx=True)
+    cpu.unsupported["fp16"] = Refusal(Reason.NOT_OFFERED, "vendor:CPU does not offer fp16")
+    opts = Options(suite="full", models=["mlp", "embedding", "mobilenet_v1", "onnx:Relu"],
+                   precisions=["fp32", "fp16", "int8"])
+    specs = plan(opts, [cpu, auto])
+    assert plan(opts, [cpu, auto]) == specs  # pure: the same cells every time
+    ids = {s.id: s for s in specs}
+    # a router whose devices are in the run gets the quick tier only, and no ONNX cases
+    assert {s.model for s in specs if s.target == "vendor:AUTO"} == {"mlp"}
+    assert ids["vendor:CPU/embedding/int8"].unsupported.reason == Reason.INTEGER_INPUTS
+    assert ids["vendor:CPU/mlp/fp16"].unsupported.reason == Reason.NOT_OFFERED
+    dyn = ids["vendor:CPU/mobilenet_v1/fp32@dynamic"]
+    assert dyn.shapes == Shapes.DYNAMIC and dyn.unsupported.reason == Reason.NO_DYNAMIC_BATCH
+    onnx = [s for s in specs if s.kind == Kind.ONNX_NODE]
+    assert onnx and {s.target for s in onnx} == {"vendor:CPU"} and {s.precision for s in onnx} == {"fp32"}
+    # each cell carries its whole worker command: what it measures depends on its tier
+    q, o, m = ids["vendor:CPU/mlp/fp32"], ids["vendor:CPU/embedding/fp32"], ids["vendor:CPU/mobilenet_v1/fp32"]
+    assert (q.profile, q.roundtrip, q.shared_export) == (True, True, False)
+    assert (o.profile, o.roundtrip, o.shared_export) == (False, False, True)
+    assert (m.profile, m.roundtrip, m.command("d", "o").shapes) == (False, True, "static")
+    # selected alone, the router runs everything
+    alone = plan(Options(suite="ops", models=["conv2d.basic"], backends=["vendor:AUTO"]), [cpu, auto])
+    assert {s.target for s in alone} == {"vendor:AUTO"} and len(alone) == 5
+
+
+def test_the_summary_counts_every_result_kind():
+    """One precision-not-honoured cell and one pass is a failed run, and says so."""
+    from hal_conformance.report import summary_line, write_junit
+    from hal_conformance.results import Category, CellResult, Report, Result
+
+    cells = [CellResult(f"x:cpu/mlp/{r.value}", "x", "x:cpu", "cpu", "hardware", "mlp", "fp32", r)
+             for r in Result]
+    r = Report(cells=cells, complete=True)
+    line = summary_line(r)
+    for res in Result:
+        assert f"1 {res.value}" in line, (res, line)
+    assert not r.passed and r.summary()["exit_code"] == 1
+    assert not Report(cells=cells[:1] + [c for c in cells if c.result == Result.PRECISION_NOT_HONOURED],
+                      complete=True).passed
+    assert {res.category for res in Result} == set(Category)
+    assert all(res.mark and res.style for res in Result)
+
+
+def test_judge_is_pure_and_says_why_with_a_code():
+    import numpy as np
+
+    from hal_conformance.goldens import Reference
+    from hal_conformance.judge import judge, rejudge
+    from hal_conformance.plan import CellSpec
+    from hal_conformance.protocol import Outcome, Status
+    from hal_conformance.results import Reason, Report, Result, Stage
+
+    dev = _device("x:cpu")
+    spec = CellSpec("x", dev, "mlp", "fp32")
+    ref = Reference("mlp", np.eye(10)[np.arange(100) % 10] * 5.0, np.arange(100) % 10, 1.0, Path("-"))
+    ok = judge(spec, Outcome(Status.RAN, device_kind="hardware", outputs=ref.outputs.copy()), ref)
+    assert ok.result == Result.PASS and ok.reason is None and ok.stage is None
+    kind = judge(spec, Outcome(Status.RAN, device_kind="emulated", outputs=ref.outputs.copy()), ref)
+    assert kind.result == Result.FAIL and kind.reason == Reason.KIND and kind.stage == Stage.COMPARE
+    bad = judge(spec, Outcome(Status.RAN, device_kind="hardware", outputs=ref.outputs[:, ::-1].copy()), ref)
+    assert bad.reason == Reason.TOLERANCE
+    crash = judge(spec, Outcome(Status.CRASH, "killed by SIGABRT", "run"), ref)
+    assert (crash.result, crash.reason, crash.stage) == (Result.CRASH, Reason.WORKER_DIED, Stage.RUN)
+    report = Report(cells=[ok, kind, bad, crash])
+    assert rejudge(report) == 0 and kind.reason == Reason.KIND  # only policy verdicts are re-judged

@@ -321,3 +321,38 @@ def test_unknown_cross_check():
 
     with pytest.raises(hal.UsageError, match="unknown cross-check"):
         Lab(Options(cross_check="sometimes"))
+
+
+# --- parity: one planner, one judge, the same cells on one host and on a cluster ---------
+#: a sample of every kind of cell: the quick zoo, torch operators (one with integer
+#: inputs, which static int8 cannot calibrate), ONNX node cases, an architecture with its
+#: dynamic-batch cell
+PARITY = {"suite": "full", "backends": ["reference"], "precisions": ["fp32", "int8"],
+          "models": ["mlp", "conv2d.basic", "embedding", "onnx:Relu", "mobilenet_v1"]}
+
+
+@pytest.mark.timeout(1500)
+def test_one_host_and_a_local_cluster_give_the_same_cells(tmp_path):
+    """The same options give the same cell ids, results, stages and reasons on this host
+    and on ``--cluster local`` (the lab once ran the quick zoo whatever the suite)."""
+    from hal_conformance.plan import Shapes
+    from hal_conformance.runner import Suite, export_goldens
+
+    pytest.importorskip("onnx")
+    pytest.importorskip("transformers", reason="the architectures come from transformers")
+    goldens = tmp_path / "goldens"  # one oracle run for both sides
+    export_goldens(goldens, PARITY["models"], onnx=False, suite="full", timeout_s=600)
+    opts = dict(PARITY, goldens=goldens, timeout_s=600, startup_timeout_s=300)
+    single = Suite(Options(**opts, json_path=tmp_path / "one.json")).run()
+    lab = Lab(Options(**opts, json_path=tmp_path / "lab.json", cluster="local")).run()
+    assert single.complete and lab.complete and not single.errors and not lab.errors, lab.errors
+    one = {c.id: (c.result, c.stage, c.reason) for c in single.cells}
+    many = {c.id: (c.result, c.stage, c.reason) for c in lab.cells}
+    assert one == many
+    suites = {c.suite for c in single.cells}
+    assert suites == {"quick", "ops", "onnx", "models"}, suites
+    cells = {c.id: c for c in lab.cells}
+    assert cells["reference:cpu/mobilenet_v1/fp32@dynamic"].shapes == Shapes.DYNAMIC
+    emb = cells["reference:cpu/embedding/int8"]
+    assert emb.result == "unsupported" and emb.reason == "integer-inputs"
+    assert all(c.host for c in lab.cells)  # the lab says where each cell ran

@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..process import BackendRun, WorkerDied, WorkerTimeout
+from ..protocol import CellCommand, Status
 from ..runner import ENV_SOURCE, _safe
 from .probe import host_label
 
@@ -33,6 +35,8 @@ class DeviceRunner:
         self.run = BackendRun(backend, self.workdir / f"worker-{_safe(backend)}.log",
                               os.environ.get(ENV_SOURCE) or None, startup_timeout_s, timeout_s)
         self.files: dict[str, Path] = {}
+        #: ONNX node corpus records by chunk (its first case)
+        self.chunks: dict[str, dict[str, dict[str, Any]]] = {}
 
     def start(self) -> dict[str, Any]:
         """Start the backend's worker; its ``ready`` record, or why it did not start."""
@@ -53,14 +57,26 @@ class DeviceRunner:
         return self.files[name]
 
     def cell(self, cmd: dict[str, Any], data: bytes, onnx: bytes | None) -> dict[str, Any]:
-        """Run one cell command (``hal_conformance.worker``'s protocol) in the worker."""
-        out = self.workdir / "out" / f"{_safe(cmd['id'])}.npy"
+        """Run one cell command (:class:`~hal_conformance.protocol.CellCommand`) in the
+        worker, with this node's copies of its files."""
+        c = CellCommand.from_dict(cmd)
+        out = self.workdir / "out" / f"{_safe(c.id)}.npy"
         out.unlink(missing_ok=True)
-        cmd = {**cmd, "data": str(self._file(f"{cmd['model']}.npz", data)), "out": str(out),
-               "onnx": str(self._file(f"{cmd['model']}.onnx", onnx)) if onnx else None}
-        done = self.run.execute(cmd)
-        y = np.load(out, allow_pickle=False) if done.get("status") == "ran" and out.exists() else None
-        return {"done": done, "out": y, "worker_starts": self.run.starts}
+        c = replace(c, data=str(self._file(f"{c.model}.npz", data)), out=str(out),
+                    onnx=str(self._file(f"{c.model}.onnx", onnx)) if onnx else None)
+        done = self.run.execute(c)
+        y = np.load(out, allow_pickle=False) if done.status == Status.RAN and out.exists() else None
+        return {"done": done.to_dict(), "out": y, "worker_starts": self.run.starts}
+
+    def onnx_case(self, chunk: list[str], name: str, timeout_s: float) -> dict[str, Any]:
+        """One case of ONNX's node corpus: its chunk runs here once, on first need, in
+        :mod:`~hal_conformance.onnx_suite`'s crash-isolated workers."""
+        from ..onnx_nodes import run_chunk
+
+        key = chunk[0]
+        if key not in self.chunks:
+            self.chunks[key] = run_chunk(self.target, chunk, self.workdir, timeout_s)
+        return {"record": self.chunks[key].get(name), "worker_starts": self.run.starts}
 
     def close(self) -> int:
         starts = self.run.starts

@@ -18,7 +18,7 @@ from hal.paths import write_text_atomic
 
 from .. import coverage
 from .. import report as rep
-from ..results import Report, _order
+from ..results import Report, Result, _order
 
 
 def hosts_rows(r: Report) -> list[dict[str, Any]]:
@@ -115,7 +115,7 @@ def write_markdown(r: Report, path: str | Path) -> None:
     md += ["", "## Cells", "", "| cell | host | result | error / agreement | p50 ms | message |",
            "|---|---|---|---|---|---|"]
     for c in sorted(r.cells, key=lambda c: (_order(c), c.host or "")):
-        if not c.runnable or (len(r.cells) > CELLS_LISTED and c.result == "pass"):
+        if not c.runnable or (len(r.cells) > CELLS_LISTED and c.result == Result.PASS):
             continue
         md.append(f"| {c.id} | {c.host or ''} | {c.result} | {rep.headline(c)} | "
                   f"{'' if c.latency_p50_ms is None else f'{c.latency_p50_ms:.3f}'} | "

@@ -10,9 +10,11 @@ gives its unfinished cells back, for another node with the device; where none is
 left they are ``lost`` with the host and why. A node runs as many devices at once as
 it has CPUs in Ray (the local one: ``-j``).
 
-The driver keeps the references (the fp64 oracle on this host, or goldens), judges
-every output with the single-host code (``Suite._cell``) and writes the JSON report
-after every cell, so nothing a node finished is lost with it.
+It is an executor (:class:`~hal_conformance.execute.Executor`): the run plans with the
+one planner (:func:`~hal_conformance.plan.plan`) from the devices the nodes report,
+keeps the references (the fp64 oracle on this host, or goldens), judges every outcome
+with :func:`~hal_conformance.judge.judge` and rewrites the JSON report as cells arrive,
+so nothing a node finished is lost with it.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ import numpy as np
 import hal
 from hal.errors import brief
 
-from ..results import CellResult, Report
+from .. import onnx_nodes
 from ..options import Options
-from ..runner import CellSpec, Suite
+from ..plan import CellSpec, Kind
+from ..protocol import DeviceInfo, Outcome, Status
+from ..results import CellResult, Reason, Report, Result
+from ..runner import Suite
 from . import cluster as cl
 from .consistency import compare_copies, compare_precisions
 from .probe import device_resource, kind_resource
@@ -100,7 +105,8 @@ class Lab:
     """A conformance run over a Ray cluster: ``opts.cluster`` is the head's
     ``host:port`` or ``local``; ``opts.cross_check`` says which cells run on every
     host that has the device (none | first: each model's first runnable precision | all);
-    ``opts.jobs`` (``local`` only) is how many devices run at once."""
+    ``opts.jobs`` (``local`` only) is how many devices run at once. The run is the
+    single-host one (same plan, oracle, judge, report) with a :class:`RayExecutor`."""
 
     def __init__(self, opts: Options,
                  on_cell: Callable[[CellResult], None] | None = None,
@@ -109,64 +115,74 @@ class Lab:
             raise hal.UsageError(f"unknown cross-check {opts.cross_check!r}",
                                  f"use one of: {', '.join(CROSS_CHECK)}")
         self.opts = opts
-        self.on_cell = on_cell or (lambda c: None)
-        self.on_note = on_note or (lambda s: None)
-        self.devices: dict[tuple[str, str], Device] = {}
+        self.on_cell = on_cell
+        self.on_note = on_note
+
+    def run(self) -> Report:
+        conn = cl.connect(self.opts.cluster or "local", num_cpus=self.opts.parallel)
+        try:
+            suite = Suite(self.opts, self.on_cell, self.on_note,
+                          executor=lambda s: RayExecutor(s, conn.address))
+            return suite.run()
+        finally:
+            conn.close()
+
+
+class RayExecutor:
+    """The cells over every node that has their device: placement, sharing, lost-node
+    reruns and cross-host checks. Planning and judging are the run's."""
+
+    def __init__(self, suite: Suite, address: str) -> None:
+        self.suite = suite
+        self.opts = suite.opts
+        self.address = address
+        self.on_note = suite.note
+        self.devices_: dict[tuple[str, str], Device] = {}
         self.runners: list[Runner] = []
         self.futures: dict[Any, Runner] = {}
         self.rerun_from: dict[str, str] = {}
         self.losses: list[dict[str, Any]] = []
+        self.nodes: list[cl.Node] = []
+        self.onnx_chunks = onnx_nodes.chunks(suite.onnx_cases)
+        self.onnx_index = {n: i for i, n in enumerate(suite.onnx_cases)}
+        self.refs: dict[str, Any] = {}
         self.t0 = time.time()
 
-    # --- the run ------------------------------------------------------------------------
-    def run(self) -> Report:
-        conn = cl.connect(self.opts.cluster or "local", num_cpus=self.opts.parallel)
-        try:
-            return self._run(conn)
-        finally:
-            conn.close()
+    @property
+    def report(self) -> Report:
+        return self.suite.report
 
-    def _run(self, conn: cl.Connection) -> Report:
+    # --- the executor protocol --------------------------------------------------------------
+    def devices(self) -> list[DeviceInfo]:
+        """Every node's probe into the report; one record per device target (the first
+        host's, by name), each knowing what every other host with it can run."""
+        self.nodes = cl.nodes()
+        self.report.meta["lab"] = {"address": self.address, "cross_check": self.opts.cross_check,
+                                   "hosts": {}, "consistency": [], "losses": self.losses, "reruns": []}
+        self._hosts()
+        return self._found()
+
+    def run(self, specs: list[CellSpec]) -> None:
         ray = cl.ray_module()
-        o = self.opts
-        # the single-host suite, for what does not depend on where a cell runs: the
-        # references, the judging, the report and its incremental JSON
-        self.suite = suite = Suite(Options(
-            models=o.models, precisions=o.precisions, timeout_s=o.timeout_s,
-            startup_timeout_s=o.startup_s, goldens=o.goldens, profile=o.profile,
-            json_path=o.json_path, workdir=o.workdir), on_cell=self.on_cell, on_note=self.on_note)
-        r = self.report = suite.report
-        suite.start_report()
-        r.meta["filters"]["backends"] = o.backends
-        try:
-            self.nodes = cl.nodes()
-            r.meta["lab"] = {"address": conn.address, "cross_check": self.opts.cross_check,
-                             "hosts": {}, "consistency": [], "losses": self.losses, "reruns": []}
-            self._hosts()
-            self._plan()
-            suite.sink.write(r)
-            self._start_waiting()  # nodes start their workers while the oracle runs here
-            self.refs = suite.references()
-            self.data = {m: ray.put(ref.data_path.read_bytes()) for m, ref in self.refs.items()}
-            self.onnx = {m: ray.put(ref.onnx_path.read_bytes()) for m, ref in self.refs.items()
-                         if ref.onnx_path}
-            for n in [n for n in suite.runs]:
-                suite.runs[n].close()  # the oracle's worker: not needed any more
-            self._loop()
-            self._consistency()
-            r.complete = True
-        finally:
-            for rn in self.runners:
-                if rn.actor is not None and rn.state not in ("closed", "lost"):
-                    ray.kill(rn.actor, no_restart=True)
-            for n in getattr(self, "nodes", ()):
-                if not n.alive and n.host in r.meta["lab"]["hosts"]:
-                    r.meta["lab"]["hosts"][n.host].update(alive=False, error=n.error)
-            r.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            r.meta["duration_s"] = round(time.time() - self.t0, 2)
-            suite.sink.write(r, force=True)
-            suite.close()
-        return r
+        self._share(specs)
+        self._start_waiting()  # nodes start their workers while the oracle runs here
+        self.refs = self.suite.references()
+        self.data = {m: ray.put(ref.data_path.read_bytes()) for m, ref in self.refs.items()}
+        self.onnx = {m: ray.put(ref.onnx_path.read_bytes()) for m, ref in self.refs.items()
+                     if ref.onnx_path}
+        self.suite.workers.close_all(remove=False)  # the oracle's workers: not needed any more
+        self._loop()
+        self._consistency()
+
+    def close(self) -> None:
+        ray = cl.ray_module()
+        for rn in self.runners:
+            if rn.actor is not None and rn.state not in ("closed", "lost"):
+                ray.kill(rn.actor, no_restart=True)
+        lab = self.report.meta.get("lab")
+        for n in self.nodes:
+            if lab and not n.alive and n.host in lab["hosts"]:
+                lab["hosts"][n.host].update(alive=False, error=n.error)
 
     # --- hosts and plan -------------------------------------------------------------------
     def _hosts(self) -> None:
@@ -216,54 +232,46 @@ class Lab:
             return None
         return {b.partition(":")[0] for b in self.opts.backends}
 
-    def _plan(self) -> None:
-        """Every device on some node, its cells (as a single-host run there would plan
-        them), and one runner per node that has it."""
-        o = self.opts
-        wanted_targets = {b.lower() for b in o.backends or () if ":" in b}
+    def _found(self) -> list[DeviceInfo]:
+        """Every advertised device on some node, and one runner per node that has it."""
         wanted = self._wanted_backends()
         found: set[str] = set()
-        seen_targets: set[str] = set()
+        infos: dict[tuple[str, str], DeviceInfo] = {}
         for n in self.nodes:
             if not n.info:
                 continue
             found |= set(n.info["backends"])
-            for b in n.info["backends"].values():
-                seen_targets |= {d["target"].lower() for d in b.get("devices") or ()}
-            probed = {d["target"]: (name, d) for name, b in n.info["backends"].items()
+            probed = {d["target"]: DeviceInfo.from_dict({**d, "host": n.host}, name)
+                      for name, b in n.info["backends"].items()
                       for d in b.get("devices") or () if d.get("available")}
             for t in n.devices:
-                if t not in probed:
+                if t not in probed or (wanted is not None and probed[t].backend not in wanted):
                     continue
-                name, d = probed[t]
-                if wanted is not None and name not in wanted:
-                    continue
-                if wanted_targets and t.lower() not in wanted_targets and name not in (o.backends or ()):
-                    continue
-                key = (t, d["kind"])
-                dev = self.devices.get(key)
+                d = probed[t]
+                key = (t, d.kind)
+                dev = self.devices_.get(key)
                 if dev is None:
-                    dev = self.devices[key] = Device(t, d["kind"], name)
-                dev.unsupported[n.host] = d["unsupported"]
+                    dev = self.devices_[key] = Device(t, d.kind, d.backend)
+                    infos[key] = d  # nodes come sorted by host: the first host's record
+                dev.unsupported[n.host] = {p: (w.message if w else None) for p, w in d.unsupported.items()}
                 if n.slots >= 1:
                     self.runners.append(Runner(dev, n))
         for b in sorted((wanted or set()) - found):
             raise hal.UsageError(f"no host of the cluster has a backend called {b!r}",
                                  f"hosts have: {', '.join(sorted(found)) or 'none'}")
-        for t in sorted(wanted_targets - seen_targets):
-            self.report.errors.append(f"no host of the cluster has a device {t}")
-        suite = self.suite
-        for dev in sorted(self.devices.values(), key=lambda d: d.target):
+        return [infos[k] for k in sorted(infos)]
+
+    def _share(self, specs: list[CellSpec]) -> None:
+        """Each device's runnable cells, shared out evenly among the nodes that have it;
+        the cross-check cells go to every one of them."""
+        for spec in specs:
+            self.devices_[(spec.target, spec.device.kind)].specs.append(spec)
+        for dev in sorted(self.devices_.values(), key=lambda d: d.target):
             hosts = sorted(dev.unsupported)
-            why_not = dev.unsupported[hosts[0]]
-            for m in suite.models:
-                for p in suite.precisions:
-                    dev.specs.append(CellSpec(dev.backend, self._device_dict(dev, hosts[0]), m, p,
-                                              unsupported=why_not.get(p)))
-            runnable = [s for s in dev.specs if not s.unsupported]
+            runnable = dev.specs
             mine = [rn for rn in self.runners if rn.device is dev]
             if len(mine) > 1 and self.opts.cross_check != "none":
-                for m in suite.models:
+                for m in dict.fromkeys(s.model for s in runnable if s.kind == Kind.TORCH):
                     ms = [s for s in runnable if s.model == m]
                     dev.checks += ms[:1] if self.opts.cross_check == "first" else ms
             check_ids = {s.id for s in dev.checks}
@@ -277,22 +285,11 @@ class Lab:
             if mismatch:
                 self.report.meta["lab"]["consistency"].append(mismatch)
                 self.report.errors.append(mismatch["why"])
-            for s in dev.specs:
-                if s.unsupported:
-                    self._record(dev, s, self._unsupported(s), hosts[0])
             if not mine:
-                self._abandon(dev, "error", "no node that advertises it has a CPU in Ray to run it")
+                self._abandon(dev, Status.ERROR, "no node that advertises it has a CPU in Ray to run it")
             self.on_note(f"{dev.target} ({dev.kind}) on {', '.join(hosts)}: {len(runnable)} "
                          f"runnable cells" + (f", {len(dev.checks)} run on every host"
                                               if dev.checks else ""))
-
-    def _device_dict(self, dev: Device, host: str) -> dict[str, Any]:
-        n = next(n for n in self.nodes if n.host == host)
-        for b in n.info["backends"].values():
-            for d in b.get("devices") or ():
-                if d["target"] == dev.target:
-                    return d
-        raise AssertionError(dev.target)
 
     # --- scheduling -----------------------------------------------------------------------
     def _busy(self, node: cl.Node) -> int:
@@ -364,9 +361,9 @@ class Lab:
                     del self.futures[f]
                     ray.kill(rn.actor, no_restart=True)
                     self._lost(rn, TimeoutError(f"no answer from {rn.host} within {rn.window:.0f}s"))
-        for dev in self.devices.values():  # nothing is left running: whatever is not done, says why
+        for dev in self.devices_.values():  # nothing is left running: whatever is not done, says why
             why = dev.last_loss[1] if dev.last_loss else "no node could run it"
-            self._abandon(dev, "lost" if dev.last_loss else "error", why, retry=False)
+            self._abandon(dev, Status.LOST if dev.last_loss else Status.ERROR, why, retry=False)
 
     def _answer(self, rn: Runner, res: dict[str, Any]) -> None:
         ray = cl.ray_module()
@@ -378,7 +375,7 @@ class Lab:
                 rn.state = "lost"
                 ray.kill(rn.actor, no_restart=True)
                 self._give_back(rn)
-                self._abandon(rn.device, "error", res["error"])
+                self._abandon(rn.device, Status.ERROR, res["error"])
                 return
             rn.state = "ready"
             self._dispatch(rn)
@@ -392,7 +389,13 @@ class Lab:
         spec, rn.current = rn.current, None
         rn.worker_starts = res.get("worker_starts", rn.worker_starts)
         self._dispatch(rn)  # keep the device busy while this one is judged
-        self._finish(rn, spec, res["done"], res.get("out"))
+        if spec.kind == Kind.ONNX_NODE:
+            done = onnx_nodes.outcome(res["record"]) if res.get("record") else Outcome(
+                Status.ERROR, "the ONNX worker returned no result for this case")
+        else:
+            done = Outcome.from_dict(res["done"])
+            done.outputs = res.get("out")
+        self._finish(rn, spec, done)
 
     def _dispatch(self, rn: Runner) -> None:
         dev = rn.device
@@ -412,46 +415,39 @@ class Lab:
             self._await(rn, rn.actor.close.remote(), 60)
             return
         rn.current = spec
-        if spec.model not in self.refs:
-            # recorded like the single-host run does, without running
+        pre = self.suite.unrun(spec)
+        if pre is not None:  # recorded as the single-host run does, without running
             rn.current = None
-            why = getattr(self.suite, "disagreed", {}).get(spec.model)
-            self._finish(rn, spec, {"status": "oracle-disagreement", "message": f"not judged: {why}"}
-                         if why else {"status": "error", "message": "no reference output for this model"},
-                         None)
+            self._finish(rn, spec, pre)
             self._dispatch(rn)
             return
-        o = self.opts
-        cmd = {"op": "cell", "id": spec.id, "target": dev.target, "model": spec.model,
-               "precision": spec.precision, "profile": o.profile}
+        within = self.opts.startup_s + 2 * self.opts.timeout_s + 60
+        if spec.kind == Kind.ONNX_NODE:  # its chunk runs once on the node, on first need
+            chunk = self.onnx_chunks[self.onnx_index[spec.model] // onnx_nodes.CHUNK]
+            self._await(rn, rn.actor.onnx_case.remote(chunk, spec.model, self.opts.timeout_s),
+                        within + len(chunk) * self.opts.timeout_s)
+            return
+        cmd = spec.command("", "").to_dict()  # the node fills in where its files are
         self._await(rn, rn.actor.cell.remote(cmd, self.data[spec.model], self.onnx.get(spec.model)),
-                    o.startup_s + 2 * o.timeout_s + 60)
+                    within)
 
-    def _finish(self, rn: Runner, spec: CellSpec, done: dict[str, Any], out: np.ndarray | None) -> None:
+    def _finish(self, rn: Runner, spec: CellSpec, done: Outcome) -> None:
         dev = rn.device
-        suite = self.suite
-        if out is not None:
-            np.save(suite._out_path(spec), out)
-        elif done.get("status") == "ran":
-            done = {**done, "status": "error", "message": "the node sent no outputs"}
-        cell = suite._cell(spec, done)
-        cell.host = rn.host
+        done.host = rn.host
+        cell = self.suite.judge(spec, done)
         if spec.id in {s.id for s in dev.checks}:
-            dev.copies.setdefault(spec.id, {})[rn.host] = (cell, out)
+            dev.copies.setdefault(spec.id, {})[rn.host] = (cell, done.outputs)
         if spec.id not in dev.done:
             self._record(dev, spec, cell, rn.host)
 
     def _record(self, dev: Device, spec: CellSpec, cell: CellResult, host: str) -> None:
         cell.host = host
-        if spec.id in self.rerun_from and cell.result != "lost":
+        if spec.id in self.rerun_from and cell.result != Result.LOST:
             cell.notes.append(f"rerun on {host} after {self.rerun_from[spec.id]} was lost")
             self.report.meta["lab"]["reruns"].append(
                 {"cell": spec.id, "from": self.rerun_from[spec.id], "to": host})
         dev.done.add(spec.id)
-        self.suite._record(cell)
-
-    def _unsupported(self, spec: CellSpec) -> CellResult:
-        return self.suite._cell(spec, {"status": "unsupported", "message": spec.unsupported})
+        self.suite.record(cell)
 
     def _count_starts(self, rn: Runner) -> None:
         e = self.report.backends.get(f"{rn.device.backend}@{rn.host}")
@@ -484,11 +480,11 @@ class Lab:
             if other.node is node and other.state == "waiting":
                 other.state = "lost"
                 self._give_back(other)
-        self._abandon(rn.device, "lost", why)
+        self._abandon(rn.device, Status.LOST, why)
         for other in self.runners:
             if other.node is node and other.device is not rn.device and other.state != "closed":
                 other.device.last_loss = (node.host, why)
-                self._abandon(other.device, "lost", why)
+                self._abandon(other.device, Status.LOST, why)
         # not an error of the run by itself: what it cost is in the cells (rerun, or lost)
         self.suite.sink.write(self.report)
 
@@ -527,7 +523,7 @@ class Lab:
             dev.shared.appendleft(spec)
             self.rerun_from.setdefault(spec.id, rn.host)
 
-    def _abandon(self, dev: Device, result: str, why: str, retry: bool = True) -> None:
+    def _abandon(self, dev: Device, result: Status, why: str, retry: bool = True) -> None:
         """When no runner is left for a device's remaining cells: start a new one on a
         node that has the device (its runner done), else record them with why."""
         if any(rn.device is dev and rn.live for rn in self.runners):
@@ -540,18 +536,18 @@ class Lab:
                     rn.device is dev and rn.node is node and rn.state == "closed" for rn in self.runners):
                 self.runners.append(Runner(dev, node))
                 return
-        host = dev.last_loss[0] if dev.last_loss and result == "lost" else ""
+        host = dev.last_loss[0] if dev.last_loss and result == Status.LOST else ""
         for spec in left:
-            cell = self.suite._cell(spec, {"status": "error", "message": f"{why}; no other host "
-                                           f"with {dev.target} is left to run it"})
-            cell.result = result
+            cell = self.suite.judge(spec, Outcome(result, f"{why}; no other host with {dev.target} "
+                                                  f"is left to run it", reason=Reason.HOST_LOST
+                                                  if result == Status.LOST else Reason.NO_ANSWER))
             self._record(dev, spec, cell, self.rerun_from.get(spec.id) or host)
         dev.shared.clear()
 
     # --- cross-host ----------------------------------------------------------------------
     def _consistency(self) -> None:
         lab = self.report.meta["lab"]
-        for dev in sorted(self.devices.values(), key=lambda d: d.target):
+        for dev in sorted(self.devices_.values(), key=lambda d: d.target):
             for spec in dev.checks:
                 copies = dev.copies.get(spec.id, {})
                 hosts = sorted({rn.host for rn in self.runners if rn.device is dev})
