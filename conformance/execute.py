@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,8 +20,8 @@ from .plan import COST, CellSpec, Kind, wanted
 from .process import WorkerDied, WorkerTimeout
 from .protocol import BackendInfo, DeviceInfo, Outcome, Status
 
-if TYPE_CHECKING:
-    from .runner import Suite
+#: the runner's ``Suite`` that drives an executor (not imported: the runner imports this module)
+Suite = Any
 
 
 class Executor(Protocol):
