@@ -207,6 +207,19 @@ def test_qdq_onnx_on_openvino_is_int8(qdq_onnx):
     assert rel(first(exe(X8)), ov_direct(qdq_onnx, (X8,))) < 1e-6
 
 
+def test_ir_with_fakequantize_is_int8(qdq_onnx, tmp_path):
+    ov = pytest.importorskip("openvino")
+    ov.save_model(ov.Core().read_model(str(qdq_onnx)), str(tmp_path / "q.xml"), compress_to_fp16=False)
+    assert "FakeQuantize" in (tmp_path / "q.xml").read_text()
+    with pytest.raises(UnsupportedError, match=r"FakeQuantize.*precision='int8'"):
+        hal.compile(tmp_path / "q.xml", "openvino:CPU", precision="fp32", cache=False)
+    with pytest.raises(UnsupportedError, match="already quantized"):
+        hal.compile(tmp_path / "q.xml", "openvino:CPU", precision="int8-dynamic", cache=False)
+    exe = hal.compile(tmp_path / "q.xml", "openvino:CPU", precision="int8", calibration=[X8], cache=False)
+    assert exe.info.precision == "int8" and exe.info.extra["int8_layer_types"]
+    assert rel(first(exe(X8)), ov_direct(tmp_path / "q.xml", (X8,))) < 1e-6
+
+
 def test_qdq_onnx_on_reference_is_int8(qdq_onnx):
     ort = pytest.importorskip("onnxruntime")
     with pytest.raises(UnsupportedError, match=r"already quantized.*precision='int8'"):
