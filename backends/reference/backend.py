@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hal import Device, Executable, UnsupportedError
+from hal.formats.onnxcheck import quantized_ops
 from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec, host_memory_bytes
 
 
@@ -164,20 +165,6 @@ def _executable(info: ExecutableInfo, device: Device, proto) -> Executable:
             raise UnsupportedError(f"onnx.reference cannot run this ONNX model ({brief(e, 200)})",
                                    "run it on openvino:CPU, or pass the source model (torch) "
                                    "to the reference backend") from None
-
-
-#: ONNX ops that compute on quantized integers: a model with any is pre-quantized
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-             "QLinearMatMul", "ConvInteger", "MatMulInteger")
-
-
-def quantized_ops(proto) -> dict[str, int]:
-    """The quantized ops of an ONNX graph (QDQ pairs, QLinear*, *Integer), by count."""
-    found: dict[str, int] = {}
-    for n in proto.graph.node:
-        if n.domain in ("", "ai.onnx") and n.op_type in QUANT_OPS:
-            found[n.op_type] = found.get(n.op_type, 0) + 1
-    return found
 
 
 _QDQ_PATH = ("onnx.reference.ReferenceEvaluator on the model's own quantization "

@@ -15,6 +15,20 @@ from pathlib import Path
 
 from ..errors import ModelFormatError, brief
 
+#: ONNX ops that compute on quantized integers: a model with any is pre-quantized
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+             "QLinearMatMul", "ConvInteger", "MatMulInteger")
+
+
+def quantized_ops(proto) -> dict[str, int]:
+    """The quantized ops of an ONNX graph (QDQ pairs, QLinear*, *Integer), by count:
+    such a model runs int8 on every runtime, so only an int8 label is true."""
+    found: dict[str, int] = {}
+    for n in proto.graph.node:
+        if n.domain in ("", "ai.onnx") and n.op_type in QUANT_OPS:
+            found[n.op_type] = found.get(n.op_type, 0) + 1
+    return found
+
 
 def read(path: Path):
     import onnx
