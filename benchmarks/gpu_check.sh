@@ -11,8 +11,8 @@
 #                                             here, no GPU: the same steps against this machine's
 #                                             CPU-only torch (GPU tests skip, cuda cells say why)
 #
-# Steps, in order (each under `timeout`, none stops the others): install (the carried wheels,
-# hal's own among them, into a --target site; hal is built from this tree if none is carried),
+# Steps, in order (each under `timeout`, none stops the others): install (the carried wheels
+# into a --target site, and hal built from this tree, or the carried hal wheel if that fails),
 # environment, `hal devices`, tests/test_cuda.py, conformance -b cuda quick tier,
 # benchmarks/bench_cuda.py --sweep (hal/direct at batch 1 and 64, CUDA graphs, torch.compile,
 # fp16/bf16, NVML energy, GEMM probe), then a sample of the operator and architecture tiers.
@@ -40,7 +40,7 @@ if [ "${1:-}" = "prepare" ]; then
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform manylinux1_x86_64 --platform any -d .whl $reqs
-    # hal itself, built from this tree now (gpu_check.sh builds it there only when none is carried)
+    # hal itself, built from this tree now: the fallback where the machine cannot build it
     src=$(mktemp -d); trap 'rm -rf "$src"' EXIT
     cp -r hal backends conformance pyproject.toml README.md MANIFEST.in constraints.txt "$src/"
     rm -f .whl/hal_accel-*.whl
@@ -91,22 +91,32 @@ note "tree: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git'
 # --- install: the carried wheels (what the machine lacks), then hal from this tree ------------
 LOG_INSTALL="$WORK/install.log"
 shopt -s nullglob
-wheels=(.whl/*.whl)
-if [ ${#wheels[@]} -gt 0 ]; then
-    step "install carried wheels (${#wheels[@]})" 120 "$LOG_INSTALL" "$PY" -m pip install -q --no-index \
-        --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}"
+deps=(); halwheel=()
+for w in .whl/*.whl; do case $(basename "$w") in hal_accel-*) halwheel+=("$w") ;; *) deps+=("$w") ;; esac; done
+if [ ${#deps[@]} -gt 0 ]; then
+    step "install carried wheels (${#deps[@]})" 120 "$LOG_INSTALL" "$PY" -m pip install -q --no-index \
+        --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${deps[@]}"
 else
     note "note  no .whl/ carried: using what is installed (bash benchmarks/gpu_check.sh prepare, then carry .whl)"
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-if [ -z "$(ls .whl/hal_accel-*.whl 2>/dev/null)" ]; then
-    # no hal wheel carried: build it from a copy of this tree (a build writes build/ and
-    # *.egg-info beside its source) with the machine's own setuptools
-    mkdir -p "$WORK/src"
-    cp -r hal backends conformance pyproject.toml README.md "$WORK/src/"
-    [ -f MANIFEST.in ] && cp MANIFEST.in constraints.txt "$WORK/src/"
-    step "install hal from this tree" 120 "$LOG_INSTALL" "$PY" -m pip install -q --no-index --no-deps \
-        --no-build-isolation --no-compile --no-cache-dir --upgrade --target "$SITE" "$WORK/src"
+# hal from a copy of this tree (a build writes build/ and *.egg-info beside its source), with
+# the machine's own setuptools, so it is always the code being checked; the hal wheel that
+# `prepare` carried is the fallback where that build fails
+mkdir -p "$WORK/src"
+cp -r hal backends conformance pyproject.toml README.md "$WORK/src/"
+[ -f MANIFEST.in ] && cp MANIFEST.in constraints.txt "$WORK/src/"
+if ! "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
+        --upgrade --target "$SITE" "$WORK/src" >> "$LOG_INSTALL" 2>&1; then
+    if [ ${#halwheel[@]} -gt 0 ]; then
+        note "note  building hal from the tree failed (install log below): the carried ${halwheel[0]} is used"
+        step "install carried hal wheel" 60 "$LOG_INSTALL" "$PY" -m pip install -q --no-index --no-deps \
+            --no-compile --no-cache-dir --upgrade --target "$SITE" "${halwheel[0]}"
+    else
+        note "FAIL  install hal from this tree (install log below)"; FAILED=1
+    fi
+else
+    note "ok    install hal from this tree"
 fi
 export PATH="$SITE/bin:$PATH"
 
