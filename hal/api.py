@@ -19,7 +19,7 @@ from . import signature as _signature
 from .backend import Backend
 from .errors import stage
 from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
-                     UsageError, brief, out_of_memory)
+                     UnsupportedError, UsageError, brief, out_of_memory)
 from .executable import Executable, as_numpy, read_artifact, write_hal
 from .plugins import registry
 from .profile import random_inputs
@@ -279,10 +279,6 @@ def compile(
     reg = registry()
     ex = [] if example_input is None else _samples([example_input], "example_input")
     calib = _samples(calibration, "calibration")
-    if precision == "int8" and not calib:
-        raise UsageError("int8 (static) needs calibration data",
-                         "pass representative inputs (hal.compile(calibration=[x1, x2, ...]) or "
-                         "`--calibration FILE.npy` at the CLI), or use int8-dynamic")
     if options is not None and not isinstance(options, dict):
         raise UsageError(f"options is a {type(options).__name__}, not a dict",
                          "pass options={'name': value, ...} (see the backend's docs)")
@@ -295,6 +291,7 @@ def compile(
                                         "pass finite, representative inputs")
     src = _formats.identify(model, reg.formats)
     src.example_input = ex[0] if ex else None
+    _check_quantization(src, precision, calib)
     if requirements is not None and not isinstance(requirements, Requirements):
         raise UsageError(f"requirements is a {type(requirements).__name__}",
                          "pass requirements=hal.Requirements(...)")
@@ -313,6 +310,23 @@ def compile(
         exe.info.notes.append(why)
         _log.info(why)
     return exe
+
+
+def _check_quantization(src: _formats.Model, precision: str, calib) -> None:
+    """A pre-quantized model (QDQ ONNX, an IR with FakeQuantize) runs int8 on every
+    backend: only the int8 label is true, and it needs no calibration (hal never
+    quantizes it again). Any other model needs calibration data for static int8."""
+    fmt = registry().formats.get(src.format)
+    quantized = fmt.quantized(src.value) if fmt is not None and fmt.quantized else None
+    if quantized and precision != "int8":
+        raise UnsupportedError(f"the model is already quantized ({quantized}), so it runs int8 "
+                               f"whatever the precision asked for; {precision} would be a false label",
+                               "compile it with precision='int8' (no calibration data needed), or pass "
+                               "the float model it was quantized from")
+    if precision == "int8" and not calib and not quantized:
+        raise UsageError("int8 (static) needs calibration data",
+                         "pass representative inputs (hal.compile(calibration=[x1, x2, ...]) or "
+                         "`--calibration FILE.npy` at the CLI), or use int8-dynamic")
 
 
 def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, calib, options,

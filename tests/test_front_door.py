@@ -402,3 +402,20 @@ def test_prequantized_needs_no_calibration_in_the_backend(target, which, request
     want = {"openvino": lambda: ov_direct(path, (x,)), "reference": lambda: ort_unfused(path, x),
             "edgetpu": lambda: litert_direct(path, x)}[backend]()
     assert np.abs(got - want).max() <= 1e-6
+
+
+def test_a_prequantized_model_compiles_as_int8_without_calibration(qdq_onnx, tmp_path):
+    """Through the front door: the core knows a QDQ ONNX is already int8 (Format.quantized),
+    so int8 needs no calibration data and every other label is refused, on every backend."""
+    for target in [t for t, mod in (("cpu", "onnx"), ("openvino:CPU", "openvino")) if _has(mod)]:
+        exe = hal.compile(qdq_onnx, target, precision="int8", cache=False)
+        assert exe.info.precision == "int8"
+        if target == "openvino:CPU":
+            assert rel(first(exe(X8)), ov_direct(qdq_onnx, (X8,))) < 1e-6
+        for p in ("fp32", "int8-dynamic"):
+            with pytest.raises(UnsupportedError, match="already quantized"):
+                hal.compile(qdq_onnx, target, precision=p, cache=False)
+    from test_security import cli
+
+    p = cli("compile", str(qdq_onnx), "-t", "cpu", "-p", "int8", "-o", str(tmp_path / "q.hal"))
+    assert p.returncode == 0 and (tmp_path / "q.hal").exists(), p.stderr

@@ -12,7 +12,14 @@ def register_formats(register):
     from . import convert
 
     register(Format("openvino.model", "in-memory openvino.Model", detect=convert.is_ov_model,
-                    fingerprint=convert.fingerprint, requires=("openvino",), extra="openvino"))
+                    fingerprint=convert.fingerprint, requires=("openvino",), extra="openvino",
+                    quantized=_prequantized))
+
+
+def _prequantized(ov_model):
+    from .pipeline import prequantized
+
+    return prequantized(ov_model)
 
 
 @hookimpl

@@ -51,6 +51,9 @@ class Format:
     #: (value, example inputs) → the model's own I/O names and output structure
     #: (:class:`hal.signature.Signature`), stamped on every backend's executable
     signature: Callable[[Any, Any], Any] | None = None
+    #: value → what makes it a pre-quantized model ("12 QuantizeLinear ops"), or None:
+    #: such a model compiles as int8 only, without calibration data
+    quantized: Callable[[Any], str | None] | None = None
     requires: tuple[str, ...] = ()
     #: what installs ``requires``: hal's extra, or a plugin's own pip requirement
     extra: str | None = None

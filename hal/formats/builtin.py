@@ -115,6 +115,20 @@ def _onnx_files(path: Path) -> list[Path]:
     return [path] + [path.parent / n for n in sorted(names)]
 
 
+def _onnx_quantized(proto) -> str | None:
+    from .onnxcheck import quantized_ops
+
+    ops = quantized_ops(proto)
+    return ", ".join(f"{n} {op}" for op, n in sorted(ops.items())) + " op(s)" if ops else None
+
+
+def _ir_quantized(path) -> str | None:
+    """FakeQuantize layers in the IR's .xml (read as text: a label, not a check; the
+    OpenVINO backend verifies what runs)."""
+    n = Path(path).read_bytes().count(b'type="FakeQuantize"')
+    return f"{n} FakeQuantize layer(s)" if n else None
+
+
 def _ir_files(path: Path) -> list[Path]:
     return [path, path.with_suffix(".bin")]
 
@@ -251,7 +265,8 @@ def register_formats(register):
                     requires=("torch",), extra="cpu", signature=signatures.exported))
     register(Format("onnx", "ONNX ModelProto (.onnx)", suffixes=(".onnx",), detect=_is_onnx,
                     read=_read_onnx, fingerprint=lambda m: m.SerializeToString(deterministic=True),
-                    files=_onnx_files, requires=("onnx",), extra="cpu", signature=signatures.onnx_model))
+                    files=_onnx_files, requires=("onnx",), extra="cpu", signature=signatures.onnx_model,
+                    quantized=_onnx_quantized))
     register(Format("tflite", "TFLite flatbuffer (.tflite)", suffixes=(".tflite",),
                     detect=_is_tflite, read=_read_tflite, fingerprint=bytes))
     register(Format("keras", "Keras model (.keras)", suffixes=(".keras",), detect=_is_keras,
@@ -260,7 +275,8 @@ def register_formats(register):
     register(Format("savedmodel", "TensorFlow SavedModel directory", sniff=_is_saved_model_dir,
                     fingerprint=lambda p: hash_path(Path(p))))
     register(Format("openvino.ir", "OpenVINO IR (.xml + .bin)", suffixes=(".xml",), read=_read_ir,
-                    fingerprint=lambda p: hash_path(Path(p), _ir_files(Path(p))), files=_ir_files))
+                    fingerprint=lambda p: hash_path(Path(p), _ir_files(Path(p))), files=_ir_files,
+                    quantized=_ir_quantized))
 
 
 @hookimpl
