@@ -179,17 +179,17 @@ def test_edgetpu_compile_refuses(evil, loop, tmp_path, case):
     path = tmp_path / "evil.tflite"
     path.write_bytes(data)
     with pytest.raises(ModelFormatError, match=why) as e:
-        hal.compile(path, target=ETPU, precision="int8", calibration=[X], cache=False,
+        hal.compile(path, target=ETPU, precision="int8", calibration=[(I, X)], cache=False,
                     options={"allow_float_ops": True})
     one_line(e)
-    exe = hal.compile(loop, target=ETPU, precision="int8", calibration=[X], cache=False,
+    exe = hal.compile(loop, target=ETPU, precision="int8", calibration=[(I, X)], cache=False,
                       options={"allow_float_ops": True})  # and the honest one runs
     np.testing.assert_allclose(exe(I, X)[1], Y)
 
 
 @pytest.fixture(scope="module")
 def loop_hal(loop, tmp_path_factory) -> Path:
-    exe = hal.compile(loop, target=ETPU, precision="int8", calibration=[X], cache=False,
+    exe = hal.compile(loop, target=ETPU, precision="int8", calibration=[(I, X)], cache=False,
                       options={"allow_float_ops": True})
     return exe.save(tmp_path_factory.mktemp("tflsec") / "loop.hal")
 
@@ -325,7 +325,7 @@ def test_fuzz_subgraph_indices(nested, tmp_path_factory, edits):
     except ModelFormatError as e:
         assert "\n" not in str(e)
         with pytest.raises(ModelFormatError):  # and hal.compile says the same, before LiteRT
-            hal.compile(data, target=ETPU, precision="int8", calibration=[X], cache=False,
+            hal.compile(data, target=ETPU, precision="int8", calibration=[(I, X)], cache=False,
                         options={"allow_float_ops": True})
         return
     path = tmp_path_factory.mktemp("fzsg") / "m.tflite"
