@@ -73,7 +73,8 @@ def test_openvino_artifact_options_are_checked_not_passed(ov_hal, small_cnn, tmp
     with pytest.raises(ArtifactError, match="does not admit") as e:
         hal.load(bad)
     one_line(e)
-    one_line_error(cli("run", str(bad)), 2, "does not admit")
+    if case in ("WEIGHTS_PATH reads any file", "nested CACHE_DIR writes anywhere"):  # the CLI: one start each
+        one_line_error(cli("run", str(bad)), 2, "does not admit")
     assert not (tmp_path / "evil").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.hal"]
     good = hal.load(ov_hal)
