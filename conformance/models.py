@@ -37,19 +37,6 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
 )}
 
 
-def select(names: list[str] | None) -> list[str]:
-    """The zoo names matching ``names`` (all when empty), in zoo order."""
-    if not names:
-        return list(MODELS)
-    from hal import UsageError
-
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise UsageError(f"unknown zoo model(s) {', '.join(unknown)}",
-                         f"use one of: {', '.join(MODELS)}")
-    return [n for n in MODELS if n in names]
-
-
 def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 

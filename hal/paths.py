@@ -40,8 +40,8 @@ def require_inside(root: Path, files: Iterable[Path | str], error: type[HalError
         name = str(f)
         rel = Path(name)
         if "\x00" in name or (not rel.is_absolute() and ".." in rel.parts) or not inside(root, root / rel):
-            raise error(f"{what} references {_safe(name)}, which lies outside its folder "
-                        f"{_safe(str(root))} (a link or a path that climbs out)",
+            raise error(f"{what} references {printable(name, 200)}, which lies outside its folder "
+                        f"{printable(str(root), 200)} (a link or a path that climbs out)",
                         "keep every file of the model inside its own folder, as real files "
                         "(copy the model without symbolic links)")
 
@@ -57,10 +57,6 @@ def require_tree_inside(root: Path, error: type[HalError], what: str) -> None:
         if seen > MAX_ENTRIES:
             raise error(f"{what} holds more than {MAX_ENTRIES} files", "pass the model's own folder")
         require_inside(root, [Path(dirpath) / n for n in names], error, what)
-
-
-def _safe(text: str) -> str:
-    return printable(text, 200)
 
 
 @contextmanager
