@@ -122,10 +122,10 @@ def main() -> int:
     calib = [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(32)]
     opts = {"num_threads": args.threads}
     exe = hal.compile(mobilenet(), target, precision="int8", calibration=calib, options=opts)
-    raw = hal.compile(exe.files.compiled or exe.files.int8, target, precision="int8", calibration=calib,
+    raw = hal.compile(exe.runner.files.compiled or exe.runner.files.int8, target, precision="int8", calibration=calib,
                       options={**opts, "raw_io": True}, cache=False)
     # the direct loop does not look for NaN/Inf; hal does by default (check_finite)
-    unchecked = hal.compile(exe.files.compiled or exe.files.int8, target, precision="int8", calibration=calib,
+    unchecked = hal.compile(exe.runner.files.compiled or exe.runner.files.int8, target, precision="int8", calibration=calib,
                             options=opts, cache=False, check_finite=False)
     print(f"device: {exe.device.target} ({exe.device.kind}); threads={args.threads}; "
           f"{args.rounds} rounds × {args.iters} calls; "
@@ -135,7 +135,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.tflite"
-        path.write_bytes(exe.files.compiled or exe.files.int8)
+        path.write_bytes(exe.runner.files.compiled or exe.runner.files.int8)
         it = direct_interpreter(path, args.threads, exe.device)
         din, dout = it.get_input_details()[0], it.get_output_details()[0]
         (si, zi), (so, zo) = din["quantization"], dout["quantization"]

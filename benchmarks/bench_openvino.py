@@ -84,7 +84,7 @@ def latency(exe, x: np.ndarray, blocks: int, iters: int) -> tuple[float, float, 
     """Median per-call µs of hal ``run`` and of ``compiled_model(x)``, in
     alternating blocks, and the per-block ratios (adjacent blocks share the
     machine's load, so their ratio is the robust statistic here)."""
-    compiled = exe.compiled
+    compiled = exe.runner.compiled
     paths = (lambda: exe.run([x]), lambda: compiled(x))
     for f in paths:  # warm both
         for _ in range(50):
@@ -125,9 +125,9 @@ def main() -> int:
             exe = hal.compile(model, target="openvino:CPU", precision=mode, example_input=(x,),
                               calibration=calib, cache=False)
             xml = tmp / f"{name}-{mode}.xml"
-            compat.api().save_model(exe.ov_model, xml)  # the very IR hal compiled
+            compat.api().save_model(exe.runner.ov_model, xml)  # the very IR hal compiled
             artifact = exe.save(tmp / f"{name}-{mode}.hal")
-            hint = exe.config.get("INFERENCE_PRECISION_HINT", "f32")
+            hint = exe.runner.config.get("INFERENCE_PRECISION_HINT", "f32")
             hal_t, app_t = [], []
             for _ in range(args.rounds):
                 hal_t.append(hal_profile(artifact, args.duration))

@@ -76,7 +76,7 @@ def main() -> None:
 
     # every path runs one module object: two copies of the same weights alone time
     # a few per cent apart here (where their memory lands), which would swamp hal's part
-    module = unchecked.module = checked.module
+    module = unchecked.runner.module = checked.runner.module
 
     def direct():  # numpy in, numpy out: the same contract as exe(x)
         with torch.inference_mode():
@@ -86,7 +86,7 @@ def main() -> None:
         "direct": direct,
         "exe(x), default NaN/Inf check": lambda: checked(x),
         "exe(x), check_finite=False (like for like)": lambda: unchecked(x),
-        "exe.infer([x]) (backend path only)": lambda: unchecked.infer([x]),
+        "exe.runner.infer([x]) (backend path only)": lambda: unchecked.runner.infer([x]),
     }
     for f in fns.values():
         assert np.allclose(direct(), f(), rtol=1e-5, atol=1e-6)

@@ -18,9 +18,9 @@ from . import formats as _formats
 from . import signature as _signature
 from .backend import Backend
 from .errors import stage
-from .errors import (ArtifactError, DeviceUnavailableError, HalError, InvalidInputError,
+from .errors import (ArtifactError, CompileError, DeviceUnavailableError, HalError, InvalidInputError,
                      UnsupportedError, UsageError, brief, out_of_memory)
-from .executable import Executable, as_numpy, read_artifact, write_hal
+from .executable import Executable, ExecutableInfo, Runner, as_numpy, read_artifact, write_hal
 from .plugins import registry
 from .profile import random_inputs
 from .types import CompileOptions, Device, Requirements, check_precision
@@ -387,7 +387,7 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
     with _formats.scratch_scope():  # converted files live only as long as this compile
         model = _formats.convert(src, chain, opts)
         with stage("compile"):  # a backend tags its own steps inside (e.g. "quantize")
-            exe = b.compile(model, dev, opts)
+            exe = _wrap(b, b.compile(model, dev, opts), "compile")
         _signature.stamp(exe.info, _source_signature(src))
         exe.info.compile_time_s = time.perf_counter() - t0
         exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
@@ -399,6 +399,19 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
             except (HalError, OSError) as e:
                 exe.info.notes.append(f"not cached: {brief(e, 160)}")
     return exe
+
+
+def _wrap(b: Backend, built: Any, verb: str) -> Executable:
+    """The core's :class:`Executable` around what ``b.compile``/``b.load`` built:
+    the one place a backend's object enters, so a plugin written for another
+    plugin API is one clear error, not an AttributeError at the first call."""
+    if not isinstance(built, Runner) or not isinstance(getattr(built, "info", None), ExecutableInfo) \
+            or not isinstance(getattr(built, "device", None), Device):
+        raise CompileError(f"backend {b.name}'s {verb}() returned a {type(built).__name__}, not a "
+                           "hal.plugin.Runner carrying its ExecutableInfo and Device",
+                           "the plugin was written for another hal plugin API: update it (see "
+                           "docs/writing-a-backend.md) or uninstall it")
+    return Executable(built)
 
 
 def _source_signature(src: _formats.Model):
@@ -464,7 +477,7 @@ def _restore(path: Path, place: Callable[[dict], tuple[Backend, Device]]) -> Exe
             raise ArtifactError(f"{path.name} records backend options that {b.name} does not admit: "
                                 f"{e.what}", "re-create the artifact with `hal compile`; do not edit "
                                 ".hal files") from None
-        exe = b.load(art, meta["info"], dev)
+        exe = _wrap(b, b.load(art, meta["info"], dev), "load")
     except BaseException:
         cleanup()
         raise

@@ -1,8 +1,9 @@
 """Executable: a compiled model bound to one device.
 
-Backends subclass :class:`Executable` and implement ``infer`` and
-``write_artifact``; the core owns input checking, profiling and the ``.hal``
-file so that every backend behaves the same at the edges.
+Backends subclass :class:`Runner` and implement ``infer`` and
+``write_artifact``; the core wraps every runner in one :class:`Executable`
+class that owns input checking, names, output structure, threading, profiling
+and the ``.hal`` file, so that every backend behaves the same at the edges.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import zipfile
 from dataclasses import asdict, dataclass, field
 from math import isfinite
@@ -163,16 +165,24 @@ def as_numpy(x: Any, what: str) -> np.ndarray:
     )
 
 
-class Executable:
-    """A compiled model. Call it with arrays; get arrays back."""
+class Runner:
+    """What a backend builds: the compiled model on one device, behind the core.
+
+    A backend subclasses this, implements :meth:`infer` and :meth:`write_artifact`
+    (and any optional method below), and returns it from ``compile``/``load``. The
+    core wraps it in :class:`Executable`, which owns everything at the edges the
+    same way for every backend: input checks and copies, names, output
+    structure, threading, async, profiling and the ``.hal`` file. ``infer`` only
+    ever sees arrays that passed :func:`conform`."""
+
+    #: ``infer`` may be called from several threads at once. When False (the safe
+    #: default for a new backend) the core serializes calls with a lock.
+    thread_safe: bool = False
 
     def __init__(self, info: ExecutableInfo, device: Device):
         self.info = info
         self.device = device
-        self._keepalive: list[Any] = []  # e.g. the temp dir an artifact was unpacked to
-        self._fast: list[tuple[np.dtype | None, tuple, int, int]] | None = None  # check_inputs' hot path
 
-    # --- implemented by backends -------------------------------------------------
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run once on already-checked inputs; return every output as numpy."""
         raise NotImplementedError
@@ -200,6 +210,29 @@ class Executable:
         or ``None`` when the backend has none."""
         return None
 
+
+class Executable:
+    """A compiled model: hal's own object around what a backend built (its
+    :class:`Runner`), like ``onnxruntime.InferenceSession`` around its C session.
+    Call it with arrays; get back what the model returns."""
+
+    def __init__(self, runner: Runner):
+        if not isinstance(runner, Runner):
+            raise TypeError(f"Executable wraps a hal.plugin.Runner, not a {type(runner).__name__}")
+        self.runner = runner
+        self._lock = None if runner.thread_safe else threading.Lock()
+        self._keepalive: list[Any] = []  # e.g. the temp dir an artifact was unpacked to
+        self._fast: list[tuple[np.dtype | None, tuple, int, int]] | None = None  # check_inputs' hot path
+
+    @property
+    def info(self) -> ExecutableInfo:
+        """What was built, how, and how big (shared with the runner)."""
+        return self.runner.info
+
+    @property
+    def device(self) -> Device:
+        return self.runner.device
+
     # --- the user-facing surface -------------------------------------------------
     def __call__(self, *inputs: Any, **named: Any):
         """Positional arrays in input order, or arrays by input name (``exe(input_ids=...)``);
@@ -209,10 +242,22 @@ class Executable:
         return signature.unflatten(self.info.output_tree, self._infer(self.check_inputs(inputs)))
 
     def _infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """The runner's ``infer`` under the core's rules: serialized when the
+        runner is not thread-safe; a MemoryError is one ResourceError."""
         try:
-            return self.infer(arrays)
+            if self._lock is None:
+                return self.runner.infer(arrays)
+            with self._lock:
+                return self.runner.infer(arrays)
         except MemoryError:
             raise out_of_memory(f"running the model on {self.info.target}") from None
+
+    def _serial(self, fn: Callable, *args: Any) -> Any:
+        """Call one of the runner's methods under its threading rule."""
+        if self._lock is None:
+            return fn(*args)
+        with self._lock:
+            return fn(*args)
 
     def run(self, inputs: Any) -> Outputs:
         """Like ``__call__`` but takes a sequence or a name→array dict and always
@@ -430,7 +475,7 @@ def write_hal(exe: Executable, path: Path, meta_extra: dict[str, Any] | None = N
     with tempfile.TemporaryDirectory(prefix="hal-save-") as tmp:
         art = Path(tmp) / ARTIFACT_DIR
         art.mkdir()
-        exe.write_artifact(art)
+        exe.runner.write_artifact(art)
         files = sorted(f for f in art.rglob("*") if f.is_file())
         exe.info.artifact_size_bytes = sum(f.stat().st_size for f in files)
         digests = {f.relative_to(tmp).as_posix(): _sha256(f) for f in files}

@@ -8,7 +8,7 @@ needs this module; it uses :mod:`hal`.
 from .api import resolve
 from .backend import Backend, host_memory_bytes
 from .errors import STAGES, stage
-from .executable import ExecutableInfo, as_numpy, conform, read_json_object
+from .executable import ExecutableInfo, Runner, as_numpy, conform, read_json_object
 from .formats import Converter, Format, Model
 from .hookspecs import hookimpl
 from .options import Option, host_cores
@@ -18,6 +18,6 @@ from .types import CompileOptions, TensorSpec
 
 __all__ = [
     "Backend", "CompileOptions", "Converter", "ExecutableInfo", "Format", "Model", "Option", "PluginInfo",
-    "Registry", "STAGES", "TensorSpec", "as_numpy", "conform", "discover", "hookimpl", "host_cores", "host_memory_bytes", "install_hint",
+    "Registry", "Runner", "STAGES", "TensorSpec", "as_numpy", "conform", "discover", "hookimpl", "host_cores", "host_memory_bytes", "install_hint",
     "installed_version", "missing", "read_json_object", "registry", "require", "resolve", "stage",
 ]

@@ -95,14 +95,14 @@ def profile(
         raise UsageError(f"unknown profile mode {mode!r}", "use 'latency' or 'throughput'")
     if mode == "throughput":
         return _throughput(exe, arrays, bs, iterations, warmup, duration_s)
-    infer = exe.infer
+    infer = exe._infer
     for _ in range(warmup):
         infer(arrays)
     times: list[float] = []
     timer = "host perf_counter"
     if duration_s is None:
         n = iterations or 100
-        dev = exe.device_timer(arrays, n)
+        dev = exe._serial(exe.runner.device_timer, arrays, n)
         if dev is not None:
             times, timer = list(dev), "device"
         else:
@@ -148,7 +148,7 @@ def profile(
     )
     if exe.info.device_kind == "emulated":
         prof.notes.append("emulated device: timings are of the host, not the accelerator")
-    add = exe.profile_extras(arrays) if extras else {}
+    add = exe._serial(exe.runner.profile_extras, arrays) if extras else {}
     layers = add.pop("layers", None)
     if layers is not None:
         prof.layers = [l if isinstance(l, LayerTime) else LayerTime(**l) for l in layers]
@@ -164,7 +164,7 @@ def profile(
 
 
 def _throughput(exe, arrays, bs, iterations, warmup, duration_s) -> Profile:
-    got = exe.throughput(arrays, iterations, duration_s)
+    got = exe._serial(exe.runner.throughput, arrays, iterations, duration_s)
     if got is None:
         from .errors import UnsupportedError
 

@@ -213,7 +213,7 @@ def test_save_is_atomic(exe, tmp_path, monkeypatch):
     def boom(directory):
         raise OSError("disk full")
 
-    monkeypatch.setattr(exe, "write_artifact", boom)
+    monkeypatch.setattr(exe.runner, "write_artifact", boom)
     with pytest.raises(OSError):
         exe.save(target)
     assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -264,7 +264,7 @@ def test_cuda_graphs_equal_eager(net, exe32):
     for b in (1, 3, 3):
         x = x_of(b, seed=b)
         np.testing.assert_allclose(exe(x), exe32(x), rtol=1e-6, atol=1e-6)
-    assert len(exe.replicas[0].graphs) == 2  # one graph per input shape
+    assert len(exe.runner.replicas[0].graphs) == 2  # one graph per input shape
 
 
 @gpu
@@ -300,7 +300,7 @@ def test_cuda_tensor_on_another_gpu_is_refused(exe32):
 def test_multi_gpu_splits_the_batch_in_order(net, fp64_ref):
     x = x_of(7, seed=3)  # uneven split on purpose
     exe = hal.compile(net, "cuda:*", precision="fp32", example_input=(x_of(1),), cache=False)
-    assert len(exe.replicas) == N_GPUS
+    assert len(exe.runner.replicas) == N_GPUS
     with torch.no_grad():
         cpu = net(torch.from_numpy(x)).numpy()
     rel_close(exe(x), cpu, 1e-5)

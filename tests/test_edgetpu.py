@@ -116,11 +116,11 @@ def test_torch_cnn_int8_matches_float_model(torch_exe, small_cnn):
 def test_raw_int8_io(torch_exe, x16, calib):
     # raw_io takes int8 in: calibration samples are checked against that dtype (and not used)
     with pytest.raises(hal.InvalidInputError, match="float32.*int8"):
-        hal.compile(torch_exe.files.int8, EMU, precision="int8", calibration=calib,
+        hal.compile(torch_exe.runner.files.int8, EMU, precision="int8", calibration=calib,
                     options={"raw_io": True}, cache=False)
-    s, z = torch_exe._it.get_input_details()[0]["quantization"]
+    s, z = torch_exe.runner._it.get_input_details()[0]["quantization"]
     q_calib = [np.clip(np.rint(c / s) + z, -128, 127).astype(np.int8) for c in calib[:2]]
-    raw = hal.compile(torch_exe.files.int8, EMU, precision="int8", calibration=q_calib,
+    raw = hal.compile(torch_exe.runner.files.int8, EMU, precision="int8", calibration=q_calib,
                       options={"raw_io": True}, cache=False)
     assert [s.dtype for s in raw.info.inputs + raw.info.outputs] == ["int8", "int8"]
     d_in = raw._it.get_input_details()[0]
@@ -168,7 +168,7 @@ def test_keras_full_int8_via_tflite_converter(keras_model):
     exe = hal.compile(keras_model, EMU, precision="int8", calibration=calib, cache=False)
     assert any("TFLITE_BUILTINS_INT8" in s for s in exe.info.conversion_path)
     assert exe.info.inputs[0].shape == (1, 8, 8, 3)  # frozen batch: the Edge TPU needs static shapes
-    g = graph.read_graph(exe.files.int8)
+    g = graph.read_graph(exe.runner.files.int8)
     assert g.io_types() == (["INT8"], ["INT8"]) and not g.float_tensors()
     xs = rng.standard_normal((16, 1, 8, 8, 3)).astype(np.float32)
     ref = np.concatenate([keras_model(x).numpy() for x in xs])
@@ -261,7 +261,7 @@ def test_compiled_model_refused_by_the_emulator():
 @needs_no_edgetpu
 def test_delegate_failure_is_one_clear_error(torch_exe, monkeypatch):
     dev = hal.Device("edgetpu", "usb:0", "Coral Edge TPU USB Accelerator")
-    files = Artifacts(None, torch_exe.files.int8)
+    files = Artifacts(None, torch_exe.runner.files.int8)
     with pytest.raises(DeviceUnavailableError, match=r"delegate \(libedgetpu.so.1, device usb:0\)"):
         EdgeTpuExecutable(torch_exe.info, dev, files, EdgeTpuOptions())
     libm = ctypes.util.find_library("m")
@@ -281,7 +281,7 @@ def test_hardware_compile_without_edgetpu_compiler_is_refused(torch_exe):
     from hal.plugin import CompileOptions, Model
 
     with pytest.raises(hal.CompileError, match="nothing would run on the Edge TPU"):
-        etb.EdgeTpuBackend().compile(Model("tflite", torch_exe.files.int8), dev,
+        etb.EdgeTpuBackend().compile(Model("tflite", torch_exe.runner.files.int8), dev,
                                      CompileOptions(precision="int8"))
 
 

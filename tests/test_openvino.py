@@ -276,7 +276,7 @@ def test_device_vanished_maps_to_device_unavailable(fp32, ov_model, tmp_path):
     dynamic = hal.compile(ov_model, target="openvino:CPU", cache=False)  # [?,3,?,?]
     assert dynamic.info.inputs[0].shape == (None, 3, None, None)
     with pytest.raises(hal.HalError, match="inference failed") as e:
-        dynamic.infer([np.zeros((1, 5, 8, 8), np.float32)])  # bypasses hal's checks on purpose
+        dynamic.runner.infer([np.zeros((1, 5, 8, 8), np.float32)])  # bypasses hal's checks on purpose
     assert not isinstance(e.value, hal.DeviceUnavailableError)
     # an artifact for a device that is no longer there
     path = fp32.save(tmp_path / "m.hal")

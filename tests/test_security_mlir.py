@@ -235,9 +235,9 @@ def test_compile_refuses_custom_calls_naming_target_and_torch_op():
 def test_artifacts_hal_writes_pass_the_check(exe, text):
     """compile hands XLA the same re-print that load does, and records no custom calls."""
     checked = mlir_guard.check(text, lambda why: AssertionError(why))
-    assert checked.text == exe.stablehlo[2] == text
+    assert checked.text == exe.runner.stablehlo[2] == text
     assert checked.main_args[-1] == ((2, 3, 8, 8), "float32") and not checked.bf16
-    assert all(low["portable"] for low in exe.meta["lowered"].values())
+    assert all(low["portable"] for low in exe.runner.meta["lowered"].values())
 
 
 # --- property-based: whatever the text, a hal error or an honest load ----------------------

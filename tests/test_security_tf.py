@@ -214,17 +214,17 @@ def torch_bf16_exe():
 def resave(exe, path: Path, edit) -> Path:
     """Save ``exe`` with ``edit(artifact_dir)`` applied to its files: an attacker
     writing a .hal with hal's own writer (so its digests are right)."""
-    honest = exe.write_artifact
+    honest = exe.runner.write_artifact
 
     def patched(directory: Path) -> None:
         honest(directory)
         edit(directory)
 
-    exe.write_artifact = patched
+    exe.runner.write_artifact = patched
     try:
         return exe.save(path)
     finally:
-        del exe.write_artifact
+        del exe.runner.write_artifact
 
 
 def test_tpu_artifact_with_a_writing_saved_model_is_refused(keras_exe, evil, tmp_path):

@@ -229,7 +229,7 @@ def test_keras_fp32(keras_model, keras_fp32):
 def test_padding_to_power_of_two_buckets(keras_model):
     exe = hal.compile(keras_model, EMU, example_input=(kbatch(2),), options={"max_batch": 8},
                       cache=False)
-    assert exe.buckets.sizes == (1, 2, 4, 8)
+    assert exe.runner.buckets.sizes == (1, 2, 4, 8)
     for n in (1, 3, 5, 8, 19):  # 19 rows: 8 + 8 + 3 padded to 4
         x = kbatch(n, seed=20 + n)
         out = exe(x)
@@ -247,7 +247,7 @@ def test_keras_bf16(keras_model, tmp_path):
     x = kbatch(2, seed=5)
     ref = keras_model(x).numpy().astype(np.float64)
     assert FP32_REL < rel_err(exe(x), ref) < BF16_REL
-    assert "bf16" in exe.program.ir(2, "hlo")
+    assert "bf16" in exe.runner.program.ir(2, "hlo")
     again = hal.load(exe.save(tmp_path / "k16.hal"))  # the bf16 claim is checked against the graph
     assert again.info.precision == "bf16"
     np.testing.assert_array_equal(again(x), exe(x))

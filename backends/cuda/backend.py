@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hal import Device, Executable, UnsupportedError
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model
+from hal import Device, UnsupportedError
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, Runner
 
 from . import options as _options
 from .devices import ALL
@@ -60,14 +60,14 @@ class CudaBackend(Backend):
             raise self.refuse_precision(precision, device)
         return _options.parse(precision, opts)
 
-    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Runner:
         recipe = self._recipe(options.precision, device, options.backend_options)
         self.require_runtime()
         from . import pipeline
 
         return pipeline.build(self, model, device, options, recipe)
 
-    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
         self.require_runtime()
         from . import pipeline
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hal import CompileError, Executable, InvalidInputError, UnsupportedError
-from hal.plugin import ExecutableInfo, TensorSpec, as_numpy, conform
+from hal import CompileError, InvalidInputError, UnsupportedError
+from hal.plugin import ExecutableInfo, TensorSpec, as_numpy, conform, Runner
 
 from .. import torch_common as tc
 from . import nvml
@@ -58,10 +58,11 @@ def _batch(inputs: list) -> int:
     return int(inputs[0].shape[0]) if inputs and len(inputs[0].shape) else 1
 
 
-class CudaExecutable(Executable):
+class CudaExecutable(Runner):
     """Replicas of one program: one per GPU. With several, every call splits the
     batch (dimension 0) into contiguous chunks, runs chunk i on GPU i, and
     concatenates the outputs in order."""
+    thread_safe = True  # one replica per concurrent call (see infer)
 
     def __init__(self, info: ExecutableInfo, device, replicas: list[Replica], program,
                  recipe: Recipe):

@@ -8,10 +8,10 @@ never means the emulator (the core refuses that); it must be named.
 from __future__ import annotations
 
 import os
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, installed_version
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, installed_version, Runner
 from pathlib import Path
 
-from hal import ArtifactError, CompileError, Device, Executable, ModelFormatError, UnsupportedError
+from hal import ArtifactError, CompileError, Device, ModelFormatError, UnsupportedError
 
 from . import compiler, devices
 from .executable import OPTIONS
@@ -77,7 +77,7 @@ class EdgeTpuBackend(Backend):
         return out
 
     # --- compile / load --------------------------------------------------------------
-    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Runner:
         from . import graph, pipeline
         from .executable import Artifacts, EdgeTpuExecutable, EdgeTpuOptions
 
@@ -154,7 +154,7 @@ class EdgeTpuBackend(Backend):
                 "emulate the int8 TFLite from before edgetpu_compiler, or target a real Edge TPU")
         check_runtime(need, comp, devices.runtime_number(device.properties.get("runtime_version")))
 
-    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
         from .executable import EdgeTpuExecutable, read_artifacts
 
         self.require_runtime()

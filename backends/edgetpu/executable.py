@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from hal import (ArtifactError, DeviceUnavailableError, Executable, HalError, UnsupportedError,
+from hal import (ArtifactError, DeviceUnavailableError, HalError, UnsupportedError,
                  UsageError)
 from hal.options import check as check_options
-from hal.plugin import ExecutableInfo, Option, TensorSpec, host_cores, read_json_object
+from hal.plugin import ExecutableInfo, Option, TensorSpec, host_cores, read_json_object, Runner
 from hal.types import Device
 
 from . import devices
@@ -124,7 +124,9 @@ class _Slot:
     outs: list
 
 
-class EdgeTpuExecutable(Executable):
+class EdgeTpuExecutable(Runner):
+    thread_safe = True  # one interpreter per concurrent call; one lock on hardware
+
     def __init__(self, info: ExecutableInfo, device: Device, files: Artifacts, opts: EdgeTpuOptions):
         super().__init__(info, device)
         self.files, self.opts = files, opts

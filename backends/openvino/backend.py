@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from hal import (ArtifactError, CompileError, Device, DeviceUnavailableError, Executable,
-                 UnsupportedError, UsageError)
-from hal.plugin import (Backend, CompileOptions, ExecutableInfo, Model, TensorSpec,
+from hal import ArtifactError, CompileError, Device, DeviceUnavailableError, UnsupportedError, UsageError
+from hal.plugin import (Backend, CompileOptions, ExecutableInfo, Model, Runner, TensorSpec,
                         read_json_object, stage)
 from hal import cache as hal_cache
 
@@ -38,7 +37,7 @@ class OpenVINOBackend(Backend):
         return super().refuse_precision(precision, device, why or devices.why_not(precision, device))
 
     # --- compile ----------------------------------------------------------------------
-    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Runner:
         self.require_runtime()
         pipeline.check_options(options.backend_options)
         core = _core()
@@ -84,7 +83,7 @@ class OpenVINOBackend(Backend):
         return _executable(info, device, core, ov_model, compiled, config)
 
     # --- load -------------------------------------------------------------------------
-    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
         self.require_runtime()
         o = compat.api()
         meta = read_json_object(artifact / "openvino.json", self.name)

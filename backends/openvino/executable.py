@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from hal import Device, DeviceUnavailableError, Executable, HalError, LayerTime
-from hal.plugin import ExecutableInfo
+from hal import Device, DeviceUnavailableError, HalError, LayerTime
+from hal.plugin import ExecutableInfo, Runner
 
 from . import compat, pipeline
 from .convert import short
@@ -60,7 +60,9 @@ class _Slot:
         self.req, self.in_views, self.out_views = req, in_views, out_views
 
 
-class OpenVINOExecutable(Executable):
+class OpenVINOExecutable(Runner):
+    thread_safe = True  # one infer request per concurrent call (see _slot)
+
     def __init__(self, info: ExecutableInfo, device: Device, core, ov_model, compiled,
                  config: dict[str, str]):
         super().__init__(info, device)

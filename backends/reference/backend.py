@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hal import Device, Executable, UnsupportedError
+from hal import Device, UnsupportedError
 from hal.formats.onnxcheck import quantized_ops
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec, host_memory_bytes
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec, host_memory_bytes, Runner
 
 
 def _cpu_name() -> str:
@@ -47,14 +47,14 @@ class ReferenceBackend(Backend):
                        memory_bytes=host_memory_bytes(), aliases=("cpu",), precisions=self.precisions, rank=0,
                        properties={"threads": os.cpu_count(), "machine": platform.machine()})]
 
-    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Runner:
         if model.format == "onnx":
             return _compile_onnx(self, model, device, options)
         from . import pipeline
 
         return pipeline.compile(self, model, device, options)
 
-    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
         if (artifact / "model.onnx").exists():
             return _load_onnx(self, artifact / "model.onnx", info, device)
         from . import pipeline
@@ -62,9 +62,10 @@ class ReferenceBackend(Backend):
         return pipeline.load(artifact, info, device)
 
 
-class OnnxReferenceExecutable(Executable):
+class OnnxReferenceExecutable(Runner):
     """ONNX at fp32 on ``onnx.reference`` with its faulty operators corrected
     and Conv/pooling on torch kernels (see :mod:`.onnx_oracle`)."""
+    thread_safe = True  # infer takes its own lock around the evaluator
 
     def __init__(self, info: ExecutableInfo, device: Device, proto):
         super().__init__(info, device)
@@ -93,8 +94,10 @@ class OnnxOracleExecutable(OnnxReferenceExecutable):
     on every call against onnxruntime running the original model. An answer
     the two do not agree on is never returned (:class:`OracleDisagreement`)."""
 
+    thread_safe = False  # the oracle's evaluators keep per-node state: the core serializes calls
+
     def __init__(self, info: ExecutableInfo, device: Device, proto):
-        Executable.__init__(self, info, device)
+        Runner.__init__(self, info, device)
         from .onnx_oracle import OnnxOracle
 
         self.proto = proto
@@ -152,7 +155,7 @@ def _check_calibration_dtypes(ins: list[TensorSpec], calibration) -> None:
                     f"{spec.name!r} is {spec.dtype}", f"pass calibration arrays of dtype {spec.dtype}")
 
 
-def _executable(info: ExecutableInfo, device: Device, proto) -> Executable:
+def _executable(info: ExecutableInfo, device: Device, proto) -> Runner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -201,7 +204,7 @@ def _compile_onnx(b: ReferenceBackend, model: Model, device: Device, options: Co
     return _executable(info, device, model.value)
 
 
-def _load_onnx(b: ReferenceBackend, path: Path, info: ExecutableInfo, device: Device) -> Executable:
+def _load_onnx(b: ReferenceBackend, path: Path, info: ExecutableInfo, device: Device) -> Runner:
     """The saved ONNX file, refused unless it is self-contained and has the
     inputs ``hal.json`` claims (an artifact is untrusted input)."""
     import onnx

@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hal import (ArtifactError, CompileError, Device, Executable, InvalidInputError,
+from hal import (ArtifactError, CompileError, Device, InvalidInputError,
                  UnsupportedError)
-from hal.plugin import CompileOptions, ExecutableInfo, Model, read_json_object, stage
+from hal.plugin import CompileOptions, ExecutableInfo, Model, read_json_object, stage, Runner
 from hal.errors import brief
 
 from .. import torch_common as tc
 
 
-class TorchExecutable(Executable):
+class TorchExecutable(Runner):
     """Runs a module in eager mode on the CPU under ``inference_mode``."""
+    thread_safe = True  # eval-mode torch modules under inference_mode keep no per-call state
 
     def __init__(self, info: ExecutableInfo, device: Device, module: torch.nn.Module,
                  program=None, recipe: dict | None = None):
@@ -162,7 +163,7 @@ def _pt2e_int8(module: torch.nn.Module, args, calibration) -> torch.nn.Module:
     return quantized
 
 
-def compile(backend, model: Model, device: Device, options: CompileOptions) -> Executable:
+def compile(backend, model: Model, device: Device, options: CompileOptions) -> Runner:
     precision = options.precision
     args = tc.example_tensors(model)
     module = tc.eval_copy(model)
@@ -222,7 +223,7 @@ def _claims(program, recipe: dict) -> tuple[str, list[tuple[tuple, str]]]:
     return precision, ins
 
 
-def load(artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+def load(artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
     program = tc.load_program(artifact, error=ArtifactError)
     recipe = read_json_object(artifact / "recipe.json", "reference")
     precision, ins = _claims(program, recipe)

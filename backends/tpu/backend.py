@@ -9,10 +9,10 @@ signs of a TPU.
 
 from __future__ import annotations
 
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, installed_version
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, installed_version, Runner
 from pathlib import Path
 
-from hal import Device, DeviceUnavailableError, Executable, UnsupportedError
+from hal import Device, DeviceUnavailableError, UnsupportedError
 
 from . import system as tpu_system
 from .buckets import KNOWN_OPTIONS
@@ -80,7 +80,7 @@ class TpuBackend(Backend):
         return tpu_system.connect() if device.kind == "hardware" else None
 
     # --- build / restore ---------------------------------------------------------------------
-    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Runner:
         self.require_runtime()
         if options.precision not in PRECISIONS:
             raise self.refuse_precision(options.precision, device)
@@ -96,7 +96,7 @@ class TpuBackend(Backend):
         raise UnsupportedError(f"the tpu backend cannot take a {model.format} model",
                                f"pass one of: {', '.join(self.formats)}")
 
-    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
         self.require_runtime()
         from .artifact import read_meta
 

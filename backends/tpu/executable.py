@@ -10,15 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from hal import Device, Executable, InvalidInputError
-from hal.plugin import ExecutableInfo
+from hal import Device, InvalidInputError
+from hal.plugin import ExecutableInfo, Runner
 from hal.errors import brief
 
 from .artifact import META, PROGRAM_DIR, SAVED, WEIGHTS, write_weights
 from .buckets import Buckets, batch_of
 
 
-class TpuExecutable(Executable):
+class TpuExecutable(Runner):
+    thread_safe = True  # a tf.function takes concurrent calls (see infer)
+
     def __init__(self, info: ExecutableInfo, device: Device, program, buckets: Buckets,
                  meta: dict[str, Any], stablehlo: dict[int, str] | None = None):
         super().__init__(info, device)

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from hal import CompileError, Device, Executable
-from hal.plugin import Backend, TensorSpec, hookimpl
+from hal import CompileError, Device
+from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
 
 class DriftBackend(Backend):
@@ -40,7 +40,7 @@ class DriftBackend(Backend):
         return DriftExecutable(info, device, module, dtype)
 
 
-class DriftExecutable(Executable):
+class DriftExecutable(Runner):
     def __init__(self, info, device, module, dtype):
         super().__init__(info, device)
         self.module = module

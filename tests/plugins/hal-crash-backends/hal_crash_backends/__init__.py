@@ -7,8 +7,8 @@ import os
 import time
 from types import SimpleNamespace
 
-from hal import Device, Executable
-from hal.plugin import Backend, TensorSpec, hookimpl
+from hal import Device
+from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
 
 class _Fixture(Backend):
@@ -25,7 +25,7 @@ class _Fixture(Backend):
         return _Exe(info, device, self.name)
 
 
-class _Exe(Executable):
+class _Exe(Runner):
     def __init__(self, info, device, mode):
         super().__init__(info, device)
         self.mode = mode

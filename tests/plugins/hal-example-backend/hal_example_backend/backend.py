@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hal import CompileError, Device, Executable, UnsupportedError
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec
+from hal import CompileError, Device, UnsupportedError
+from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec, Runner
 
 
 class ExampleBackend(Backend):
@@ -31,7 +31,7 @@ class ExampleBackend(Backend):
         return [Device(self.name, "cpu", "host CPU (ONNX Runtime)", kind="hardware",
                        available=why is None, reason=why or "", precisions=self.precisions)]
 
-    def compile(self, model: Model, device: Device, options: CompileOptions) -> Executable:
+    def compile(self, model: Model, device: Device, options: CompileOptions) -> Runner:
         import onnx
 
         proto = model.value
@@ -53,7 +53,7 @@ class ExampleBackend(Backend):
             path.insert(0, "onnxruntime.quantization.quantize_dynamic (QInt8 weights)")
         return self._executable(proto.SerializeToString(), device, options.precision, path)
 
-    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Executable:
+    def load(self, artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
         return OrtExecutable(info, device, (artifact / "model.onnx").read_bytes())
 
     def _executable(self, data: bytes, device: Device, precision: str, path: list[str]):
@@ -80,7 +80,9 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, shape, dtype)
 
 
-class OrtExecutable(Executable):
+class OrtExecutable(Runner):
+    thread_safe = True  # InferenceSession.run is thread-safe
+
     def __init__(self, info: ExecutableInfo, device: Device, data: bytes, sess=None) -> None:
         super().__init__(info, device)
         import onnxruntime as ort

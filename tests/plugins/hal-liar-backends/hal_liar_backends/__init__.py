@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 
-from hal import CompileError, Device, Executable
-from hal.plugin import Backend, TensorSpec, hookimpl
+from hal import CompileError, Device
+from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
 
 class _Eager(Backend):
@@ -52,7 +52,7 @@ class NoQuant(_Eager):
     precisions = ("fp32", "int8")
 
 
-class _EagerExecutable(Executable):
+class _EagerExecutable(Runner):
     def __init__(self, info, device, module):
         super().__init__(info, device)
         self.module = module

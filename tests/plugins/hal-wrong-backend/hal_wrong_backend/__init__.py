@@ -7,8 +7,8 @@ import copy
 
 import numpy as np
 
-from hal import CompileError, Device, Executable
-from hal.plugin import Backend, TensorSpec, hookimpl
+from hal import CompileError, Device
+from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
 
 class WrongBackend(Backend):
@@ -30,7 +30,7 @@ class WrongBackend(Backend):
         return WrongExecutable(info, device, module)
 
 
-class WrongExecutable(Executable):
+class WrongExecutable(Runner):
     def __init__(self, info, device, module):
         super().__init__(info, device)
         self.module = module
