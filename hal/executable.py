@@ -28,6 +28,7 @@ from .errors import ArtifactError, InvalidInputError, out_of_memory, printable
 from .types import Device, TensorSpec
 
 if TYPE_CHECKING:
+    from .placement import Placement
     from .profile import Profile
 
 ARTIFACT_DIR = "artifact"
@@ -62,6 +63,9 @@ class ExecutableInfo:
     #: the structure the model returns (:mod:`hal.signature`); ``None``: one array alone,
     #: several as a tuple. Set by the core from the source model, never by a backend.
     output_tree: Any = None
+    #: where the ops run (:meth:`hal.placement.Placement.summary`): set by the core from
+    #: the runner after every compile and load, never read from a file
+    placement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -116,7 +120,7 @@ def _checked_info(d: Any) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in d]
     if missing:
         raise _bad(f"'info' lacks {missing}")
-    out = {}
+    out = {}  # "placement" is not among them: the runtime is asked again, the file never trusted
     for k, types in _INFO_TYPES.items():
         if k in d:
             if not isinstance(d[k], types) or (bool not in types and isinstance(d[k], bool)):
@@ -208,6 +212,12 @@ class Runner:
         """Optional offline mode (async queues, streams): return
         ``{"throughput_per_s": ..., "latency_ms": {...}, "iterations": n, "notes": [...]}``,
         or ``None`` when the backend has none."""
+        return None
+
+    def placement(self) -> Placement | None:
+        """Where each op runs, read from the runtime's own record of the graph it
+        runs (:mod:`hal.placement`); ``None`` when the backend cannot tell, which
+        conformance counts against a device that is not the host."""
         return None
 
 

@@ -109,6 +109,11 @@ class CompileOptions:
     #: where the backend may keep its runtime's own compile cache (a folder inside
     #: hal's cache); ``None`` when caching is off: then write nothing persistent.
     cache_dir: Path | None = None
+    #: the caller accepts ops of a device that is not the host running on the host
+    #: (``hal.compile(allow_host_ops=True)``). A backend that can place an op on the
+    #: device or on the host compiles for the device only when this is False; the core
+    #: refuses any host op the runner's placement reports then (:mod:`hal.placement`).
+    allow_host_ops: bool = False
 
 
 @dataclass

@@ -1,0 +1,66 @@
+"""Placement: which unit runs each op of an executable, read from the runtime's own record.
+
+Every multi-accelerator runtime can run part of a model on the host while the
+rest runs on the device (ONNX Runtime's per-node execution providers, LiteRT's
+partially delegated graphs, the Edge TPU compiler's unmapped ops, OpenVINO's
+HETERO). A backend's :meth:`~hal.plugin.Runner.placement` reports it; the core
+refuses host fallback on a device that is not the host unless the caller allows
+it (``hal.compile(..., allow_host_ops=True)``), and then says how much fell back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+#: at most this many host ops are named in an error or a note
+NAMED = 8
+
+
+@dataclass(frozen=True)
+class OpPlacement:
+    """One op (or fused layer) of the graph that runs, as the runtime names it."""
+
+    name: str
+    #: the op type (``Convolution``, ``CONV_2D``, ``aten.conv2d``)
+    op: str
+    #: the unit that executes it, in the runtime's words (``CPU``, ``EdgeTPU``, ``cuda:0``)
+    unit: str
+    #: True when ``unit`` is the executable's device; False when the host runs it instead
+    on_device: bool
+
+
+@dataclass
+class Placement:
+    """Where every op runs. ``source`` says which runtime record it was read from
+    (never a guess); ``emulated`` marks a mapping computed by the documented rules
+    of a device that is absent (what *would* run on it)."""
+
+    ops: list[OpPlacement]
+    source: str
+    emulated: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def host_ops(self) -> list[OpPlacement]:
+        return [o for o in self.ops if not o.on_device]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for ``ExecutableInfo.placement``, reports and conformance cells."""
+        host = self.host_ops
+        return {"device_ops": len(self.ops) - len(host), "host_ops": len(host),
+                "units": dict(Counter(o.unit for o in self.ops)),
+                "host": [f"{o.name} ({o.op})" for o in host[:NAMED]],
+                "source": self.source, "emulated": self.emulated}
+
+    def describe_host(self) -> str:
+        """'3 of 40 ops (a (Op), b (Op), ...)' for errors and notes."""
+        host = self.host_ops
+        named = ", ".join(f"{o.name} ({o.op})" for o in host[:NAMED])
+        more = f", and {len(host) - NAMED} more" if len(host) > NAMED else ""
+        return f"{len(host)} of {len(self.ops)} ops ({named}{more})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "emulated": self.emulated, "notes": list(self.notes),
+                "ops": [o.__dict__ for o in self.ops]}
