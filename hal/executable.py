@@ -56,6 +56,9 @@ class ExecutableInfo:
     #: the backend options it was compiled with (``hal.compile(options=...)``)
     backend_options: dict[str, Any] = field(default_factory=dict)
     check_finite: bool = True
+    #: the caller let ops of this device run on the host (``hal.compile(allow_host_ops=True)``);
+    #: recorded so that a loaded artifact keeps the permission (:mod:`hal.placement`)
+    allow_host_ops: bool = False
     cache_hit: bool = False
     notes: list[str] = field(default_factory=list)
     #: backend facts worth reporting (model size, compression ratio, ...)
@@ -86,7 +89,8 @@ _INFO_TYPES: dict[str, tuple[type, ...]] = {
     "backend": (str,), "backend_version": (str,), "target": (str,), "device_kind": (str,),
     "precision": (str,), "inputs": (list,), "outputs": (list,), "conversion_path": (list,),
     "compile_time_s": (int, float), "artifact_size_bytes": (int, type(None)),
-    "backend_options": (dict,), "check_finite": (bool,), "cache_hit": (bool,), "notes": (list,),
+    "backend_options": (dict,), "check_finite": (bool,), "allow_host_ops": (bool,),
+    "cache_hit": (bool,), "notes": (list,),
     "extra": (dict,), "output_tree": (list, type(None)),
 }
 _REQUIRED = ("backend", "backend_version", "target", "device_kind", "precision", "inputs", "outputs")
@@ -242,6 +246,13 @@ class Executable:
     @property
     def device(self) -> Device:
         return self.runner.device
+
+    @property
+    def placement(self) -> Placement | None:
+        """Where each op runs, as the runtime reported it when the core built or loaded
+        this executable (:mod:`hal.placement`; ``info.placement`` is its summary);
+        ``None`` when the backend cannot tell."""
+        return getattr(self, "_placement", None)
 
     # --- the user-facing surface -------------------------------------------------
     def __call__(self, *inputs: Any, **named: Any):
