@@ -21,6 +21,7 @@ from .errors import stage
 from .errors import (ArtifactError, CompileError, DeviceUnavailableError, HalError, InvalidInputError,
                      UnsupportedError, UsageError, brief, out_of_memory)
 from .executable import Executable, ExecutableInfo, Runner, as_numpy, read_artifact, write_hal
+from .placement import Placement, allowed_note
 from .plugins import registry
 from .profile import random_inputs
 from .types import CompileOptions, Device, Requirements, check_precision
@@ -264,6 +265,7 @@ def compile(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     check_finite: bool = True,
+    allow_host_ops: bool = False,
 ) -> Executable:
     """Compile ``model`` (an object or a path) for ``target`` at ``precision``.
 
@@ -274,8 +276,16 @@ def compile(
     The result comes from the on-disk cache when the same model, target,
     precision, options and calibration were compiled before (``cache=False``
     or ``HAL_NO_CACHE=1`` bypasses it).
+
+    A device that is not the host runs the whole model or nothing: when the
+    runtime reports ops that would run on the host instead (:mod:`hal.placement`),
+    compile raises UnsupportedError naming them, unless ``allow_host_ops=True``
+    accepts them (then a note says how many run on the host).
     """
     check_precision(precision)
+    if not isinstance(allow_host_ops, bool):
+        raise UsageError(f"allow_host_ops is a {type(allow_host_ops).__name__}, not a bool",
+                         "pass allow_host_ops=True or False")
     reg = registry()
     ex = [] if example_input is None else _samples([example_input], "example_input")
     calib = _samples(calibration, "calibration")
@@ -297,7 +307,8 @@ def compile(
                          "pass requirements=hal.Requirements(...)")
     if target == "auto":
         def latency_of(b, d):  # compile (cached) and time a short run on each candidate
-            exe = _compile_on(b, d, src, precision, calib, options, cache, cache_dir, check_finite)
+            exe = _compile_on(b, d, src, precision, calib, options, cache, cache_dir, check_finite,
+                              allow_host_ops)
             xs = src.example_input or tuple(random_inputs(exe.info.inputs))
             return exe.profile(*xs, iterations=20, warmup=3, extras=False).latency_ms["p50"]
 
@@ -305,7 +316,8 @@ def compile(
     else:
         b, dev = resolve(target)
         why = None
-    exe = _compile_on(b, dev, src, precision, calib, options, cache, cache_dir, check_finite)
+    exe = _compile_on(b, dev, src, precision, calib, options, cache, cache_dir, check_finite,
+                      allow_host_ops)
     if why:
         exe.info.notes.append(why)
         _log.info(why)
@@ -330,7 +342,7 @@ def _check_quantization(src: _formats.Model, precision: str, calib) -> None:
 
 
 def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, calib, options,
-                cache: bool, cache_dir, check_finite: bool) -> Executable:
+                cache: bool, cache_dir, check_finite: bool, allow_host_ops: bool = False) -> Executable:
     reg = registry()
     if precision not in b.precisions_for(dev):
         raise b.refuse_precision(precision, dev)
@@ -338,7 +350,7 @@ def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, ca
     chain = _formats.plan(src.format, b.formats_for(dev, precision), reg.converters)
     opts = CompileOptions(precision=precision, example_input=src.example_input,
                           calibration=calib or None, backend_options=dict(options or {}),
-                          check_finite=check_finite)
+                          check_finite=check_finite, allow_host_ops=allow_host_ops)
     if not _cache.enabled(cache):
         return _build(b, dev, src, chain, opts, None)
     directory = _cache.cache_dir(cache_dir)
@@ -350,7 +362,8 @@ def _compile_on(b: Backend, dev: Device, src: _formats.Model, precision: str, ca
         return exe
     parts = {"model": model_key, "backend": b.name, "backend_version": b.version(),
              "device": dev.target, "device_name": dev.name, "precision": precision,
-             "options": opts.backend_options, "check_finite": check_finite, "hal": HAL_VERSION,
+             "options": opts.backend_options, "check_finite": check_finite,
+             "allow_host_ops": allow_host_ops, "hal": HAL_VERSION,
              "example": [(a.shape, str(a.dtype)) for a in src.example_input or ()]}
     k = _cache.key(parts, calib)
     notes: list[str] = []
@@ -388,6 +401,8 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
         model = _formats.convert(src, chain, opts)
         with stage("compile"):  # a backend tags its own steps inside (e.g. "quantize")
             exe = _wrap(b, b.compile(model, dev, opts), "compile")
+            # after the backend: a backend-specific alias may have set the permission
+            _place(exe, opts.allow_host_ops, "compile")
         _signature.stamp(exe.info, _source_signature(src))
         exe.info.compile_time_s = time.perf_counter() - t0
         exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
@@ -414,6 +429,39 @@ def _wrap(b: Backend, built: Any, verb: str) -> Executable:
     return Executable(built)
 
 
+def _place(exe: Executable, allowed: bool, verb: str) -> None:
+    """The core's placement gate, after every compile and load: ask the runner where
+    its ops run (a failure there is a note, not a crash), keep the record
+    (``exe.placement``, its summary in ``info.placement``), and refuse host ops on a
+    device that is not the host unless the caller allowed them; allowed ones get a note."""
+    info = exe.info
+    info.allow_host_ops = bool(allowed)
+    try:
+        p = exe.runner.placement()
+        if p is not None and not isinstance(p, Placement):
+            raise TypeError(f"it returned a {type(p).__name__}, not a hal.placement.Placement")
+    except Exception as e:  # noqa: BLE001 - a backend's report: its failure must not lose the build
+        info.notes.append(f"placement unknown: {info.backend}'s placement() failed "
+                          f"({brief(e, 160, typed=True)})")
+        p = None
+    exe._placement = p
+    info.placement = None if p is None else p.summary()
+    if p is None or not p.host_ops:
+        return
+    if not allowed:
+        how = ("to hal.compile (CLI: --allow-host-ops) to run them on the host, or change the "
+               "model so that every op maps to the device") if verb == "compile" else \
+              ("to hal.load (CLI: --allow-host-ops) to run them on the host, or recompile the "
+               "model for this device")
+        raise UnsupportedError(
+            f"{info.target} cannot run the whole model: {p.describe_host()} would run on the "
+            f"host instead (as {p.source} reports{', emulated' if p.emulated else ''})",
+            f"pass allow_host_ops=True {how}")
+    note = allowed_note(p, info.target)
+    if note not in info.notes:  # a loaded artifact carries the note it was compiled with
+        info.notes.append(note)
+
+
 def _source_signature(src: _formats.Model):
     """The I/O contract read off the model the user gave (:mod:`hal.signature`);
     None when its format does not say, or reading it fails (the backend's names stand)."""
@@ -428,9 +476,14 @@ def _source_signature(src: _formats.Model):
 
 
 @_memory_error_as_hal("loading the artifact")
-def load(path: str | os.PathLike, target: str | None = None) -> Executable:
+def load(path: str | os.PathLike, target: str | None = None, *,
+         allow_host_ops: bool = False) -> Executable:
     """Restore an executable from a ``.hal`` file on the device it was built
     for (or on ``target``, which must be of the same backend).
+
+    The same placement rule as compile applies to what the runtime reports
+    now: host ops are refused unless the artifact was compiled with
+    ``allow_host_ops=True`` or this call passes it.
 
     The file is untrusted: it is checked before anything reads it (one
     unambiguous zip, a well-typed ``hal.json``, every file matching its
@@ -448,7 +501,10 @@ def load(path: str | os.PathLike, target: str | None = None) -> Executable:
                              f"load it on a {b.name} device")
         return b, dev
 
-    return _restore(Path(path), place)
+    if not isinstance(allow_host_ops, bool):
+        raise UsageError(f"allow_host_ops is a {type(allow_host_ops).__name__}, not a bool",
+                         "pass allow_host_ops=True or False")
+    return _restore(Path(path), place, allow_host_ops)
 
 
 def _from_cache(path: Path, b: Backend, dev: Device, expect_key: str) -> Executable:
@@ -464,7 +520,8 @@ def _from_cache(path: Path, b: Backend, dev: Device, expect_key: str) -> Executa
     return _restore(path, place)
 
 
-def _restore(path: Path, place: Callable[[dict], tuple[Backend, Device]]) -> Executable:
+def _restore(path: Path, place: Callable[[dict], tuple[Backend, Device]],
+             allow_host_ops: bool = False) -> Executable:
     """Check and unpack ``path``, let ``place`` pick the backend and device from
     its metadata, and have the backend load it; the unpacked files live as long
     as the executable, or go at once if anything fails."""
@@ -478,6 +535,7 @@ def _restore(path: Path, place: Callable[[dict], tuple[Backend, Device]]) -> Exe
                                 f"{e.what}", "re-create the artifact with `hal compile`; do not edit "
                                 ".hal files") from None
         exe = _wrap(b, b.load(art, meta["info"], dev), "load")
+        _place(exe, exe.info.allow_host_ops or allow_host_ops, "load")
     except BaseException:
         cleanup()
         raise

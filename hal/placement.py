@@ -64,3 +64,22 @@ class Placement:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "emulated": self.emulated, "notes": list(self.notes),
                 "ops": [o.__dict__ for o in self.ops]}
+
+
+#: how the core's note on host ops the caller allowed begins; conformance reads it to tell
+#: host ops the core stated from host ops it never saw (a runner that bypassed the gate)
+ALLOWED = "allow_host_ops: "
+
+
+def allowed_note(p: Placement, target: str) -> str:
+    """The core's note on an executable whose host ops the caller allowed."""
+    return (f"{ALLOWED}{p.describe_host()} run on the host, not on {target} "
+            f"(as {p.source} reports{', emulated' if p.emulated else ''})")
+
+
+def stated(summary: dict[str, Any] | None, notes: list[str]) -> bool:
+    """Whether ``notes`` state every host op that ``summary`` (a :meth:`Placement.summary`)
+    counts: none to state, or the core's note naming that many."""
+    host = int((summary or {}).get("host_ops") or 0)
+    total = host + int((summary or {}).get("device_ops") or 0)
+    return host == 0 or any(n.startswith(f"{ALLOWED}{host} of {total} ops") for n in notes)

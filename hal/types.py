@@ -55,6 +55,10 @@ class Device:
     #: data-parallel ``cuda:*``): conformance's operator and architecture tiers test those
     #: directly and leave a router to the quick tier, instead of running every cell twice
     routes_to: tuple[str, ...] = ()
+    #: the device is the host's own CPU: no op can fall back from it to the host, so it
+    #: owes no placement record (:mod:`hal.placement`). Every other device (an
+    #: accelerator, an emulated one) reports where its ops run, or conformance fails it.
+    host_cpu: bool = False
 
     @property
     def target(self) -> str:
