@@ -17,7 +17,8 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from math import isfinite
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from .errors import ArtifactError, InvalidInputError, out_of_memory, printable
 from .types import Device, TensorSpec
 
 if TYPE_CHECKING:
+    from .futures import Pipeline
     from .placement import Placement
     from .profile import Profile
 
@@ -186,6 +188,10 @@ class Runner:
     #: ``infer`` may be called from several threads at once. When False (the safe
     #: default for a new backend) the core serializes calls with a lock.
     thread_safe: bool = False
+    #: how many ``infer`` calls the runtime usefully overlaps: the size of the core's
+    #: worker pool behind ``Executable.submit`` (a thread-safe runner only); the queue
+    #: holds twice as many. A runner with its own ``start`` sets it to its request count.
+    concurrency: int = 1
 
     def __init__(self, info: ExecutableInfo, device: Device):
         self.info = info
@@ -218,11 +224,23 @@ class Runner:
         or ``None`` when the backend has none."""
         return None
 
+    def start(self, inputs: list[np.ndarray],
+              done: Callable[[list[np.ndarray] | None, BaseException | None], None]) -> None:
+        """Optional native pipelining behind ``Executable.submit``: start one
+        inference and return at once, then call ``done(outputs, None)`` or
+        ``done(None, error)`` from any thread. ``inputs`` are valid only during
+        this call (copy what is kept); it may block while the runtime's queue is
+        full. Without it the core runs ``infer`` on a pool of ``concurrency`` threads."""
+        raise NotImplementedError
+
     def placement(self) -> Placement | None:
         """Where each op runs, read from the runtime's own record of the graph it
         runs (:mod:`hal.placement`); ``None`` when the backend cannot tell, which
         conformance counts against a device that is not the host."""
         return None
+
+
+_PIPELINE_LOCK = threading.Lock()
 
 
 class Executable:
@@ -237,6 +255,7 @@ class Executable:
         self._lock = None if runner.thread_safe else threading.Lock()
         self._keepalive: list[Any] = []  # e.g. the temp dir an artifact was unpacked to
         self._fast: list[tuple[np.dtype | None, tuple, int, int]] | None = None  # check_inputs' hot path
+        self._async: Pipeline | None = None
 
     @property
     def info(self) -> ExecutableInfo:
@@ -279,6 +298,35 @@ class Executable:
             return fn(*args)
         with self._lock:
             return fn(*args)
+
+    def submit(self, *inputs: Any, **named: Any) -> Future:
+        """Start one inference and return a :class:`concurrent.futures.Future` of
+        what ``exe(*inputs, **named)`` returns. Inputs are checked here (a bad one
+        raises at once) and copied as needed, so the caller may reuse its buffers
+        as soon as ``submit`` returns; a failing inference raises its hal error
+        from ``future.result()``. Blocks while the executable's queue is full."""
+        if named:
+            inputs = tuple(self._by_name(named, inputs))
+        tree = self.info.output_tree
+        return self._pipeline().submit(self, self.check_inputs(inputs),
+                                       lambda outs: signature.unflatten(tree, outs))
+
+    def map(self, inputs: Iterable[Any], *, max_in_flight: int | None = None) -> Iterator[Any]:
+        """Results of ``exe(item)`` for each item (an array, a tuple of arrays, or a
+        name→array dict), in order, with at most ``max_in_flight`` submitted ahead
+        (default: the executable's queue depth), like ``Executor.map`` but bounded."""
+        from .futures import ordered
+
+        return ordered(self, inputs, max_in_flight)
+
+    def _pipeline(self) -> Pipeline:
+        if self._async is None:
+            with _PIPELINE_LOCK:
+                if self._async is None:
+                    from .futures import Pipeline
+
+                    self._async = Pipeline(self)
+        return self._async
 
     def run(self, inputs: Any) -> Outputs:
         """Like ``__call__`` but takes a sequence or a name→array dict and always

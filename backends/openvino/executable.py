@@ -75,7 +75,9 @@ class OpenVINOExecutable(Runner):
         self._tensor = self._o.ov.Tensor
         self._infer_kw = self._o.infer_kwargs
         self._variants: dict[str, Any] = {}
-        self._lock = threading.Lock()   # compiling a variant
+        self._lock = threading.Lock()   # compiling a variant, making the async queue
+        self._start_lock = threading.Lock()
+        self._queue = None              # the AsyncInferQueue behind submit, made on first use
         # idle requests; list.pop/append are atomic, so taking one needs no lock
         self._idle: list[_Slot] = [self._slot()]
 
@@ -143,19 +145,64 @@ class OpenVINOExecutable(Runner):
             if slot is not None:
                 self._idle.append(slot)
 
+    # --- async: Executable.submit / map ----------------------------------------------
+    @property
+    def concurrency(self) -> int:
+        """The queue's request count (the THROUGHPUT compile's optimal number)."""
+        return len(self._async_queue())
+
+    def _async_queue(self):
+        """benchmark_app's pipeline, made once: an AsyncInferQueue of the optimal
+        number of requests on the THROUGHPUT-hinted compile of the same model at the
+        same precision (streams let requests overlap; ``pipeline.verify`` checked it)."""
+        q = self._queue
+        if q is None:
+            with self._lock:
+                if self._queue is None:
+                    cm = self._variant_locked("throughput", {"PERFORMANCE_HINT": "THROUGHPUT"})
+                    try:
+                        nireq = int(cm.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                        queue = self._o.ov.AsyncInferQueue(cm, max(1, nireq))
+                    except RuntimeError as e:
+                        raise runtime_error(self.core, self.device, e, "creating infer requests") from None
+                    queue.set_callback(self._finished)
+                    self._queue = queue
+                q = self._queue
+        return q
+
+    def start(self, inputs: list[np.ndarray], done) -> None:
+        q = self._async_queue()
+        with self._start_lock:  # one caller at a time takes the next idle request
+            try:  # share_inputs=False: copied into the request before start_async returns
+                q.start_async(dict(enumerate(inputs)), done, share_inputs=False)
+            except RuntimeError as e:
+                raise runtime_error(self.core, self.device, e, "starting an inference") from None
+
+    def _finished(self, request, done) -> None:
+        try:
+            outs = [request.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        except BaseException as e:  # noqa: BLE001 - it belongs to the caller's future
+            done(None, runtime_error(self.core, self.device, e, "inference")
+                 if isinstance(e, RuntimeError) else e)
+        else:
+            done(outs, None)
+
     # --- variants compiled on demand -------------------------------------------------
     def _variant(self, name: str, extra: dict[str, str]):
         with self._lock:  # two threads asking at once compile it once
-            if name not in self._variants:
-                cfg = {**self.config, **extra}
-                try:
-                    cm = self.core.compile_model(self.ov_model, self.device.id, cfg)  # no persistent cache
-                except RuntimeError as e:
-                    raise runtime_error(self.core, self.device, e,
-                                        f"compiling the {name} variant") from None
-                pipeline.verify(cm, self.info.precision, self.device, cfg, model=self.ov_model)
-                self._variants[name] = cm
-            return self._variants[name]
+            return self._variant_locked(name, extra)
+
+    def _variant_locked(self, name: str, extra: dict[str, str]):
+        if name not in self._variants:
+            cfg = {**self.config, **extra}
+            try:
+                cm = self.core.compile_model(self.ov_model, self.device.id, cfg)  # no persistent cache
+            except RuntimeError as e:
+                raise runtime_error(self.core, self.device, e,
+                                    f"compiling the {name} variant") from None
+            pipeline.verify(cm, self.info.precision, self.device, cfg, model=self.ov_model)
+            self._variants[name] = cm
+        return self._variants[name]
 
     def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
         cm = self._variant("profiling", {"PERF_COUNT": "YES"})
