@@ -170,16 +170,16 @@ def _options(pairs: Optional[List[str]]) -> dict[str, Any]:
 
 
 def _executable(model: Path, target: str, precision: str, inputs, calibration: Optional[Path],
-                option: Optional[List[str]], no_cache: bool, quiet: bool):
+                option: Optional[List[str]], no_cache: bool, quiet: bool, allow_host_ops: bool = False):
     if model.suffix == ".hal":
-        return api.load(model, None if target == "auto" else target)
+        return api.load(model, None if target == "auto" else target, allow_host_ops=allow_host_ops)
     calib = _calibration(calibration)
     spinner = contextlib.nullcontext() if quiet else err.status(
         f"compiling {model.name} for {target} at {precision}"
         + (f" (calibrating on {len(calib)} samples)" if calib else "") + " …")
     with spinner:  # api.compile checks the precision name itself
         exe = api.compile(model, target, precision=precision, example_input=inputs, calibration=calib,
-                          options=_options(option), cache=not no_cache)
+                          options=_options(option), cache=not no_cache, allow_host_ops=allow_host_ops)
     if target == "auto" and not quiet:  # say which device auto chose, and why
         for n in exe.info.notes:
             if n.startswith("auto:"):
@@ -195,6 +195,7 @@ CalibOpt = typer.Option(None, "--calibration", "-c", metavar="FILE", help=".npy/
 OptionOpt = typer.Option(None, "--option", metavar="KEY=VALUE", help="Backend option KEY=VALUE (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output only.")
 NoCacheOpt = typer.Option(False, "--no-cache", help="Bypass the compile cache.")
+AllowHostOpt = typer.Option(False, "--allow-host-ops", help="Let ops the device cannot run run on the host instead (refused by default; the placement is printed).")
 
 
 # --- commands --------------------------------------------------------------------------
@@ -246,9 +247,10 @@ def compile_(model: Path = ModelArg, target: str = TargetOpt, precision: str = P
              output: Path = typer.Option(..., "--output", "-o", help="Where to write the .hal file."),
              input: Optional[List[Path]] = InputOpt, calibration: Optional[Path] = CalibOpt,
              option: Optional[List[str]] = OptionOpt, no_cache: bool = NoCacheOpt,
-             as_json: bool = JsonOpt) -> None:
+             allow_host_ops: bool = AllowHostOpt, as_json: bool = JsonOpt) -> None:
     """Compile MODEL for a target and write a .hal artifact."""
-    exe = _executable(model, target, precision, _inputs(input), calibration, option, no_cache, as_json)
+    exe = _executable(model, target, precision, _inputs(input), calibration, option, no_cache, as_json,
+                      allow_host_ops)
     exe.save(output)
     if as_json:
         _dump({"output": str(output), **exe.info.to_dict()})
@@ -258,6 +260,7 @@ def compile_(model: Path = ModelArg, target: str = TargetOpt, precision: str = P
               f"{output.stat().st_size / 1e3:.1f} kB file ({(i.artifact_size_bytes or 0) / 1e3:.1f} kB "
               f"unpacked), compiled in {i.compile_time_s:.2f}s" + (" (cache hit)" if i.cache_hit else ""))
     out.print("path: " + " → ".join(i.conversion_path))
+    out.print(placement_line(i.placement))
     for n in i.notes:
         out.print(f"note: {n}")
 
@@ -268,10 +271,12 @@ def run(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, target: 
         precision: str = PrecisionOpt, calibration: Optional[Path] = CalibOpt,
         option: Optional[List[str]] = OptionOpt,
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write outputs to this .npz."),
-        no_cache: bool = NoCacheOpt, as_json: bool = JsonOpt) -> None:
+        no_cache: bool = NoCacheOpt, allow_host_ops: bool = AllowHostOpt,
+        as_json: bool = JsonOpt) -> None:
     """Run MODEL once on --input arrays (random inputs from the model's specs if none)."""
     inputs = _inputs(input)
-    exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json)
+    exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json,
+                      allow_host_ops)
     if inputs is None:
         from .profile import random_inputs
 
@@ -302,10 +307,12 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
             batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
             mode: str = typer.Option("latency", "--mode", help="latency | throughput (backend offline mode)."),
             probe: Optional[str] = typer.Option(None, "--probe", help="Also run a peak probe: gemm."),
-            no_cache: bool = NoCacheOpt, as_json: bool = JsonOpt) -> None:
+            no_cache: bool = NoCacheOpt, allow_host_ops: bool = AllowHostOpt,
+            as_json: bool = JsonOpt) -> None:
     """Latency percentiles, throughput and whatever the backend adds (per-layer times, memory, energy)."""
     inputs = _inputs(input)
-    exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json)
+    exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json,
+                      allow_host_ops)
     if batch_size and model.suffix != ".hal" and _static_batch(exe) not in (None, batch_size):
         # the model was compiled at its own batch: compile it again at the one asked for
         from .profile import random_inputs
@@ -314,7 +321,7 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
                  for s in exe.info.inputs]
         inputs = tuple(a[:batch_size] for a in random_inputs(specs, batch_size))
         exe = _executable(model, exe.info.target, precision, inputs, calibration, option, no_cache,
-                          as_json)
+                          as_json, allow_host_ops)
     probe_result = _probe(exe, probe, precision) if probe else None
     kw = dict(iterations=None if duration else iterations, warmup=warmup, duration_s=duration,
               batch_size=batch_size, mode=mode)
@@ -330,6 +337,18 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
     _print_profile(p)
     if probe_result:
         out.print(f"probe {probe}: {probe_result}")
+
+
+def placement_line(summary: dict | None) -> str:
+    """``hal compile``'s one line on where the ops run (``info.placement``)."""
+    if summary is None:
+        return "placement: not reported by the backend"
+    host = summary.get("host_ops", 0)
+    named = ", ".join(summary.get("host") or [])
+    more = host - len(summary.get("host") or [])
+    return (f"placement: {summary.get('device_ops', 0)} op(s) on the device, {host} on the host"
+            + (f" ({named}{f', and {more} more' if more > 0 else ''})" if host else "")
+            + f"; from {summary.get('source')}" + (", emulated" if summary.get("emulated") else ""))
 
 
 def _static_batch(exe) -> int | None:
