@@ -260,7 +260,7 @@ def compile_(model: Path = ModelArg, target: str = TargetOpt, precision: str = P
               f"{output.stat().st_size / 1e3:.1f} kB file ({(i.artifact_size_bytes or 0) / 1e3:.1f} kB "
               f"unpacked), compiled in {i.compile_time_s:.2f}s" + (" (cache hit)" if i.cache_hit else ""))
     out.print("path: " + " → ".join(i.conversion_path))
-    out.print(placement_line(i.placement))
+    out.print(escape(placement_line(i.placement)), highlight=False)
     for n in i.notes:
         out.print(f"note: {n}")
 
