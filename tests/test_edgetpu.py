@@ -188,11 +188,15 @@ def test_float_tflite_refused_and_its_float_tensors_reported(keras_model):
     x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype(np.float32)
     with pytest.raises(UnsupportedError, match="only full-int8") as e:
         hal.compile(float_tflite, EMU, precision="int8", calibration=[x], cache=False)
-    assert "allow_float_ops" in str(e.value) and "CONV_2D" in str(e.value)
+    assert "allow_host_ops=True" in str(e.value) and "CONV_2D" in str(e.value)
     exe = hal.compile(float_tflite, EMU, precision="int8", calibration=[x], cache=False,
-                      options={"allow_float_ops": True})
-    assert any("not fully int8" in n for n in exe.info.notes)
+                      allow_host_ops=True)
+    assert any("not fully int8" in n for n in exe.info.notes) and exe.info.allow_host_ops
     np.testing.assert_allclose(exe(x), keras_model(x).numpy(), atol=1e-5)
+    # the old backend-specific switch is a deprecated alias of allow_host_ops
+    old = hal.compile(float_tflite, EMU, precision="int8", calibration=[x], cache=False,
+                      options={"allow_float_ops": True})
+    assert old.info.allow_host_ops and any("deprecated" in n for n in old.info.notes)
 
 
 # --- models compiled by edgetpu_compiler, runtime versions, delegates ----------------

@@ -83,18 +83,25 @@ class EdgeTpuBackend(Backend):
 
         self.require_runtime()
         opts = EdgeTpuOptions.parse(options.backend_options)
+        alias = []
+        if opts.allow_float_ops and not options.allow_host_ops:  # the old backend-specific switch
+            options.allow_host_ops = True  # the core's placement gate reads it after compile
+            alias.append("options={'allow_float_ops': True} is deprecated: pass "
+                         "hal.compile(..., allow_host_ops=True) (CLI --allow-host-ops)")
+        # edgetpu.json records the permission too, so load checks the artifact as compile did
+        opts.allow_float_ops = options.allow_host_ops
         conv = pipeline.to_int8(model, options)
         graph.check_model(conv.tflite, ModelFormatError if model.format == "tflite" else CompileError,
                         "the given TFLite model" if model.format == "tflite" else
                         "the converted TFLite model")
         g = graph.read_graph(conv.tflite)
-        notes = list(conv.notes)
+        notes = alias + list(conv.notes)
         files = Artifacts(conv.tflite, None)
         if g.edgetpu_ops:
             self._check_precompiled(g, device)
             files = Artifacts(None, conv.tflite)
         report = graph.mapping_report(g)
-        if report.float_tensors and not opts.allow_float_ops:
+        if report.float_tensors and not options.allow_host_ops:
             what = "given TFLite" if model.format == "tflite" else "quantized model"
             cpu = sorted({o.op for o in report.cpu_ops() if any("float" in r for r in o.reasons)})
             raise UnsupportedError(
@@ -103,9 +110,9 @@ class EdgeTpuBackend(Backend):
                 f"{', ...' if len(report.float_tensors) > 4 else ''}) in op(s) {', '.join(cpu)}",
                 "quantize it fully (TFLiteConverter with TFLITE_BUILTINS_INT8 and int8 "
                 "inference_input/output_type, or pass the source model to hal.compile), or pass "
-                "options={'allow_float_ops': True} to run those ops in float on the host CPU")
+                "allow_host_ops=True (CLI --allow-host-ops) to run those ops in float on the host CPU")
         if report.float_tensors:
-            notes.append(f"not fully int8 (allow_float_ops): {len(report.cpu_ops())} op(s) would run "
+            notes.append(f"not fully int8 (allow_host_ops): {len(report.cpu_ops())} op(s) would run "
                          "on the host CPU in float")
         creport = None
         if files.compiled is None:
@@ -163,6 +170,8 @@ class EdgeTpuBackend(Backend):
         except (OSError, UnicodeDecodeError) as e:
             raise ArtifactError(f"the edgetpu artifact is incomplete ({devices.short(e)})",
                                 "recompile the model") from None
+        if opts.allow_float_ops:  # an artifact compiled with the old switch keeps its permission
+            info.allow_host_ops = True
         self._check_artifact(files, opts, info)
         if device.kind == "hardware" and files.compiled is not None:
             from . import graph
@@ -174,7 +183,7 @@ class EdgeTpuBackend(Backend):
     @staticmethod
     def _check_artifact(files, opts, info: ExecutableInfo) -> None:
         """Before any interpreter sees them: only builtin and Edge TPU ops, and
-        int8 as hal.json claims (float tensors only where allow_float_ops said so,
+        int8 as hal.json claims (float tensors only where allow_host_ops said so,
         exactly as compile decides)."""
         from . import graph
 
@@ -193,9 +202,9 @@ class EdgeTpuBackend(Backend):
                 report = graph.mapping_report(data)
             except ModelFormatError as e:
                 raise ArtifactError(f"{what}: {e.what}", fix) from None
-            if report.float_tensors and not opts.allow_float_ops:
+            if report.float_tensors and not info.allow_host_ops:
                 raise ArtifactError(f"{what} has float tensors ({report.float_tensors[0]}, ...) but "
-                                    "is stored as a full-int8 model (no allow_float_ops)", fix)
+                                    "is stored as a full-int8 model (no allow_host_ops)", fix)
 
 
 def check_runtime(need: int, compiler_version: str | None, runtime: int | None) -> None:

@@ -38,7 +38,8 @@ OPTIONS = {
     "raw_io": Option("int8 in, int8 out: hal does no (de)quantization (bool)", bool),
     "num_threads": Option("LiteRT CPU threads (emulator, and CPU ops on hardware), up to the "
                           "host's cores", (int, _NONE), min=1, max=host_cores),
-    "allow_float_ops": Option("accept float ops that would run on the host CPU (bool)", bool),
+    "allow_float_ops": Option("deprecated: hal.compile(allow_host_ops=True) instead; accept float "
+                              "ops that would run on the host CPU (bool)", bool),
     "min_runtime_version": Option("edgetpu_compiler -m: the oldest Edge TPU runtime to target",
                                   (int, _NONE), min=0, max=1000),
 }
@@ -50,7 +51,9 @@ class EdgeTpuOptions:
 
     raw_io: bool = False  # int8 in / int8 out, no (de)quantization by hal
     num_threads: int | None = None  # LiteRT CPU threads (emulator, and CPU ops on hardware)
-    allow_float_ops: bool = False  # accept float ops that would run on the host CPU
+    #: the artifact's float ops may run on the host CPU: the compile's allow_host_ops (this
+    #: key, the old switch, is its deprecated alias), recorded in edgetpu.json
+    allow_float_ops: bool = False
     min_runtime_version: int | None = None  # edgetpu_compiler -m
 
     @classmethod
