@@ -17,7 +17,8 @@ from .results import Category, CellResult, Report, Result
 #: results that are not the backend declining: counted as "broken" in summaries
 BROKEN = tuple(r for r in Result if r.category in (Category.FAILURE, Category.ERROR))
 #: the totals' columns: every result kind, as the report names it
-TOTALS = [(r.value, "not honoured" if r == Result.PRECISION_NOT_HONOURED else r.value) for r in Result]
+TOTALS = [(r.value, {Result.PRECISION_NOT_HONOURED: "not honoured",
+                     Result.PLACEMENT_NOT_HONOURED: "placement hidden"}.get(r, r.value)) for r in Result]
 
 
 def columns(cells: list[CellResult]) -> list[tuple[str, str]]:
@@ -59,7 +60,8 @@ def entry(cells: list[CellResult]) -> str:
     if ok == len(runnable):
         return "✓" if len(runnable) == 1 else f"✓{len(runnable)}"
     if len(runnable) == 1:
-        return {Result.FAIL: "✗", Result.PRECISION_NOT_HONOURED: "≠"}.get(runnable[0].result, "E")
+        return {Result.FAIL: "✗", Result.PRECISION_NOT_HONOURED: "≠",
+                Result.PLACEMENT_NOT_HONOURED: "⌂"}.get(runnable[0].result, "E")
     return f"{ok}/{len(runnable)}"
 
 
@@ -99,12 +101,14 @@ def markdown(r: Report, max_listed: int = 300) -> list[str]:
             continue
         md += ["", f"## {title}", "",
                "`✓` every case passed (`✓3`: all three) · `2/5` two of five runnable cases "
-               "passed · `✗` failed · `≠` precision not honoured · `E` error, crash or timeout · "
+               "passed · `✗` failed · `≠` precision not honoured · `⌂` placement not honoured "
+               "(host ops hidden) · `E` error, crash or timeout · "
                "`–` unsupported · `·` not run", "",
                f"| {heading} | "
                + " | ".join(f"{t} {p}" for t, p in cols) + " |",
                "|---|" + "---|" * len(cols)]
         md += [f"| {name} | " + " | ".join(row) + " |" for name, row in rows]
+    md += placement_markdown(r)
     stages = broken_by_stage(r)
     if stages:
         md += ["", "## Not passing, by stage", "",
@@ -119,6 +123,58 @@ def markdown(r: Report, max_listed: int = 300) -> list[str]:
     return md
 
 
+def placement_text(p: dict | None) -> str:
+    """One cell's placement in a few words: where its ops ran, or that nothing says."""
+    if p is None:
+        return "not reported"
+    host = p.get("host_ops") or 0
+    return (f"{p.get('device_ops', 0)} on device, {host} on host"
+            + (f" ({', '.join(p.get('host') or [])})" if host else "")
+            + (" · emulated" if p.get("emulated") else ""))
+
+
+def placement_rows(r: Report) -> list[dict]:
+    """Per device: how many of its runnable cells reported a placement, how many ran every
+    op on the device, how many ran ops on the host, and the records' sources."""
+    by: dict[str, list[CellResult]] = defaultdict(list)
+    for c in r.cells:
+        if c.runnable:
+            by[c.target].append(c)
+    out = []
+    for target, cs in sorted(by.items()):
+        rep = [c for c in cs if c.placement is not None]
+        out.append({"target": target, "cells": len(cs), "reported": len(rep),
+                    "all_on_device": sum(1 for c in rep if not c.placement.get("host_ops")),
+                    "host_ops": sum(1 for c in rep if c.placement.get("host_ops")),
+                    "not_reported": len(cs) - len(rep),
+                    "sources": sorted({str(c.placement.get("source")) + (" (emulated)" if
+                                       c.placement.get("emulated") else "") for c in rep})})
+    return out
+
+
+def placement_markdown(r: Report) -> list[str]:
+    """The markdown report's placement section: per device, then every cell whose ops did
+    not all run on the device (or that reported nothing) with its placement."""
+    rows = placement_rows(r)
+    if not rows:
+        return []
+    md = ["", "## Placement", "",
+          "Where each runnable cell's ops ran, as the runtime reported it (`hal.placement`); a "
+          "device that is not the host CPU must report it.", "",
+          "| device | runnable cells | placement reported | every op on the device | ops on the host "
+          "| not reported | source |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {x['target']} | {x['cells']} | {x['reported']} | {x['all_on_device']} | "
+           f"{x['host_ops']} | {x['not_reported']} | {_md(', '.join(x['sources']))} |" for x in rows]
+    odd = [c for c in sorted(r.cells, key=_case_order) if c.runnable and
+           (c.placement is None or c.placement.get("host_ops"))]
+    if odd:
+        md += ["", "| cell | result | placement |", "|---|---|---|"]
+        md += [f"| {c.id} | {c.result} | {_md(placement_text(c.placement))} |" for c in odd[:300]]
+        if len(odd) > 300:
+            md.append(f"| … {len(odd) - 300} more in the JSON report | | |")
+    return md
+
+
 def html(r: Report) -> str:
     """The operator coverage matrix and the architecture matrix as HTML tables."""
     import html as h
@@ -129,7 +185,8 @@ def html(r: Report) -> str:
         if not rows:
             continue
         out.append(f"<h2 id={suite}>{h.escape(title)}</h2><p class=note>✓ every case passed · 2/5 two of "
-                   "five runnable cases passed · ✗ failed · ≠ precision not honoured · E error, "
+                   "five runnable cases passed · ✗ failed · ≠ precision not honoured · ⌂ placement "
+                   "not honoured · E error, "
                    "crash or timeout · – unsupported · · not run</p><div class=scroll><table><tr>"
                    f"<th class=l>{heading}</th>"
                    + "".join(f"<th>{h.escape(t)}<br>{p}</th>" for t, p in cols) + "</tr>")

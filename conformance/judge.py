@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hal.placement import stated
+
 from . import cases
 from .goldens import Reference
 from .plan import CellSpec
@@ -30,6 +32,7 @@ def judge(spec: CellSpec, outcome: Outcome, reference: Reference | None) -> Cell
         if getattr(outcome, k) is not None:
             setattr(c, k, getattr(outcome, k))
     c.conversion_path, c.notes = list(outcome.conversion_path), list(outcome.notes)
+    c.placement = outcome.placement
     c.host = outcome.host or d.host
     if outcome.judged is not None:  # the case's own test judged it
         c.result, c.message = outcome.judged, outcome.message
@@ -65,10 +68,44 @@ def judge(spec: CellSpec, outcome: Outcome, reference: Reference | None) -> Cell
     rt = outcome.roundtrip_max_abs
     if rt is not None and rt > ROUNDTRIP_MAX_REL * m.max_abs_ref:
         rules = broken_rules(m, spec.precision, ref.accuracy, spec.suite, ref.emulated)
-        return _failed(c, Reason.ROUNDTRIP, "; ".join(
+        return _placed(_failed(c, Reason.ROUNDTRIP, "; ".join(
             rules + kind + [f"the reloaded artifact differs from the compiled one by {rt:.3g} "
-                            f"(> {ROUNDTRIP_MAX_REL:g}·max|ref|)"]))
+                            f"(> {ROUNDTRIP_MAX_REL:g}·max|ref|)"])), spec, outcome)
     verdict(c, m, ref.accuracy, ref.emulated, kind)
+    return _placed(c, spec, outcome)
+
+
+def hidden_placement(spec: CellSpec, outcome: Outcome) -> str:
+    """Why the cell's executable does not honour placement ("" when it does): a device
+    that is not the host CPU (``host_cpu``) reported no placement, or a placement record
+    (at compile, after running, or the reloaded artifact's) lists host ops that the
+    executable's notes do not state, i.e. the core's ``allow_host_ops`` gate never saw them."""
+    d = spec.device
+    why = []
+    if outcome.placement is None and not d.host_cpu:
+        why.append(f"{d.target} is not the host CPU, but its executable reports no placement "
+                   "(Runner.placement() gave none), so nothing shows which ops ran on the host")
+    for when, rec in [("at compile", outcome.placement)] + [
+            (str(r.get("when") or "later"), r) for r in outcome.placement_later]:
+        if rec is not None and not stated(rec, outcome.notes):
+            named = ", ".join(rec.get("host") or [])
+            why.append(f"its placement {when} lists {rec.get('host_ops')} op(s) on the host "
+                       f"({named}) that the executable does not state: the allow_host_ops gate "
+                       "was bypassed")
+    return "; ".join(why)
+
+
+def _placed(c: CellResult, spec: CellSpec, outcome: Outcome) -> CellResult:
+    """Placement honesty, after the policy: a cell it passes becomes
+    ``placement-not-honoured``; a failure keeps its result and says this too."""
+    why = hidden_placement(spec, outcome)
+    if not why:
+        return c
+    if c.result == Result.PASS:
+        c.result, c.reason, c.stage, c.message = (Result.PLACEMENT_NOT_HONOURED, Reason.PLACEMENT,
+                                                  Stage.COMPARE, why)
+    else:
+        c.message = "; ".join(x for x in (c.message, why) if x)
     return c
 
 
@@ -111,4 +148,4 @@ def rejudge(report: Report) -> int:
     return changed
 
 
-__all__ = ["judge", "rejudge", "verdict"]
+__all__ = ["hidden_placement", "judge", "rejudge", "verdict"]

@@ -90,6 +90,8 @@ class DeviceInfo:
     precisions: list[str] = field(default_factory=list)
     #: the lab host it was found on (None: this host)
     host: str | None = None
+    #: the device is the host's own CPU (``hal.Device.host_cpu``): it owes no placement
+    host_cpu: bool = False
 
     def __post_init__(self) -> None:
         self.unsupported = {p: Refusal.of(w) for p, w in (self.unsupported or {}).items()}
@@ -194,6 +196,12 @@ class Outcome:
     executable_precision: str | None = None
     conversion_path: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the executable's placement summary as the core recorded it at compile
+    #: (``ExecutableInfo.placement``; None: the backend reported none)
+    placement: dict[str, Any] | None = None
+    #: what the runtime reported when asked again (after running the cell, and the reloaded
+    #: artifact's), where it lists other host ops than the compile-time record
+    placement_later: list[dict[str, Any]] = field(default_factory=list)
     #: a result the case's own test gave (ONNX's node corpus), not the oracle's
     judged: Result | None = None
     #: the host that ran it, in a lab
@@ -207,6 +215,7 @@ class Outcome:
         self.judged = Result(self.judged) if self.judged else None
         self.conversion_path = list(self.conversion_path or [])
         self.notes = list(self.notes or [])
+        self.placement_later = list(self.placement_later or [])
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outputs"}

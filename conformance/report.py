@@ -16,6 +16,7 @@ from hal.paths import atomic_file, write_text_atomic
 
 from .models import MODELS
 from .policy import JUDGED_PRECISIONS, POLICY
+from .coverage import placement_text
 from .results import Category, CellResult, Report, Result
 
 #: each result's console style and matrix mark, as the :class:`Result` enum defines them
@@ -202,6 +203,8 @@ def write_junit(r: Report, path: str | Path) -> None:
                     ET.SubElement(cp, "property", name=k, value=str(v))
             if c.conversion_path:
                 ET.SubElement(cp, "property", name="conversion_path", value=" → ".join(c.conversion_path))
+            if c.runnable:
+                ET.SubElement(cp, "property", name="placement", value=placement_text(c.placement))
             cat = Result(c.result).category
             if cat == Category.FAILURE:
                 ET.SubElement(tc, "failure", message=c.message[:1000],
@@ -375,13 +378,13 @@ h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-b
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#f3f4f6}td.l,th.l{text-align:left}td.nw{white-space:nowrap}tr.grp td{border-top:2px solid #8c959f}
 .pass{background:#dafbe1}.fail{background:#ffcecb;font-weight:600}.unsupported{color:#8c959f}
-.error,.lost{background:#fff1c2}.crash,.timeout{background:#f2d5ff}.oracle-disagreement{background:#d8f1f7}
+.precision-not-honoured,.placement-not-honoured{background:#ffcecb;font-weight:600}.error,.lost{background:#fff1c2}.crash,.timeout{background:#f2d5ff}.oracle-disagreement{background:#d8f1f7}
 .verdict{font-size:1.25em;font-weight:600;padding:.5em .8em;border-radius:6px;display:inline-block}
 .verdict.ok{background:#dafbe1;color:#116329}.verdict.bad{background:#ffcecb;color:#82071e}
 .meta,.note{color:#57606a}.scroll{overflow-x:auto}img{max-width:100%;height:auto}
 .plots{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.plots figure{margin:0;flex:0 1 calc(50% - 1em)}
 figcaption{color:#57606a;max-width:640px}
-td.path{min-width:26em}td.path small{color:#57606a}td.msg{min-width:20em}table.cells{font-size:13px}nav a{margin-right:1em}code{font-size:.95em}"""
+td.place{min-width:12em}td.path{min-width:26em}td.path small{color:#57606a}td.msg{min-width:20em}table.cells{font-size:13px}nav a{margin-right:1em}code{font-size:.95em}"""
 
 
 def _kb(n: int | None) -> str:
@@ -401,6 +404,8 @@ def _tip(c: CellResult) -> str:
         parts.append(f"top-1 {c.top1_agreement:.2%}")
     if c.accuracy is not None:
         parts.append(f"accuracy {c.accuracy:.2%}")
+    if c.runnable:
+        parts.append(f"placement: {placement_text(c.placement)}")
     return " · ".join(parts) + (f"\n{c.message}" if c.message else "")
 
 
@@ -521,7 +526,8 @@ def write_html(r: Report, path: str | Path) -> None:
             ("max|err|<br>/ max|ref|", "rel_max_err"), ("max|err|", "max_abs_err"),
             ("mean|err|", "mean_abs_err"), ("SNR<br>dB", "snr_db"), ("top-1", "top1_agreement"),
             ("accuracy", "accuracy"), ("compile<br>s", "compile_time_s"),
-            ("artifact", "artifact_size_bytes"), ("p50<br>ms", "latency_p50_ms"), ("message", "message")]
+            ("artifact", "artifact_size_bytes"), ("p50<br>ms", "latency_p50_ms"),
+            ("placement", "placement"), ("message", "message")]
     runnable = [c for c in sorted(r.cells, key=lambda c: c.id) if c.runnable]
     if not any(c.message for c in runnable):
         cols.pop()
@@ -535,6 +541,10 @@ def write_html(r: Report, path: str | Path) -> None:
             if k == "id":
                 tds.append(f"<td class='l path'>{e(v)}<br><small>{e(' → '.join(c.conversion_path))}"
                            "</small></td>")
+                continue
+            if k == "placement":
+                src = f"{v.get('source')}" if v else "the backend reported no placement"
+                tds.append(f"<td class='l place' title='{e(src)}'>{e(placement_text(v))}</td>")
                 continue
             if k == "artifact_size_bytes":
                 v = _kb(v)

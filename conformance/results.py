@@ -53,6 +53,9 @@ class Result(str, Enum):
     #: its numbers are impossible for the precision it claims (e.g. "fp16" that is
     #: fp32 to the last bits, "int8" with no quantization error at all)
     PRECISION_NOT_HONOURED = "precision-not-honoured"
+    #: a device that is not the host CPU whose executable reports no placement, or lists
+    #: host ops that its notes do not state (the core's allow_host_ops gate was bypassed)
+    PLACEMENT_NOT_HONOURED = "placement-not-honoured"
 
     def __str__(self) -> str:
         return self.value
@@ -81,6 +84,7 @@ _LOOK: dict[Result, tuple[Category, str, str]] = {
     Result.PASS: (Category.PASS, "✓", "green"),
     Result.FAIL: (Category.FAILURE, "✗", "bold red"),
     Result.PRECISION_NOT_HONOURED: (Category.FAILURE, "≠", "bold red"),
+    Result.PLACEMENT_NOT_HONOURED: (Category.FAILURE, "⌂", "bold red"),
     Result.UNSUPPORTED: (Category.SKIPPED, "–", "dim"),
     Result.ERROR: (Category.ERROR, "error", "yellow"),
     Result.CRASH: (Category.ERROR, "crash", "bold magenta"),
@@ -139,6 +143,8 @@ class Reason(str, Enum):
     ROUNDTRIP = "roundtrip"
     TOLERANCE = "tolerance"
     DISHONEST = "dishonest"
+    #: the executable hides where its ops run (no placement, or host ops it does not state)
+    PLACEMENT = "placement"
     #: a verdict of the case's own test (ONNX's node corpus: its expected outputs)
     EXTERNAL = "external"
 
@@ -159,7 +165,7 @@ class Reason(str, Enum):
 
 
 _JUDGED = {Reason.SHAPE, Reason.NOT_FINITE, Reason.KIND, Reason.TOLERANCE, Reason.DISHONEST,
-           Reason.EXTERNAL, Reason.ORACLE_DISAGREED}
+           Reason.PLACEMENT, Reason.EXTERNAL, Reason.ORACLE_DISAGREED}
 
 
 #: every value ``CellResult.result`` can take
@@ -205,6 +211,10 @@ class CellResult:
     latency_p50_ms: float | None = None
     latency_batch: int | None = None
     conversion_path: list[str] = field(default_factory=list)
+    #: where the executable's ops ran, as the core recorded it at compile
+    #: (``ExecutableInfo.placement``: device and host op counts, units, host ops named,
+    #: the runtime record's source); None when the backend reported none
+    placement: dict[str, Any] | None = None
     roundtrip_max_abs: float | None = None
     backend_version: str | None = None
     duration_s: float | None = None
