@@ -25,7 +25,7 @@ import numpy as np
 from . import safezip
 from .paths import atomic_file
 from . import signature
-from .errors import ArtifactError, InvalidInputError, out_of_memory, printable
+from .errors import ArtifactError, HalError, InvalidInputError, out_of_memory, printable
 from .types import Device, TensorSpec
 
 if TYPE_CHECKING:
@@ -198,7 +198,12 @@ class Runner:
         self.device = device
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Run once on already-checked inputs; return every output as numpy."""
+        """Run once on already-checked inputs (see :func:`conform`: never write into
+        them, keep none beyond the call). Return a list with one numpy array per
+        ``info.outputs`` entry, in that order, each of exactly its declared dtype
+        (shapes as the spec admits), each owned by the caller (a copy, never a view
+        into a runtime buffer, an input or a weight). The core refuses any other
+        count, type or dtype with one HalError naming the backend."""
         raise NotImplementedError
 
     def write_artifact(self, directory: Path) -> None:
@@ -255,6 +260,7 @@ class Executable:
         self._lock = None if runner.thread_safe else threading.Lock()
         self._keepalive: list[Any] = []  # e.g. the temp dir an artifact was unpacked to
         self._fast: list[tuple[np.dtype | None, tuple, int, int]] | None = None  # check_inputs' hot path
+        self._out: list[np.dtype | None] | None = None  # the declared output dtypes (_outputs)
         self._async: Pipeline | None = None
 
     @property
@@ -279,7 +285,8 @@ class Executable:
         returns what the model returns: one array, or its tuple / dict / nesting of them."""
         if named:
             inputs = tuple(self._by_name(named, inputs))
-        return signature.unflatten(self.info.output_tree, self._infer(self.check_inputs(inputs)))
+        return signature.unflatten(self.info.output_tree,
+                                   self._outputs(self._infer(self.check_inputs(inputs))))
 
     def _infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """The runner's ``infer`` under the core's rules: serialized when the
@@ -309,7 +316,7 @@ class Executable:
             inputs = tuple(self._by_name(named, inputs))
         tree = self.info.output_tree
         return self._pipeline().submit(self, self.check_inputs(inputs),
-                                       lambda outs: signature.unflatten(tree, outs))
+                                       lambda outs: signature.unflatten(tree, self._outputs(outs)))
 
     def map(self, inputs: Iterable[Any], *, max_in_flight: int | None = None) -> Iterator[Any]:
         """Results of ``exe(item)`` for each item (an array, a tuple of arrays, or a
@@ -336,8 +343,29 @@ class Executable:
             inputs = self._by_name(inputs, ())
         elif isinstance(inputs, np.ndarray):
             inputs = [inputs]
-        return Outputs(self._infer(self.check_inputs(tuple(inputs))),
+        return Outputs(self._outputs(self._infer(self.check_inputs(tuple(inputs)))),
                        [s.name for s in self.info.outputs])
+
+    def _outputs(self, outs: Any) -> list[np.ndarray]:
+        """What the runner returned, held to ``info.outputs`` before the caller sees
+        it: one numpy array per declared output, each of exactly the declared dtype.
+        Anything else is a bug in the backend, never the caller's: one HalError
+        naming it (never a silent cast). Shapes are not checked here (conformance
+        compares them with the oracle's)."""
+        want = self._out
+        if want is None:
+            want = self._out = [_dtype_or_none(s.dtype) for s in self.info.outputs]
+        if type(outs) is not list:
+            if not isinstance(outs, (tuple, list)):
+                raise _broken_outputs(self.info, outs)
+            outs = list(outs)
+        if len(outs) == len(want):
+            for a, dt in zip(outs, want):
+                if not isinstance(a, np.ndarray) or (a.dtype is not dt and dt is not None and a.dtype != dt):
+                    break
+            else:
+                return outs
+        raise _broken_outputs(self.info, outs)
 
     def _by_name(self, named: dict, positional: tuple) -> list[Any]:
         names = [s.name for s in self.info.inputs]
@@ -507,6 +535,31 @@ def _fast_spec(spec: TensorSpec) -> tuple[np.dtype | None, tuple, int, int]:
         return None, tuple(spec.shape), start, 0
     check = 0 if not _floating(dt) else 1 if dt in (np.float32, np.float64) else 2
     return dt, tuple(spec.shape), start, check
+
+
+def _dtype_or_none(name: str) -> np.dtype | None:
+    """The numpy dtype of a spec's name; None when numpy cannot name it here
+    (bfloat16 without ml_dtypes), which then goes unchecked."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
+
+
+def _broken_outputs(info: ExecutableInfo, outs: Any) -> HalError:
+    """The error for a runner whose outputs do not match ``info.outputs``."""
+    want = [f"{s.name}: {s.dtype}" for s in info.outputs][:8]
+    if isinstance(outs, list):
+        got = ", ".join(f"{type(a).__name__} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+                        for a in outs[:8])
+        returned = f"{len(outs)} output(s) [{got}]"
+    else:
+        returned = f"an object of type {type(outs).__name__}, not a list of arrays"
+    return HalError(f"backend {info.backend}'s runner returned {returned}; the executable declares "
+                    f"{len(info.outputs)} [{', '.join(want)}]",
+                    f"this is a bug in the {info.backend} plugin: its infer must return one numpy array "
+                    "per ExecutableInfo.outputs entry, of exactly that dtype (report it to the plugin's "
+                    "authors)")
 
 
 def _fmt_shape(shape: tuple) -> str:
