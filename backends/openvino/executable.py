@@ -273,6 +273,14 @@ class OpenVINOExecutable(Runner):
                       "PERFORMANCE_HINT=THROUGHPUT; latency is per request, as benchmark_app reports it"],
         }
 
+    # --- placement -------------------------------------------------------------------
+    def placement(self):
+        """Each executed layer and its device, from the runtime graph (:mod:`.placement`)."""
+        from ..placement_once import once
+        from . import placement
+
+        return once(self, lambda: placement.placement(self))
+
     # --- artifact ---------------------------------------------------------------------
     def write_artifact(self, directory: Path) -> None:
         """IR (model.xml/.bin) always; the compiled blob where the device can
