@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from hal import (ArtifactError, DeviceUnavailableError, HalError, UnsupportedError,
+from hal import (ArtifactError, Device, DeviceUnavailableError, HalError, UnsupportedError,
                  UsageError)
-from hal.options import check as check_options
-from hal.plugin import ExecutableInfo, Option, TensorSpec, host_cores, read_json_object, Runner
-from hal.types import Device
+from hal.plugin import (ExecutableInfo, Option, Runner, TensorSpec, check_options, host_cores,
+                        read_json_object)
 
 from . import devices
 
