@@ -152,27 +152,29 @@ def _compile(core, ov_model, device: Device, config: dict[str, str], cache_dir):
 
 
 def _static_shapes(ov_model, example_input, copy: bool):
-    """Fix dynamic input dimensions to the example inputs' shapes: static shapes
-    compile to faster kernels, and benchmark_app sees the same model."""
+    """Check the example inputs against the model's declared shapes. The dimensions
+    the model leaves free (an ONNX symbolic dimension, a torch.export ``Dim``, a Keras
+    ``None``, a torch module's batch where torch.export frees it) stay free, as on
+    every backend that can run them (docs/architecture.md, "Shapes"); an example
+    only fixes what the model itself does not say."""
     if not example_input:
         return ov_model
     if len(example_input) != len(ov_model.inputs):
         raise UsageError(f"{len(example_input)} example input(s) for a model with "
                          f"{len(ov_model.inputs)} input(s)", "pass one example array per input")
-    new, changed = {}, False
     for i, (port, a) in enumerate(zip(ov_model.inputs, example_input)):
         ps = port.get_partial_shape()
         if ps.rank.is_static and (ps.rank.get_length() != a.ndim or any(
                 d.is_static and d.get_length() != n for d, n in zip(ps, a.shape))):
             raise UsageError(f"example input {i} has shape {tuple(a.shape)}, the model takes {ps}",
                              "pass example inputs of the model's input shape")
-        new[i] = list(a.shape)
-        changed |= ps.is_dynamic
-    if not changed:
+    if all(p.get_partial_shape().rank.is_static for p in ov_model.inputs):
         return ov_model
+    # only a dynamic *rank* (a frontend that read no shapes at all) takes the example's
     m = ov_model.clone() if copy else ov_model
     o = compat.api()
-    m.reshape({m.inputs[i]: o.ov.PartialShape(s) for i, s in new.items()})
+    m.reshape({m.inputs[i]: o.ov.PartialShape(list(a.shape)) for i, a in enumerate(example_input)
+               if not m.inputs[i].get_partial_shape().rank.is_static})
     return m
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from hal import CompileError, HalError
 from hal.errors import brief, stage
-from hal.formats.builtin import export_static, torch_example_args
+from hal.formats.builtin import torch_example_args
 from hal.plugin import Model
 
 from . import compat
@@ -33,6 +33,7 @@ TRACED = "ov.convert_model(nn.Module) (TorchScript trace)"
 def from_torch(model: Model, options) -> Any:
     """torch.nn → openvino.model: torch.export first, a checked trace second."""
     import torch
+    from hal_backends import torch_common as tc
 
     from .convert import add_note, from_exported, short
 
@@ -44,11 +45,9 @@ def from_torch(model: Model, options) -> Any:
     try:
         with torch.no_grad():
             try:
-                with stage("export"):
-                    ep = export_static(m, args)
+                with stage("export"):  # the batch stays free where the module allows it, as on reference
+                    ep, _ = tc.export(m, args)
             except CompileError as e:
-                from hal_backends import torch_common as tc
-
                 bad = tc.non_tensor_output(m, args)  # no converter can pass it back either
                 if bad is not None:
                     raise CompileError(*bad) from None
