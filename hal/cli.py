@@ -301,15 +301,56 @@ def run(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, target: 
 def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, target: str = TargetOpt,
             precision: str = PrecisionOpt, calibration: Optional[Path] = CalibOpt,
             option: Optional[List[str]] = OptionOpt,
-            iterations: int = typer.Option(100, "--iterations", "-n"),
+            iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Timed runs (default 100)."),
             warmup: int = typer.Option(10, "--warmup"),
-            duration: Optional[float] = typer.Option(None, "--duration", help="Seconds (instead of --iterations)."),
+            duration: Optional[float] = typer.Option(None, "--duration", help="Seconds (instead of --iterations); with --scenario, LoadGen's min_duration (default 1)."),
             batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
             mode: str = typer.Option("latency", "--mode", help="latency | throughput (backend offline mode)."),
             probe: Optional[str] = typer.Option(None, "--probe", help="Also run a peak probe: gemm."),
+            scenario: Optional[str] = typer.Option(None, "--scenario", metavar="SCENARIO", help="Run under MLPerf LoadGen: single-stream | multi-stream | server | offline (docs/throughput.md)."),
+            accuracy: bool = typer.Option(False, "--accuracy", help="With --scenario: LoadGen's accuracy mode; outputs checked against the model on the reference backend (fp64)."),
+            logs: Optional[Path] = typer.Option(None, "--logs", metavar="DIR", help="With --scenario: keep LoadGen's logs in DIR."),
+            samples: Optional[int] = typer.Option(None, "--samples", help="With --scenario: random samples in LoadGen's sample library (default 64)."),
+            min_queries: Optional[int] = typer.Option(None, "--min-queries", help="With --scenario: LoadGen's min_query_count (Offline: samples in its query)."),
+            max_duration: Optional[float] = typer.Option(None, "--max-duration", help="With --scenario: LoadGen's max_duration in seconds."),
+            target_qps: Optional[float] = typer.Option(None, "--target-qps", help="Server: the QPS LoadGen schedules; Offline: the QPS it expects (default: measured)."),
+            latency_bound: Optional[float] = typer.Option(None, "--latency-bound", metavar="MS", help="Server: the 99th percentile latency bound in ms."),
+            expected_latency: Optional[float] = typer.Option(None, "--expected-latency", metavar="MS", help="Single-/Multi-Stream: the latency LoadGen plans queries for (default: measured)."),
+            samples_per_query: Optional[int] = typer.Option(None, "--samples-per-query", help="Multi-Stream: samples per query (default 8)."),
             no_cache: bool = NoCacheOpt, allow_host_ops: bool = AllowHostOpt,
             as_json: bool = JsonOpt) -> None:
-    """Latency percentiles, throughput and whatever the backend adds (per-layer times, memory, energy)."""
+    """Latency percentiles, throughput and whatever the backend adds (per-layer times, memory, energy);
+    with --scenario, MLPerf LoadGen's figures and verdict."""
+    loadgen_opts = {"--accuracy": accuracy or None, "--logs": logs, "--samples": samples,
+                    "--min-queries": min_queries, "--max-duration": max_duration,
+                    "--target-qps": target_qps, "--latency-bound": latency_bound,
+                    "--expected-latency": expected_latency, "--samples-per-query": samples_per_query}
+    if scenario is None:
+        given = [k for k, v in loadgen_opts.items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to LoadGen runs only",
+                             "add --scenario single-stream|multi-stream|server|offline")
+    else:
+        from .loadgen import NUM_SAMPLES, check_options, require_loadgen
+
+        check_options(scenario, min_duration_s=duration, max_duration_s=max_duration,
+                      min_query_count=min_queries, target_qps=target_qps,
+                      latency_bound_ms=latency_bound, expected_latency_ms=expected_latency,
+                      samples_per_query=samples_per_query, accuracy=accuracy, warmup=warmup,
+                      num_samples=NUM_SAMPLES if samples is None else samples)
+        require_loadgen()  # before compiling anything
+        clash = [k for k, v in {"--iterations": iterations, "--probe": probe,
+                                "--mode": None if mode == "latency" else mode}.items() if v is not None]
+        if clash:
+            raise UsageError(f"{', '.join(clash)} do{'es' if len(clash) == 1 else ''} not apply to a "
+                             "LoadGen scenario", "LoadGen decides how many queries run: use --duration "
+                             "and --min-queries")
+        if input and samples is not None:
+            raise UsageError("--samples makes random samples, and --input gives the sample",
+                             "pass one of them")
+        if accuracy and model.suffix == ".hal":
+            raise UsageError("--accuracy compiles the oracle from the source model, which a .hal "
+                             "does not hold", "pass the model file instead of the .hal")
     inputs = _inputs(input)
     exe = _executable(model, target, precision, inputs, calibration, option, no_cache, as_json,
                       allow_host_ops)
@@ -322,6 +363,12 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
         inputs = tuple(a[:batch_size] for a in random_inputs(specs, batch_size))
         exe = _executable(model, exe.info.target, precision, inputs, calibration, option, no_cache,
                           as_json, allow_host_ops)
+    if scenario is not None:
+        _scenario(exe, model, scenario, inputs if input else None, samples, batch_size, warmup,
+                  duration, max_duration, min_queries, target_qps, latency_bound, expected_latency,
+                  samples_per_query, accuracy, logs, as_json)
+        return
+    iterations = iterations or 100
     probe_result = _probe(exe, probe, precision) if probe else None
     kw = dict(iterations=None if duration else iterations, warmup=warmup, duration_s=duration,
               batch_size=batch_size, mode=mode)
@@ -337,6 +384,67 @@ def profile(model: Path = ModelArg, input: Optional[List[Path]] = InputOpt, targ
     _print_profile(p)
     if probe_result:
         out.print(f"probe {probe}: {probe_result}")
+
+
+def _scenario(exe, model: Path, scenario: str, inputs, samples, batch_size, warmup, duration,
+              max_duration, min_queries, target_qps, latency_bound, expected_latency,
+              samples_per_query, accuracy: bool, logs, as_json: bool) -> None:
+    """``hal profile --scenario``: one LoadGen run (hal.loadgen), its report printed."""
+    from .loadgen import NUM_SAMPLES, run_scenario
+
+    oracle = model if accuracy else None  # compiled for the reference backend at fp64
+    status = contextlib.nullcontext() if as_json else err.status(
+        f"LoadGen {scenario}{' (accuracy)' if accuracy else ''} on {exe.info.target} …")
+    with status:
+        r = run_scenario(exe, scenario, samples=[inputs] if inputs else None,
+                         num_samples=samples or NUM_SAMPLES, batch_size=batch_size, warmup=warmup,
+                         min_duration_s=duration, max_duration_s=max_duration,
+                         min_query_count=min_queries, target_qps=target_qps,
+                         latency_bound_ms=latency_bound, expected_latency_ms=expected_latency,
+                         samples_per_query=samples_per_query, accuracy=accuracy, oracle=oracle,
+                         logs_dir=logs)
+    if as_json:
+        _dump(r.to_dict())
+        return
+    _print_loadgen(r)
+
+
+def _print_loadgen(r) -> None:
+    verdict = ("accuracy run" if r.result is None else
+               "[green]VALID[/]" if r.valid else "[red]INVALID[/]")
+    out.print(f"[bold]LoadGen {escape(r.loadgen_version)}[/], {r.scenario} on "
+              f"{escape(printable(r.target))} ({r.device_kind}), {r.precision}, "
+              f"{r.samples} samples: {verdict}", highlight=False)
+    if r.mode == "performance":
+        t = Table()
+        for c in ("p50 ms", "p90 ms", "p99 ms", "samples/s", "achieved QPS", "queries"):
+            t.add_column(c, justify="right")
+        lat = r.latency_ms
+
+        def num(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        t.add_row(*(num(lat.get(k), ".4f") for k in ("p50", "p90", "p99")),
+                  num(r.samples_per_second, ".1f"), num(r.achieved_qps, ".1f"),
+                  num(r.query_count, "d"))
+        out.print(t)
+        m = r.metric
+        if m.get("value") is not None:
+            out.print(f"{m['name']}: {m['value']:.4g} {m['unit']}")
+    for reason in r.reasons:
+        out.print(f"[red]reason:[/] {escape(printable(reason))}", highlight=False)
+    if r.accuracy is not None:
+        a = r.accuracy
+        out.print(f"accuracy: {a.matched}/{a.checked} outputs match {a.oracle} "
+                  f"({'pass' if a.passed else 'FAIL'}): {a.rule}"
+                  + (f"; worst {a.worst_rel_err:.2e}·max|ref|" if a.worst_rel_err is not None else ""))
+    shown = {k: v for k, v in r.settings.items() if k not in ("scenario", "mode")}
+    out.print("[dim]settings: " + escape(", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                                    for k, v in shown.items())) + "[/]", highlight=False)
+    for n in r.notes + [f"LoadGen {e}" for e in r.errors]:
+        out.print(f"note: {n}")
+    if r.logs_dir:
+        out.print(f"logs: {r.logs_dir}")
 
 
 def placement_line(summary: dict | None) -> str:
