@@ -158,7 +158,10 @@ def stamp(info: Any, sig: Signature | None) -> None:
                 continue
             for i, (d, got) in enumerate(zip(declared, spec.shape)):
                 if d != got:
+                    fixed = d is None and got is not None
                     info.notes.append(
                         f"input {spec.name!r} dimension {i}: the model declares "
                         f"{'a free size' if d is None else d}, the {info.target} executable takes "
-                        f"{'any size' if got is None else got}")
+                        f"{'any size' if got is None else got}"
+                        + ("; other sizes are refused: compile with an example of the size you "
+                           "will run, or use a target that keeps it free" if fixed else ""))
