@@ -88,6 +88,13 @@ class OnnxReferenceExecutable(Runner):
 
         onnx.save(self.proto, str(directory / "model.onnx"))
 
+    def placement(self):
+        """Every node of the onnx.reference evaluator, on the host CPU (:mod:`.placement`)."""
+        from ..placement_once import once
+        from .placement import onnx_placement
+
+        return once(self, lambda: onnx_placement(self))
+
 
 class OnnxOracleExecutable(OnnxReferenceExecutable):
     """fp64: the corrected evaluator on the model rewritten to double, checked

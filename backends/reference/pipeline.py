@@ -65,6 +65,13 @@ class TorchExecutable(Runner):
         tc.save_program(self.program, directory)
         (directory / "recipe.json").write_text(json.dumps(self.recipe))
 
+    def placement(self):
+        """Every op of the graph torch runs, on the host CPU (:mod:`.placement`)."""
+        from ..placement_once import once
+        from .placement import torch_placement
+
+        return once(self, lambda: torch_placement(self))
+
     def profile_extras(self, inputs):
         return {"unavailable": {
             "layers": "PyTorch eager has no per-layer timer here; use torch.profiler directly",
