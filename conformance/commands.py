@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from hal.plugin import hookimpl
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 HELP = ("Run the conformance models at every precision on every installed backend and judge "
         "them against the fp64 oracle (or goldens).")
 

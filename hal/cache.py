@@ -51,6 +51,14 @@ def enabled(flag: bool) -> bool:
     return flag and os.environ.get(ENV_OFF, "") in ("", "0")
 
 
+def runtime_dir() -> Path | None:
+    """Where a backend's runtime may keep its own compile cache when nothing more
+    specific says (``Backend.load``, which gets no ``CompileOptions.cache_dir``):
+    hal's cache folder, or None when ``$HAL_NO_CACHE`` turns caching off (then
+    the runtime writes nothing persistent)."""
+    return cache_dir() if enabled(True) else None
+
+
 def hash_arrays(h, samples) -> None:
     for sample in samples or ():
         for a in sample:

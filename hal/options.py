@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import UsageError
+from .errors import UsageError, brief
 
 #: the JSON scalar types; an undeclared type admits only these (never a list or dict)
 SCALARS: tuple[type, ...] = (bool, int, float, str)
@@ -31,10 +31,38 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: the threads a runtime's own pool gets in this process (see :func:`host_threads`)
+ENV_THREADS = "HAL_THREADS"
+
+
+def host_threads() -> int:
+    """The threads a runtime with its own thread pool should use in this process,
+    unless the caller's options say otherwise: ``$HAL_THREADS`` when it holds a
+    positive integer, else :func:`host_cores`; never more than ``host_cores()``.
+
+    A conformance worker that shares the host with other workers (``--jobs``
+    above 1) gets its share of the cores here, as it does in ``OMP_NUM_THREADS``
+    and ``MKL_NUM_THREADS``; an unset, empty or malformed value means the whole
+    host. :func:`host_cores` stays the bound a thread-count option is checked
+    against: a caller may ask for more than a worker's share."""
+    cores = host_cores()
+    raw = os.environ.get(ENV_THREADS, "").strip()
+    if raw.isascii() and raw.isdigit() and int(raw) >= 1:
+        return min(int(raw), cores)
+    return cores
+
+
 @dataclass(frozen=True)
 class Option:
     """One backend option. ``max`` may be a callable read when checking (e.g.
-    :func:`host_cores`); ``check`` returns why a structured value is wrong, or None."""
+    :func:`host_cores`); ``check`` returns why a structured value is wrong, or None
+    (a check that raises refuses the value, with the exception named).
+
+    A value the declaration does not admit is one :class:`~hal.errors.UsageError`
+    from ``hal.compile`` (exit 2 at the CLI) before the backend's ``compile`` runs,
+    and one :class:`~hal.errors.ArtifactError` from ``hal.load`` when an artifact
+    records it, before the backend's ``load`` runs; each names the key, why, and
+    the option's ``help`` as the fix."""
 
     help: str
     type: type | tuple[type, ...] = SCALARS
@@ -62,7 +90,10 @@ class Option:
                     (hi is not None and value > hi):
                 return f"is {value!r}, outside {_range(self.min, hi)}"
         if self.check is not None:
-            return self.check(value)
+            try:
+                return self.check(value)
+            except Exception as e:  # noqa: BLE001 - a check that raises refuses, as one hal error
+                return f"is refused by its check ({brief(e, 120, typed=True)})"
         return None
 
 

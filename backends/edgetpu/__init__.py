@@ -6,6 +6,8 @@ TensorFlow are imported only when a model is compiled or loaded.
 
 from hal.plugin import hookimpl
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 @hookimpl
 def register_backends(register):

@@ -6,6 +6,8 @@ imported when devices are probed or a model is compiled.
 
 from hal.plugin import Converter, Format, hookimpl
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 @hookimpl
 def register_formats(register):

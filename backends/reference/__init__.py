@@ -5,6 +5,8 @@ Registered through the ``hal`` entry-point group like any third-party plugin.
 
 from hal.plugin import hookimpl
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 @hookimpl
 def register_backends(register):

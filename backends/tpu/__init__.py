@@ -7,6 +7,8 @@ a TPU (or the emulator) is actually used.
 
 from hal.plugin import hookimpl
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 @hookimpl
 def register_backends(register):
