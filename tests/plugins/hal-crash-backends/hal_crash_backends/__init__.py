@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from hal import Device
 from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 class _Fixture(Backend):
     formats = ("torch.nn",)

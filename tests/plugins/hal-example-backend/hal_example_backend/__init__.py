@@ -2,6 +2,8 @@
 
 from hal.plugin import hookimpl
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 @hookimpl
 def register_backends(register):

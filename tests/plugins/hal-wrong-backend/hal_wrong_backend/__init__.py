@@ -10,6 +10,8 @@ import numpy as np
 from hal import CompileError, Device
 from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 class WrongBackend(Backend):
     name = "wrong"
