@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from hal import Device, InvalidInputError
-from hal.plugin import ExecutableInfo, Runner
-from hal.errors import brief
+from hal.plugin import ExecutableInfo, Runner, brief
 
 from .artifact import META, PROGRAM_DIR, SAVED, WEIGHTS, write_weights
 from .buckets import Buckets, batch_of
