@@ -166,10 +166,7 @@ def profile(
 def _throughput(exe, arrays, bs, iterations, warmup, duration_s) -> Profile:
     got = exe._serial(exe.runner.throughput, arrays, iterations, duration_s)
     if got is None:
-        from .errors import UnsupportedError
-
-        raise UnsupportedError(f"the {exe.info.backend} backend has no throughput mode",
-                               "profile in latency mode, or raise the batch size")
+        got = _pipelined(exe, arrays, bs, iterations, warmup, duration_s)
     return Profile(backend=exe.info.backend, target=exe.info.target,
                    device_kind=exe.info.device_kind, precision=exe.info.precision, batch_size=bs,
                    iterations=int(got.get("iterations", 0)), warmup=warmup,
@@ -177,6 +174,54 @@ def _throughput(exe, arrays, bs, iterations, warmup, duration_s) -> Profile:
                    timer="backend throughput mode", notes=list(got.get("notes", [])),
                    extra={k: v for k, v in got.items()
                           if k not in ("latency_ms", "throughput_per_s", "iterations", "notes")})
+
+
+def _pipelined(exe, arrays, bs, iterations, warmup, duration_s) -> dict[str, Any]:
+    """The offline mode of a backend without its own: ``exe.submit`` kept full
+    (the executable's queue depth in flight), timed from the first submit to the
+    last result; latency is each request's, submit to completion."""
+    import threading
+    from collections import deque
+
+    for _ in range(warmup):
+        exe.submit(*arrays).result()
+    if iterations is None and duration_s is None:
+        duration_s = 10.0
+    depth = exe._pipeline().depth
+    clock = time.perf_counter
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def timed():
+        t0 = clock()
+        f = exe.submit(*arrays)
+        f.add_done_callback(lambda _f: _record(lat, lock, clock() - t0))
+        return f
+
+    pending: deque = deque()
+    n = 0
+    start = clock()
+    while (iterations and n < iterations) or (duration_s and clock() - start < duration_s):
+        pending.append(timed())
+        n += 1
+        if len(pending) >= depth:
+            pending.popleft().result()
+    while pending:
+        pending.popleft().result()
+    total = clock() - start
+    ms = np.asarray(lat, dtype=float) * 1e3
+    return {"throughput_per_s": bs * n / total,
+            "latency_ms": {"p50": float(np.median(ms)), "p90": float(np.percentile(ms, 90)),
+                           "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
+                           "min": float(ms.min()), "max": float(ms.max())},
+            "iterations": n, "in_flight": depth, "duration_s": total,
+            "notes": [f"hal's pipeline: Executable.submit with {depth} request(s) in flight on "
+                      f"{exe._pipeline().workers} worker(s); latency is submit to result"]}
+
+
+def _record(lat: list[float], lock, t: float) -> None:
+    with lock:
+        lat.append(t)
 
 
 def random_inputs(specs, batch_size: int = 1, seed: int = 0) -> list[np.ndarray]:

@@ -118,3 +118,15 @@ def test_a_failing_inference_raises_its_hal_error_from_the_future(tmp_path):
     with pytest.raises(hal.ResourceError, match="ran out of memory"):
         bad.result(timeout=120)
     assert good.result(timeout=120).shape == (2, 3)  # the queue goes on after a failure
+
+
+def test_throughput_mode_on_a_backend_without_its_own_runs_the_pipeline():
+    """reference has no offline mode of its own: profile(mode="throughput") drives
+    Executable.submit instead, and says so (counts only; nothing is timed against a bound)."""
+    torch = pytest.importorskip("torch", reason="the test model is a torch module")
+    m = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU()).eval()
+    x = np.ones((2, 16), np.float32)
+    exe = hal.compile(m, "cpu", example_input=(x,), cache=False)
+    p = exe.profile(x, mode="throughput", iterations=40, warmup=2)
+    assert p.iterations == 40 and p.batch_size == 2 and p.throughput_per_s > 0
+    assert "Executable.submit" in " ".join(p.notes)
