@@ -161,6 +161,15 @@ class EdgeTpuExecutable(Runner):
         self._idle: list[_Slot] = [first]
         self._hw_lock = threading.Lock() if hardware else None
 
+    @property
+    def concurrency(self) -> int:
+        """Interpreters that run at once behind ``Executable.submit``: one Edge TPU
+        takes one call at a time; the emulation runs one interpreter per share of
+        the host's cores (``num_threads`` each)."""
+        if self._hw_lock is not None:
+            return 1
+        return max(1, host_cores() // (self.opts.num_threads or 1))
+
     def _slot(self) -> _Slot:
         """A new interpreter with its own (de)quantizers."""
         try:
