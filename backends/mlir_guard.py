@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hal import HalError
-from hal.errors import brief, printable
+from hal.plugin import brief, printable
 
 #: deeper bracket nesting than any program hal writes (a CNN needs ~6), far
 #: below what overflows the parser's stack in a 1 MiB thread.

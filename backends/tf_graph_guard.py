@@ -33,8 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hal.errors import HalError
-from hal.paths import inside
+from hal import HalError
+from hal.plugin import inside
 
 #: stateful ops that models need and that cannot reach files or Python:
 #: variables, calls (callees are checked), control flow, XLA's call-module op.
@@ -125,7 +125,7 @@ def load_saved_model(path: str | Path, error: type[HalError], what: str, scope=N
 
     import tensorflow as tf
 
-    from hal.errors import brief
+    from hal.plugin import brief
 
     report = check_saved_model(path, error, what)
     try:

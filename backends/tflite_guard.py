@@ -21,7 +21,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from hal.errors import HalError
+from hal import HalError
 
 #: the deepest chain of nested subgraph calls hal lets a runtime see. Real
 #: models nest control flow a few levels; LiteRT recurses once per level.

@@ -15,9 +15,7 @@ import numpy as np
 import torch
 
 from hal import CompileError, InvalidInputError, ModelFormatError, UsageError
-from hal.plugin import Model, TensorSpec
-from hal.errors import brief
-from hal.formats.builtin import export_static, safe_export_read
+from hal.plugin import Model, TensorSpec, brief, export_static, read_pt2
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -215,7 +213,7 @@ def load_program(directory: Path, name: str = "model.pt2", error=None):
     """The saved ExportedProgram, read without unpickling; ``error`` (e.g.
     ArtifactError) replaces ModelFormatError for a program inside a ``.hal``."""
     try:
-        return safe_export_read(directory / name)
+        return read_pt2(directory / name)
     except ModelFormatError as e:
         if error is None:
             raise

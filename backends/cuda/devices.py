@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 from hal import Device, DeviceUnavailableError
-from hal.errors import brief
+from hal.plugin import brief
 
 from . import nvml
 from .options import PRECISIONS

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from hal import ArtifactError, CompileError, Device, UnsupportedError, UsageError
-from hal.plugin import CompileOptions, ExecutableInfo, Model
-from hal.errors import HalError, brief
+from hal import ArtifactError, CompileError, Device, HalError, UnsupportedError, UsageError
+from hal.plugin import CompileOptions, ExecutableInfo, Model, brief
 
 from .. import torch_common as tc
 from .devices import gpu_indices

@@ -13,8 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from hal import UnsupportedError
-from hal.errors import HalError
+from hal import HalError, UnsupportedError
 
 from .. import torch_common as tc
 from .options import Recipe

@@ -182,7 +182,7 @@ def _gru_refused(e: BaseException) -> CompileError:
     """litert-torch's GRU annotator reads the GRU's hidden-state input and both of its
     outputs (an IndexError, 'list index out of range', without them); with them,
     the GRU's gates stay float, which the Edge TPU does not run."""
-    from hal.errors import brief
+    from hal.plugin import brief
 
     return CompileError(
         "litert-torch's int8 quantizer (PT2EQuantizer) cannot quantize this model's torch.nn.GRU "

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from hal import CompileError, HalError, ModelFormatError
-from hal.plugin import Model
-from hal.formats.builtin import scratch_dir
+from hal.plugin import Model, scratch_dir
 
 from . import compat
 

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from hal import ArtifactError
-from hal.npyfile import load_npz
-from hal.plugin import ExecutableInfo, read_json_object
+from hal.plugin import ExecutableInfo, load_npz, read_json_object
 
 META = "tpu.json"
 SAVED = "saved_model"

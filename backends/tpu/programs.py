@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from hal import ArtifactError, CompileError, HalError, ModelFormatError, UnsupportedError
-from hal.errors import brief
+from hal.plugin import brief
 
 from .. import tf_graph_guard as guard
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hal import DeviceUnavailableError
-from hal.errors import brief
+from hal.plugin import brief
 
 TPU_ENV = ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES",
            "CLOUD_TPU_TASK_ID")

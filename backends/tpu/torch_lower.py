@@ -20,9 +20,7 @@ import numpy as np
 import torch
 
 from hal import CompileError, UnsupportedError
-from hal.errors import brief
-from hal.formats.builtin import export_static
-from hal.plugin import Model
+from hal.plugin import Model, brief, export_static
 
 from .. import torch_common as tc
 from .. import mlir_guard
