@@ -7,8 +7,7 @@ from pathlib import Path
 
 from hal import ArtifactError, CompileError, Device, DeviceUnavailableError, UnsupportedError, UsageError
 from hal.plugin import (Backend, CompileOptions, ExecutableInfo, Model, Runner, TensorSpec,
-                        read_json_object, stage)
-from hal import cache as hal_cache
+                        read_json_object, runtime_cache_dir, stage)
 
 from . import bitview, compat, devices, pipeline
 from .convert import read_ir, short, take_notes
@@ -105,8 +104,7 @@ class OpenVINOBackend(Backend):
             except RuntimeError as e:
                 info.notes.append(f"compiled blob not importable ({short(e)}); recompiled from IR")
         if compiled is None:
-            compiled = _compile(core, ov_model, device, config,
-                                hal_cache.cache_dir() if hal_cache.enabled(True) else None)
+            compiled = _compile(core, ov_model, device, config, runtime_cache_dir())
         facts = pipeline.verify(compiled, info.precision, device, config, model=ov_model)
         real = [[(s.shape, s.dtype) for s in specs] for specs in _specs(compiled)]
         claimed = [[(s.shape, s.dtype) for s in specs] for specs in (info.inputs, info.outputs)]

@@ -18,9 +18,7 @@ from typing import Any
 import numpy as np
 
 from hal import CompileError, HalError
-from hal.errors import brief, stage
-from hal.formats.builtin import torch_example_args
-from hal.plugin import Model
+from hal.plugin import Model, brief, stage, torch_example_args
 
 from . import compat
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from hal import Device, UnsupportedError
-from hal.formats.onnxcheck import quantized_ops
-from hal.plugin import Backend, CompileOptions, ExecutableInfo, Model, TensorSpec, host_memory_bytes, Runner
+from hal.plugin import (Backend, CompileOptions, ExecutableInfo, Model, Runner, TensorSpec, host_memory_bytes,
+                        onnx_quantized_ops)
 
 
 def _cpu_name() -> str:
@@ -170,7 +170,7 @@ def _executable(info: ExecutableInfo, device: Device, proto) -> Runner:
                 return OnnxOracleExecutable(info, device, proto)
             return OnnxReferenceExecutable(info, device, proto)
         except RuntimeError as e:  # onnx.reference: "No implementation for operator ..."
-            from hal.errors import brief
+            from hal.plugin import brief
 
             raise UnsupportedError(f"onnx.reference cannot run this ONNX model ({brief(e, 200)})",
                                    "run it on openvino:CPU, or pass the source model (torch) "
@@ -182,7 +182,7 @@ _QDQ_PATH = ("onnx.reference.ReferenceEvaluator on the model's own quantization 
 
 
 def _compile_onnx(b: ReferenceBackend, model: Model, device: Device, options: CompileOptions):
-    q = quantized_ops(model.value)
+    q = onnx_quantized_ops(model.value)
     what = ", ".join(f"{n} {k}" for k, n in q.items())
     if q and options.precision != "int8":
         raise UnsupportedError(
@@ -227,7 +227,7 @@ def _load_onnx(b: ReferenceBackend, path: Path, info: ExecutableInfo, device: De
     if any(uses_external_data(t) for t in proto.graph.initializer):
         raise ArtifactError("the artifact's model.onnx points at external data files",
                             "re-create it with hal compile (artifacts are self-contained)")
-    if (info.precision == "int8") != bool(quantized_ops(proto)) or \
+    if (info.precision == "int8") != bool(onnx_quantized_ops(proto)) or \
             info.precision not in (*_ONNX_PATH, "int8"):
         raise ArtifactError(f"hal.json says {info.precision}; ONNX on the reference backend is "
                             "fp32 or fp64, or int8 for a pre-quantized model",

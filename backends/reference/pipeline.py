@@ -13,8 +13,7 @@ import torch
 
 from hal import (ArtifactError, CompileError, Device, InvalidInputError,
                  UnsupportedError)
-from hal.plugin import CompileOptions, ExecutableInfo, Model, read_json_object, stage, Runner
-from hal.errors import brief
+from hal.plugin import CompileOptions, ExecutableInfo, Model, Runner, brief, read_json_object, stage
 
 from .. import torch_common as tc
 
