@@ -26,7 +26,7 @@ from . import api
 from .errors import HalError, InvalidInputError, UsageError, brief, printable
 from .npyfile import load_npy, load_npz
 from .paths import atomic_file
-from .plugins import discover, registry
+from .plugins import API_VERSION, discover, registry
 from .types import PRECISIONS
 
 # plain click help: typer's rich panels print "<bool>" after every flag
@@ -227,17 +227,22 @@ def devices(as_json: bool = JsonOpt,
 @app.command()
 @guarded
 def plugins(as_json: bool = JsonOpt) -> None:
-    """Every plugin found through the `hal` entry points, loaded or not, with its error."""
+    """Every plugin found through the `hal` entry points, loaded or not, with its error
+    (an import error, another plugin API, a misspelled hook) or what to fix."""
     infos = registry().plugins
     if as_json:
         _dump([i.to_dict() for i in infos])
         return
-    t = Table(title="hal plugins")
-    for c in ("plugin", "source", "loaded", "backends", "error"):
+    t = Table(title=f"hal plugins (this hal speaks plugin API {API_VERSION})")
+    for c in ("plugin", "source", "api", "loaded", "backends", "error / warning"):
         t.add_column(c)
     for i in infos:
-        name, source, backends, error = cells(i.name, i.source, ", ".join(i.backends), i.error or "")
-        t.add_row(name, source, "[green]yes[/]" if i.loaded else "[red]no[/]", backends, error)
+        name, source, backends, error, warning = cells(i.name, i.source, ", ".join(i.backends),
+                                                       i.error or "", i.warning or "")
+        api = "?" if i.api is None else str(i.api)
+        t.add_row(name, source, api if i.api in (None, API_VERSION) else f"[red]{api}[/]",
+                  "[green]yes[/]" if i.loaded else "[red]no[/]", backends,
+                  error or (f"[yellow]{warning}[/]" if warning else ""))
     out.print(t)
 
 
