@@ -264,6 +264,14 @@ class EdgeTpuExecutable(Runner):
             out["ops_predicted_on_edgetpu"] = mapping.get("ops_on_edgetpu")
         return out
 
+    # --- placement -------------------------------------------------------------------
+    def placement(self):
+        """Which ops run on the Edge TPU and which on the CPU (:mod:`.placement`)."""
+        from ..placement_once import once
+        from .placement import placement
+
+        return once(self, lambda: placement(self))
+
     # --- saving ----------------------------------------------------------------------
     def write_artifact(self, directory: Path) -> None:
         if self.files.int8 is not None:
