@@ -133,6 +133,12 @@ def placement_text(p: dict | None) -> str:
             + (" · emulated" if p.get("emulated") else ""))
 
 
+def host_cpus(r: Report) -> set[str]:
+    """The targets the run's backends declared the host's own CPU (``Device.host_cpu``)."""
+    return {d.get("target") for b in r.backends.values() for d in b.get("devices", [])
+            if d.get("host_cpu")}
+
+
 def placement_rows(r: Report) -> list[dict]:
     """Per device: how many of its runnable cells reported a placement, how many ran every
     op on the device, how many ran ops on the host, and the records' sources."""
@@ -140,10 +146,12 @@ def placement_rows(r: Report) -> list[dict]:
     for c in r.cells:
         if c.runnable:
             by[c.target].append(c)
+    host = host_cpus(r)
     out = []
     for target, cs in sorted(by.items()):
         rep = [c for c in cs if c.placement is not None]
-        out.append({"target": target, "cells": len(cs), "reported": len(rep),
+        out.append({"target": target + (" (host CPU)" if target in host else ""),
+                    "cells": len(cs), "reported": len(rep),
                     "all_on_device": sum(1 for c in rep if not c.placement.get("host_ops")),
                     "host_ops": sum(1 for c in rep if c.placement.get("host_ops")),
                     "not_reported": len(cs) - len(rep),
@@ -160,13 +168,14 @@ def placement_markdown(r: Report) -> list[str]:
         return []
     md = ["", "## Placement", "",
           "Where each runnable cell's ops ran, as the runtime reported it (`hal.placement`); a "
-          "device that is not the host CPU must report it.", "",
+          "device that is not the host CPU must report it (the host CPU owes none).", "",
           "| device | runnable cells | placement reported | every op on the device | ops on the host "
           "| not reported | source |", "|---|---|---|---|---|---|---|"]
     md += [f"| {x['target']} | {x['cells']} | {x['reported']} | {x['all_on_device']} | "
            f"{x['host_ops']} | {x['not_reported']} | {_md(', '.join(x['sources']))} |" for x in rows]
-    odd = [c for c in sorted(r.cells, key=_case_order) if c.runnable and
-           (c.placement is None or c.placement.get("host_ops"))]
+    host = host_cpus(r)
+    odd = [c for c in sorted(r.cells, key=_case_order) if c.runnable and (
+        c.placement.get("host_ops") if c.placement is not None else c.target not in host)]
     if odd:
         md += ["", "| cell | result | placement |", "|---|---|---|"]
         md += [f"| {c.id} | {c.result} | {_md(placement_text(c.placement))} |" for c in odd[:300]]

@@ -83,8 +83,9 @@ def hidden_placement(spec: CellSpec, outcome: Outcome) -> str:
     d = spec.device
     why = []
     if outcome.placement is None and not d.host_cpu:
-        why.append(f"{d.target} is not the host CPU, but its executable reports no placement "
-                   "(Runner.placement() gave none), so nothing shows which ops ran on the host")
+        why.append(f"{d.target} is not declared the host CPU (Device.host_cpu) and its executable "
+                   "reports no placement (Runner.placement() gave none): nothing shows which ops "
+                   "ran on the host")
     for when, rec in [("at compile", outcome.placement)] + [
             (str(r.get("when") or "later"), r) for r in outcome.placement_later]:
         if rec is not None and not stated(rec, outcome.notes):

@@ -105,7 +105,7 @@ class DeviceInfo:
     def summary(self) -> dict[str, Any]:
         """What a report lists for the device."""
         return {"target": self.target, "name": self.name, "kind": self.kind,
-                "available": self.available, "reason": self.reason}
+                "available": self.available, "reason": self.reason, "host_cpu": self.host_cpu}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], backend: str | None = None,

@@ -536,7 +536,7 @@ def test_judge_is_pure_and_says_why_with_a_code():
     from hal_conformance.protocol import Outcome, Status
     from hal_conformance.results import Reason, Report, Result, Stage
 
-    dev = _device("x:cpu")
+    dev = _device("x:cpu", host_cpu=True)  # the host CPU: it owes no placement record
     spec = CellSpec("x", dev, "mlp", "fp32")
     ref = Reference("mlp", np.eye(10)[np.arange(100) % 10] * 5.0, np.arange(100) % 10, 1.0, Path("-"))
     ok = judge(spec, Outcome(Status.RAN, device_kind="hardware", outputs=ref.outputs.copy()), ref)
@@ -547,5 +547,14 @@ def test_judge_is_pure_and_says_why_with_a_code():
     assert bad.reason == Reason.TOLERANCE
     crash = judge(spec, Outcome(Status.CRASH, "killed by SIGABRT", "run"), ref)
     assert (crash.result, crash.reason, crash.stage) == (Result.CRASH, Reason.WORKER_DIED, Stage.RUN)
+    # an accelerator must say where its ops ran
+    npu = CellSpec("x", _device("x:npu"), "mlp", "fp32")
+    hidden = judge(npu, Outcome(Status.RAN, device_kind="hardware", outputs=ref.outputs.copy()), ref)
+    assert (hidden.result, hidden.reason) == (Result.PLACEMENT_NOT_HONOURED, Reason.PLACEMENT)
+    placed = {"device_ops": 3, "host_ops": 0, "units": {"NPU": 3}, "host": [], "source": "a record",
+              "emulated": False}
+    shown = judge(npu, Outcome(Status.RAN, device_kind="hardware", outputs=ref.outputs.copy(),
+                               placement=placed), ref)
+    assert shown.result == Result.PASS and shown.placement == placed
     report = Report(cells=[ok, kind, bad, crash])
     assert rejudge(report) == 0 and kind.reason == Reason.KIND  # only policy verdicts are re-judged

@@ -4,8 +4,9 @@ would (pip) but into a temporary folder: nothing in the environment changes.
 tests/plugins holds an example backend (ONNX Runtime) that must pass the kit,
 one that returns wrong answers (→ fail), one that calls os.abort() (→ crash,
 and the run goes on), one that hangs (→ timeout), one that raises on
-import (listed with its error, not fatal), and two that claim a precision they do
-not compute (→ precision-not-honoured).
+import (listed with its error, not fatal), two that claim a precision they do
+not compute (→ precision-not-honoured), and one that claims an accelerator, runs part
+of the model on the host and hides it (→ placement-not-honoured).
 """
 
 from __future__ import annotations
@@ -92,15 +93,16 @@ def test_abort_is_a_crash_and_the_run_goes_on(mixed_run):
 @pytest.fixture(scope="module")
 def liar_run(site, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("liars")
-    out = _run(site, "-b", "liar16", "-b", "noquant", "-b", "reference", "--json",
-               str(tmp / "r.json"), "--markdown", str(tmp / "r.md"))
-    return out, json.loads((tmp / "r.json").read_text()), (tmp / "r.md").read_text()
+    out = _run(site, "-b", "liar16", "-b", "noquant", "-b", "hostsplit", "-b", "reference", "--json",
+               str(tmp / "r.json"), "--markdown", str(tmp / "r.md"), "--html", str(tmp / "r.html"))
+    return (out, json.loads((tmp / "r.json").read_text()), (tmp / "r.md").read_text(),
+            (tmp / "r.html").read_text())
 
 
 def test_fp32_labelled_fp16_fails_every_fp16_cell(liar_run):
     """Its fp16 and bf16 errors are what fp32 gives (~1e-7): impossible at those precisions,
     whose arithmetic gives ~1e-3 on these models. Nothing else about it is wrong."""
-    out, report, md = liar_run
+    out, report, md, _ = liar_run
     cells = [c for c in report["cells"] if c["backend"] == "liar16"]
     for p in ("fp16", "bf16"):
         mine = [c for c in cells if c["precision"] == p]
@@ -111,7 +113,7 @@ def test_fp32_labelled_fp16_fails_every_fp16_cell(liar_run):
 
 
 def test_int8_that_quantizes_nothing_fails(liar_run):
-    _, report, _ = liar_run
+    _, report, _, _ = liar_run
     cells = [c for c in report["cells"] if c["backend"] == "noquant" and c["precision"] == "int8"]
     assert len(cells) == 5 and all(c["result"] == "precision-not-honoured" for c in cells), cells
     assert all("no quantization error" in c["message"] for c in cells)
@@ -119,12 +121,39 @@ def test_int8_that_quantizes_nothing_fails(liar_run):
 
 def test_honest_backends_are_not_flagged(liar_run):
     """The reference backend's int8 and int8-dynamic are real: same run, same rule."""
-    _, report, _ = liar_run
+    _, report, _, _ = liar_run
     ref = [c for c in report["cells"] if c["backend"] == "reference" and c["result"] != "unsupported"]
     assert ref and all(c["result"] == "pass" for c in ref), [c for c in ref if c["result"] != "pass"]
     # the evidence: what fp16 and bf16 arithmetic do to each zoo model, recorded per model
     for m in report["models"].values():
         assert m["emulated_rel_err"]["fp16"] > 1e-4 and m["emulated_rel_err"]["bf16"] > 1e-3
+
+
+def test_hidden_host_ops_fail_as_placement_not_honoured(liar_run):
+    """hostsplit claims an NPU and runs half the model's layers on the host (all of it, in
+    torch): reporting no placement, or claiming every op on the device until it has run,
+    fails every cell; reporting its host half honestly is the core's refusal, with the ops
+    named; devices that are the host CPU owe no placement and pass."""
+    _, report, md, html = liar_run
+    cells = [c for c in report["cells"] if c["backend"] == "hostsplit" and c["precision"] == "fp32"]
+    by = {t: [c for c in cells if c["target"] == f"hostsplit:{t}"] for t in ("hidden", "late", "honest")}
+    assert all(len(v) == 5 for v in by.values()), cells
+    for c in by["hidden"]:
+        assert c["result"] == "placement-not-honoured" and c["reason"] == "placement", c
+        assert c["placement"] is None and "reports no placement" in c["message"]
+        assert c["rel_max_err"] < 1e-5  # its numbers are right: only the placement is hidden
+    for c in by["late"]:
+        assert c["result"] == "placement-not-honoured" and c["stage"] == "compare", c
+        assert c["placement"]["host_ops"] == 0  # what the core was told at compile
+        assert "after running lists" in c["message"] and "gate was bypassed" in c["message"]
+    for c in by["honest"]:
+        assert c["result"] == "unsupported" and c["stage"] == "compile", c
+        assert "would run on the host instead" in c["message"] and "allow_host_ops=True" in c["message"]
+    host = [c for c in report["cells"] if c["backend"] in ("liar16", "noquant") and c["precision"] == "fp32"]
+    assert len(host) == 10 and all(c["result"] == "pass" and c["placement"] is None for c in host)
+    assert sum(c["result"] == "placement-not-honoured" for c in cells) == 10
+    assert "## Placement" in md and "| hostsplit:hidden | 5 | 0 |" in md and "placement hidden" in md
+    assert "placement-not-honoured" in html and "not reported" in html
 
 
 def test_wrong_answers_fail(mixed_run):
