@@ -238,6 +238,12 @@ class Runner:
         full. Without it the core runs ``infer`` on a pool of ``concurrency`` threads."""
         raise NotImplementedError
 
+    def device_inputs(self, inputs: tuple) -> list | None:
+        """Optional: check inputs that already live on the device (CUDA tensors) where
+        they are, with the same errors as the core's checks, and return them as
+        ``infer`` takes them; ``None`` hands every input to the core's numpy checks."""
+        return None
+
     def placement(self) -> Placement | None:
         """Where each op runs, read from the runtime's own record of the graph it
         runs (:mod:`hal.placement`); ``None`` when the backend cannot tell, which
@@ -262,6 +268,7 @@ class Executable:
         self._fast: list[tuple[np.dtype | None, tuple, int, int]] | None = None  # check_inputs' hot path
         self._out: list[np.dtype | None] | None = None  # the declared output dtypes (_outputs)
         self._async: Pipeline | None = None
+        self._on_device = type(runner).device_inputs is not Runner.device_inputs
 
     @property
     def info(self) -> ExecutableInfo:
@@ -388,6 +395,8 @@ class Executable:
         The common case (C-contiguous, aligned numpy arrays of the exact dtype)
         takes a fast path of attribute checks and one reduction: the checks sit
         on the hot path of every ``exe(x)``."""
+        if self._on_device and (kept := self.runner.device_inputs(inputs)) is not None:
+            return kept
         fast = self._fast
         if fast is None:
             fast = self._fast = [_fast_spec(s) for s in self.info.inputs]

@@ -76,11 +76,12 @@ class CudaExecutable(Runner):
         return len(self.replicas) > 1
 
     # --- inputs -----------------------------------------------------------------------
-    def check_inputs(self, inputs: tuple) -> list:
-        """As the core's, but CUDA tensors are checked where they are and kept there
-        (no round trip through the host); tensors on another GPU are refused."""
+    def device_inputs(self, inputs: tuple) -> list | None:
+        """CUDA tensors are checked where they are and kept there (no round trip
+        through the host); tensors on another GPU are refused. Without any, the
+        core's numpy checks take the call (None)."""
         if not any(_on_cuda(x) for x in inputs) or len(inputs) != len(self.info.inputs):
-            return super().check_inputs(inputs)
+            return None
         check = self.info.check_finite
         return [self._check_cuda(x, spec) if _on_cuda(x) else
                 conform(as_numpy(x, f"input {spec.name!r}"), spec, check)
@@ -110,11 +111,6 @@ class CudaExecutable(Runner):
                 raise InvalidInputError(f"input {spec.name!r} contains NaN or Inf",
                                         "clean the input, or compile with check_finite=False")
         return x
-
-    def profile(self, *inputs: Any, **kwargs: Any):
-        # the core's profile loop batches with numpy: hand it host copies
-        return super().profile(*[as_numpy(x, "input") if _on_cuda(x) else x for x in inputs],
-                               **kwargs)
 
     # --- running ----------------------------------------------------------------------
     def _launch(self, inputs: list) -> list[list[torch.Tensor]]:
