@@ -62,7 +62,7 @@ class CudaExecutable(Runner):
     """Replicas of one program: one per GPU. With several, every call splits the
     batch (dimension 0) into contiguous chunks, runs chunk i on GPU i, and
     concatenates the outputs in order."""
-    thread_safe = True  # one replica per concurrent call (see infer)
+    thread_safe = True  # launches take _LAUNCH; copies back to the host overlap
 
     def __init__(self, info: ExecutableInfo, device, replicas: list[Replica], program,
                  recipe: Recipe):
