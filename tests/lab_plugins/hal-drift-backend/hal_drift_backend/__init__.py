@@ -27,7 +27,8 @@ class DriftBackend(Backend):
     requires = ("torch",)
 
     def probe(self):
-        return [Device(self.name, "cpu", "host CPU, drift $HAL_DRIFT", precisions=self.precisions)]
+        return [Device(self.name, "cpu", "host CPU, drift $HAL_DRIFT", precisions=self.precisions,
+                       host_cpu=True)]
 
     def compile(self, model, device, options):
         import torch

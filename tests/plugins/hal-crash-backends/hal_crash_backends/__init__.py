@@ -18,7 +18,8 @@ class _Fixture(Backend):
     precisions = ("fp32", "int8-dynamic")
 
     def probe(self):
-        return [Device(self.name, "cpu", f"host CPU ({self.description})", precisions=self.precisions)]
+        return [Device(self.name, "cpu", f"host CPU ({self.description})", precisions=self.precisions,
+                       host_cpu=True)]
 
     def compile(self, model, device, options):
         ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_input)]

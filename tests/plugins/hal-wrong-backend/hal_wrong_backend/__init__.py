@@ -21,7 +21,8 @@ class WrongBackend(Backend):
     requires = ("torch",)
 
     def probe(self):
-        return [Device(self.name, "cpu", "host CPU, wrong answers", precisions=self.precisions)]
+        return [Device(self.name, "cpu", "host CPU, wrong answers", precisions=self.precisions,
+                       host_cpu=True)]
 
     def compile(self, model, device, options):
         module = copy.deepcopy(model.value).eval()
