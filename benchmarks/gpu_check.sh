@@ -167,6 +167,11 @@ cd "$ROOT"
 step "tests/test_cuda.py" 200 "$OUT/test_cuda.log" "$PY" -m pytest -q -rA -p no:cacheprovider \
     --timeout 150 tests/test_cuda.py
 tail -n 3 "$OUT/test_cuda.log" | sed 's/^/  /' >> "$SUMMARY"
+# submit/map, many threads and placement on the cuda devices (they parametrize over every device)
+step "async, threads and placement on cuda" 150 "$OUT/test_async.log" "$PY" -m pytest -q -rA \
+    -p no:cacheprovider --timeout 120 -k cuda tests/test_async.py tests/test_concurrency.py \
+    $(ls tests/test_placement_backends.py 2>/dev/null)
+tail -n 3 "$OUT/test_async.log" | sed 's/^/  /' >> "$SUMMARY"
 cd "$WORK"
 
 # --- conformance: quick tier, then a sample of the operator and architecture tiers ------------
