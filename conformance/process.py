@@ -166,12 +166,7 @@ class BackendRun:
         if self.worker is not None and self.ready is not None:
             return self.ready
         self.starts += 1
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        if self.threads:  # OpenMP threads that spin on a shared core slow everyone down
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                env.setdefault(var, str(self.threads))
-        w = WorkerProcess(self.name, self.log_path, self.source, env)
+        w = WorkerProcess(self.name, self.log_path, self.source, self.worker_env())
         try:
             ready = w.expect("ready", self.startup_timeout_s)
         except (WorkerDied, WorkerTimeout):
@@ -179,6 +174,18 @@ class BackendRun:
             raise
         self.worker, self.ready = w, ready
         return ready
+
+    def worker_env(self) -> dict[str, str]:
+        """The worker's environment: this process's, and when workers share the cores
+        (``threads``), each one's share, for OpenMP and MKL and for runtimes with a
+        thread pool of their own (``HAL_THREADS``, which ``hal.plugin.host_threads()``
+        reads); a value the caller set is kept."""
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.threads:  # threads that spin on a shared core slow everyone down
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HAL_THREADS"):
+                env.setdefault(var, str(self.threads))
+        return env
 
     def execute(self, cmd: CellCommand, timeout_s: float | None = None) -> Outcome:
         """Run one cell command; a death or a timeout becomes the cell's outcome

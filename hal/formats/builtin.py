@@ -181,6 +181,8 @@ def _is_saved_model_dir(path: Path) -> bool:
 
 # --- converters ---------------------------------------------------------------------
 def torch_example_args(model: Model) -> tuple:
+    """``model.example_input`` as torch tensors (what ``torch.export`` and a module's
+    ``forward`` take), or one UsageError when the caller gave none."""
     import torch
 
     if not model.example_input:
