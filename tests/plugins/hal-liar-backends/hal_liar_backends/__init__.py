@@ -27,6 +27,8 @@ from hal import CompileError, Device
 from hal.placement import OpPlacement, Placement
 from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
+HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
 
 class _Eager(Backend):
     formats = ("torch.nn",)
