@@ -121,6 +121,15 @@ class TpuExecutable(Runner):
             got["unavailable"]["peak_memory_bytes"] = f"TPU memory info unavailable: {type(e).__name__}"
         return got
 
+    # --- placement ---------------------------------------------------------------------------
+    def placement(self):
+        """Every op of each bucket's XLA program: on the device, or on the host for
+        host transfers and callbacks (:mod:`.placement`)."""
+        from ..placement_once import once
+        from .placement import placement
+
+        return once(self, lambda: placement(self))
+
     # --- artifact ------------------------------------------------------------------------------
     def write_artifact(self, directory: Path) -> None:
         """Per-bucket StableHLO and HLO text + tpu.json, and the program: for
