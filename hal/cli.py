@@ -446,7 +446,7 @@ def _print_loadgen(r) -> None:
     shown = {k: v for k, v in r.settings.items() if k not in ("scenario", "mode")}
     out.print("[dim]settings: " + escape(", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                                                     for k, v in shown.items())) + "[/]", highlight=False)
-    for n in r.notes + [f"LoadGen {e}" for e in r.errors]:
+    for n in r.notes + [f"LoadGen {e}" for e in r.errors if f"LoadGen error {e}" not in r.reasons]:
         out.print(f"note: {n}")
     if r.logs_dir:
         out.print(f"logs: {r.logs_dir}")
