@@ -273,6 +273,15 @@ class CudaExecutable(Runner):
                     "throughput mode: back-to-back launches on inputs already on the GPU(s), "
                     "one synchronisation at the end; latency is the mean time per call"]}
 
+    # --- placement ------------------------------------------------------------------
+    def placement(self):
+        """Every op of the graph each GPU runs, and torch.compile's graph breaks
+        (:mod:`.placement`; unverified: written without a GPU)."""
+        from ..placement_once import once
+        from .placement import placement
+
+        return once(self, lambda: placement(self))
+
     # --- artifact ---------------------------------------------------------------------
     def write_artifact(self, directory: Path) -> None:
         if self.program is None:
