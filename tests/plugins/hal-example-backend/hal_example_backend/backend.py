@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,20 @@ class OrtExecutable(Runner):
         self.data = data
         self.sess = sess or ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.sess.get_inputs()]
+        self._where, self._where_lock = None, threading.Lock()
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return self.sess.run(None, dict(zip(self.names, inputs)))
 
     def write_artifact(self, directory: Path) -> None:
         (directory / "model.onnx").write_bytes(self.data)
+
+    def placement(self):
+        """Each node's execution provider, from ONNX Runtime's profile (read once)."""
+        with self._where_lock:
+            if self._where is None:
+                from .placement import placement
+
+                self._where = placement(self.data, self.sess.get_providers(),
+                                        [_spec(i) for i in self.sess.get_inputs()])
+            return self._where
