@@ -455,7 +455,7 @@ def _place(exe: Executable, allowed: bool, verb: str) -> None:
                "model for this device")
         raise UnsupportedError(
             f"{info.target} cannot run the whole model: {p.describe_host()} would run on the "
-            f"host instead (as {p.source} reports{', emulated' if p.emulated else ''})",
+            f"host instead (placement read from {p.source}{'; emulated' if p.emulated else ''})",
             f"pass allow_host_ops=True {how}")
     note = allowed_note(p, info.target)
     if note not in info.notes:  # a loaded artifact carries the note it was compiled with

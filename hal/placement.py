@@ -74,7 +74,7 @@ ALLOWED = "allow_host_ops: "
 def allowed_note(p: Placement, target: str) -> str:
     """The core's note on an executable whose host ops the caller allowed."""
     return (f"{ALLOWED}{p.describe_host()} run on the host, not on {target} "
-            f"(as {p.source} reports{', emulated' if p.emulated else ''})")
+            f"(placement read from {p.source}{'; emulated' if p.emulated else ''})")
 
 
 def stated(summary: dict[str, Any] | None, notes: list[str]) -> bool:

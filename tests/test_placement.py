@@ -56,7 +56,7 @@ def test_host_ops_are_refused_and_named(npu):
         _compile(m, npu / "cache")
     msg = str(e.value)
     assert "toynpu:npu cannot run the whole model" in msg and "1 of 3 ops (b (OpB))" in msg
-    assert "the toy runtime's op table" in msg
+    assert "(placement read from the toy runtime's op table)" in msg
     assert "allow_host_ops=True" in msg and "--allow-host-ops" in msg and "\n" not in msg
     assert not list((npu / "cache").glob("*.hal"))  # a refused build is never cached
 
@@ -68,7 +68,7 @@ def test_allowed_host_ops_run_with_a_note(npu):
     assert exe.info.allow_host_ops is True
     notes = [n for n in exe.info.notes if n.startswith(ALLOWED)]
     assert notes == ["allow_host_ops: 2 of 3 ops (b (OpB), c (OpC)) run on the host, not on "
-                     "toynpu:npu (as the toy runtime's op table reports)"]
+                     "toynpu:npu (placement read from the toy runtime's op table)"]
     assert isinstance(exe.placement, Placement)
     assert [o.name for o in exe.placement.host_ops] == ["b", "c"]
     assert exe.info.placement == {"device_ops": 1, "host_ops": 2, "units": {"NPU": 1, "CPU": 2},
@@ -212,7 +212,7 @@ def test_conformance_judges_hidden_placement():
     assert hidden_placement(_spec(False), ran(placement=_summary(()))) == ""
     # host ops the core allowed, and said so
     allowed = _summary(("op1",))
-    note = f"{ALLOWED}1 of 4 ops (op1 (Op)) run on the host, not on npu:0 (as a record reports)"
+    note = f"{ALLOWED}1 of 4 ops (op1 (Op)) run on the host, not on npu:0 (placement read from a record)"
     assert stated(allowed, [note]) and hidden_placement(_spec(False), ran(placement=allowed,
                                                                           notes=[note])) == ""
     # host ops nothing states: the gate was bypassed (at compile, or found later)
