@@ -209,6 +209,30 @@ def _flat(tree: Any, value: Any) -> list[np.ndarray]:
     return out
 
 
+#: samples completed with LoadGen in one call, at most: a query completes with its last
+#: sample either way, and one call per group keeps LoadGen's per-call cost (a trip through
+#: its Python binding) off a fast model's rate
+GROUP = 64
+
+
+class _Group:
+    """The samples of one ``issue_queries`` call, completed with LoadGen in groups of up
+    to :data:`GROUP` as their futures resolve, and the rest with the last one."""
+
+    def __init__(self, sut: _SUT, n: int):
+        self.sut, self.left, self.buf = sut, n, []
+        self.lock = threading.Lock()
+
+    def add(self, item: tuple[int, int, Any]) -> None:
+        with self.lock:
+            self.buf.append(item)
+            self.left -= 1
+            if len(self.buf) < GROUP and self.left > 0:
+                return
+            out, self.buf = self.buf, []
+        self.sut._complete_all(out)
+
+
 class _SUT:
     """LoadGen's system under test: one executable call per sample."""
 
@@ -224,21 +248,21 @@ class _SUT:
     def issue(self, queries) -> None:
         if self.submit is None:
             return self._issue_sync(queries)
+        group = _Group(self, len(queries))
         for q in queries:
             try:
                 if self.error is not None:  # after a failure: finish the run fast
-                    self._complete(q.id, q.index, None)
+                    group.add((q.id, q.index, None))
                 else:
                     fut = self.submit(*self.samples[q.index])
-                    fut.add_done_callback(lambda f, qid=q.id, idx=q.index: self._done(qid, idx, f))
+                    fut.add_done_callback(
+                        lambda f, qid=q.id, idx=q.index: group.add((qid, idx, self._result(f))))
             except BaseException as e:  # noqa: BLE001 - LoadGen waits for every sample
                 self._fail(e)
-                self._complete(q.id, q.index, None)
+                group.add((q.id, q.index, None))
 
     def _issue_sync(self, queries) -> None:
-        """No submit(): run each sample in LoadGen's issue thread, and complete them in
-        groups (a query completes with its last sample either way; one call per group
-        keeps LoadGen's per-call cost off a fast model's rate)."""
+        """No submit(): run each sample in LoadGen's issue thread; complete them in groups."""
         group: list[tuple[int, int, Any]] = []
         for q in queries:
             result = None
@@ -248,27 +272,23 @@ class _SUT:
                 except BaseException as e:  # noqa: BLE001 - LoadGen waits for every sample
                     self._fail(e)
             group.append((q.id, q.index, result))
-            if len(group) == 64:
+            if len(group) == GROUP:
                 self._complete_all(group)
                 group = []
         if group:
             self._complete_all(group)
 
-    def _done(self, qid: int, idx: int, fut) -> None:
+    def _result(self, fut) -> Any:
         try:
-            result = fut.result()
-        except BaseException as e:  # noqa: BLE001
+            return fut.result()
+        except BaseException as e:  # noqa: BLE001 - raised after the test
             self._fail(e)
-            result = None
-        self._complete(qid, idx, result)
+            return None
 
     def _fail(self, e: BaseException) -> None:
         with self._lock:
             if self.error is None:
                 self.error = e
-
-    def _complete(self, qid: int, idx: int, result: Any) -> None:
-        self._complete_all([(qid, idx, result)])
 
     def _complete_all(self, group: list[tuple[int, int, Any]]) -> None:
         lg = self.lg
