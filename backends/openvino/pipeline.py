@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from hal import CompileError, Device, InvalidInputError, UnsupportedError, UsageError
-from hal.plugin import Option, check_options, host_cores, mapping
+from hal.plugin import Option, host_cores, mapping
+from hal.plugin import check_options as check_declared
 
 from .convert import short
 from .devices import kind_of
@@ -82,7 +83,7 @@ COMPUTE = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Decon
 
 def check_options(options: dict[str, Any]) -> None:
     """The declaration above, for callers outside the core's own check."""
-    check_options("openvino", OPTIONS, options)
+    check_declared("openvino", OPTIONS, options)
 
 
 def config_for(precision: str, device: Device, options: dict[str, Any]) -> dict[str, str]:
