@@ -45,6 +45,9 @@ class Device:
     reason: str = ""
     memory_bytes: int | None = None
     aliases: tuple[str, ...] = ()
+    #: what this device offers, and so what the core and conformance let run on it
+    #: (``Backend.precisions_for``): exactly that on an available device, ``()`` for none;
+    #: on an unavailable one, what it would offer when the backend can tell without it.
     precisions: tuple[str, ...] = ()
     #: rough rank for ``target="auto"`` among hardware: accelerators > CPUs.
     rank: int = 0
