@@ -7,6 +7,12 @@ Hooks are called once per process, when plugins are first discovered
 ``register_commands`` only when the ``hal`` command line starts. Each hook
 receives a callable to register with, so a plugin registers any number of
 things, or none, and never imports a framework while doing it.
+
+A plugin module also declares the plugin API it was written for
+(``HAL_PLUGIN_API = 2``; see :data:`hal.plugin.API_VERSION`). Discovery
+refuses a plugin that declares another, or that implements (``@hookimpl``) a
+function whose name is not one of the hooks below: a misspelled hook would
+otherwise never be called. ``hal plugins`` lists each with the reason.
 """
 
 from __future__ import annotations
