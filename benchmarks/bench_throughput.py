@@ -1,0 +1,268 @@
+"""hal under MLPerf LoadGen vs each runtime's own tool, measured side by side in one run.
+
+Each row is a ratio hal ÷ native on the same model, same artifact and same threads
+(> 1 means hal is faster for throughput; for latency < 1 means hal is faster):
+
+1. ``openvino:CPU``: hal Offline samples/s (``hal.loadgen.run_scenario``) ÷ OpenVINO's
+   ``benchmark_app -hint throughput -m model.xml -t SECS`` on the very IR hal compiled
+   (its "Throughput: N FPS" line).
+2. ``edgetpu:emulated``: hal Offline samples/s ÷ ``litert-benchmark`` (LiteRT's own
+   tool; 1000 / its mean ms) on the very .tflite hal runs, same ``--num_threads``: once
+   with hal's float I/O (hal quantizes and dequantizes around each call) and once with
+   ``raw_io`` (int8 in and out, as litert-benchmark feeds the model).
+3. ``reference``: hal Offline samples/s ÷ a hand-written torch loop (``inference_mode``,
+   the same module, the same samples, ``torch.set_num_threads(THREADS)``).
+4. per backend: hal SingleStream p90 (LoadGen's) ÷ the p90 of direct native calls
+   (``compiled_model(x)``, ``Interpreter`` set_tensor/invoke/get_tensor with numpy
+   quantization, ``module(x)``), timed call by call.
+
+Rounds alternate hal and native so both see the same load of a shared host; the table
+gives the median of the per-round ratios and their range. The model is the conformance
+zoo's ConvNet (3×32×32, shipped weights), int8 for the Edge TPU (random calibration).
+A script, not a test: nothing here passes or fails.
+
+    python benchmarks/bench_throughput.py [--secs 3] [--rounds 3] [--threads N] [--backends reference,openvino,edgetpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import hal
+from hal.loadgen import run_scenario
+
+
+def model_and_shape():
+    try:
+        from hal_conformance.models import MODELS
+        from hal_conformance.zoo import build
+
+        return "zoo convnet", build("convnet"), (1, *MODELS["convnet"].input_shape)
+    except Exception as e:  # noqa: BLE001 - the zoo is optional here
+        print(f"(conformance zoo unavailable: {e}; using a local CNN)")
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Flatten(), nn.Linear(4096, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    return "local cnn", m, (1, 3, 32, 32)
+
+
+def p90_ms(fn, samples, n: int) -> float:
+    """p90 of ``n`` direct calls, timed one by one (after 20 untimed ones)."""
+    for i in range(20):
+        fn(samples[i % len(samples)])
+    clock, ts = time.perf_counter, []
+    for i in range(n):
+        t0 = clock()
+        fn(samples[i % len(samples)])
+        ts.append(clock() - t0)
+    return float(np.percentile(ts, 90) * 1e3)
+
+
+def loop_rate(fn, samples, secs: float) -> float:
+    """Samples per second of a serial loop over ``samples`` for about ``secs``."""
+    for i in range(20):
+        fn(samples[i % len(samples)])
+    clock, n = time.perf_counter, 0
+    t0 = clock()
+    while True:
+        fn(samples[n % len(samples)])
+        n += 1
+        if n % 16 == 0 and clock() - t0 >= secs:
+            return n / (clock() - t0)
+
+
+def benchmark_app(xml: Path, secs: int) -> float:
+    exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    out = subprocess.run([exe, "-m", str(xml), "-d", "CPU", "-hint", "throughput", "-t", str(secs)],
+                         capture_output=True, text=True, timeout=600)
+    m = re.search(r"Throughput:\s*([\d.]+)\s*FPS", out.stdout)
+    if not m:
+        raise RuntimeError(f"benchmark_app failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}")
+    return float(m.group(1))
+
+
+def litert_benchmark(path: Path, threads: int, secs: float, per_call_s: float) -> float:
+    exe = shutil.which("litert-benchmark") or str(Path(sys.executable).parent / "litert-benchmark")
+    runs = int(min(max(secs / max(per_call_s, 1e-6), 100), 200_000))
+    with tempfile.TemporaryDirectory() as tmp:
+        res = Path(tmp) / "r.json"
+        out = subprocess.run([exe, "--model", str(path), "--num_runs", str(runs), "--warmup_runs", "50",
+                              "--num_threads", str(threads), "--result_json", str(res)],
+                             capture_output=True, text=True, timeout=900)
+        if out.returncode != 0 or not res.exists():
+            raise RuntimeError(f"litert-benchmark failed ({out.returncode}): {out.stderr[-1500:]}")
+        avg = json.loads(res.read_text())["latency"]["avg_ms"]
+    return 1e3 / avg
+
+
+def loadgen(exe, samples, secs: float, reports: list):
+    """hal's Offline samples/s and SingleStream p90 (ms), each from its own LoadGen run;
+    the reports are kept for the table."""
+    def offline() -> float:
+        r = run_scenario(exe, "offline", samples=samples, min_duration_s=secs)
+        reports.append(r)
+        return r.samples_per_second
+
+    def single_stream() -> float:
+        r = run_scenario(exe, "single-stream", samples=samples, min_duration_s=secs)
+        reports.append(r)
+        return r.latency_ms["p90"]
+
+    return offline, single_stream
+
+
+def rounds(n: int, a, b) -> tuple[list[float], list[float]]:
+    """``n`` rounds of a then b, the order flipped every round."""
+    xa, xb = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            xa.append(a())
+            xb.append(b())
+        else:
+            xb.append(b())
+            xa.append(a())
+    return xa, xb
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--secs", type=int, default=3, help="seconds per run (LoadGen min_duration, benchmark_app -t)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch and LiteRT threads (benchmark_app and OpenVINO choose their own)")
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--backends", default="reference,openvino,edgetpu")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    name, module, shape = model_and_shape()
+    rng = np.random.default_rng(0)
+    samples = [(rng.standard_normal(shape).astype(np.float32),) for _ in range(args.samples)]
+    calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(32)]
+    x0 = samples[0][0]
+    want = args.backends.split(",")
+    rows: list[dict] = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    print(f"model: {name} {shape}; threads {args.threads}; {args.secs} s a run; {args.rounds} rounds; "
+          f"host: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+
+    def add(what: str, unit: str, hal_v: list[float], native_v: list[float], native: str,
+            reports: list) -> None:
+        ratios = [h / n for h, n in zip(hal_v, native_v)]
+        verdicts = sorted({r.result for r in reports})
+        rows.append({"comparison": what, "unit": unit, "hal": statistics.median(hal_v),
+                     "native": statistics.median(native_v), "native_tool": native,
+                     "ratio": statistics.median(ratios), "ratios": ratios,
+                     "loadgen": "/".join(verdicts),
+                     "submit": not any("no submit()" in n for n in reports[0].notes)})
+        print(f"  {what}: hal {statistics.median(hal_v):.4g} {unit}, {native} "
+              f"{statistics.median(native_v):.4g} {unit}, ratio {statistics.median(ratios):.3f} "
+              f"(LoadGen {'/'.join(verdicts)})", flush=True)
+        reports.clear()
+
+    if "reference" in want:
+        print("reference (torch eager) …", flush=True)
+        exe = hal.compile(module, target="reference", example_input=samples[0])
+
+        def direct(x):
+            with torch.inference_mode():
+                return module(torch.from_numpy(x))
+
+        reps: list = []
+        off, ss = loadgen(exe, samples, args.secs, reps)
+        h, n = rounds(args.rounds, off, lambda: loop_rate(lambda s: direct(s[0]), samples, args.secs))
+        add("reference Offline ÷ torch loop", "samples/s", h, n,
+            f"torch loop ({args.threads} threads)", reps)
+        h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct(s[0]), samples, 2000))
+        add("reference SingleStream p90 ÷ module(x) p90", "ms", h, n, "module(x)", reps)
+
+    if "openvino" in want:
+        print("openvino:CPU …", flush=True)
+        from hal_backends.openvino import compat
+
+        exe = hal.compile(module, target="openvino:CPU", example_input=samples[0], cache=False)
+        xml = tmp / "model.xml"
+        compat.api().save_model(exe.runner.ov_model, xml)  # the very IR hal compiled
+        reps = []
+        off, ss = loadgen(exe, samples, args.secs, reps)
+        h, n = rounds(args.rounds, off, lambda: benchmark_app(xml, args.secs))
+        add("openvino:CPU Offline ÷ benchmark_app -hint throughput", "samples/s", h, n,
+            "benchmark_app", reps)
+        compiled = exe.runner.compiled
+        h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: compiled(s[0]), samples, 2000))
+        add("openvino:CPU SingleStream p90 ÷ compiled_model(x) p90", "ms", h, n,
+            "compiled_model(x)", reps)
+
+    if "edgetpu" in want:
+        print("edgetpu:emulated (LiteRT CPU) …", flush=True)
+        from ai_edge_litert.interpreter import Interpreter
+
+        exe = hal.compile(module, target="edgetpu:emulated", precision="int8", calibration=calib,
+                          example_input=samples[0], options={"num_threads": args.threads})
+        files = exe.runner.files
+        path = tmp / "model.tflite"
+        path.write_bytes(files.compiled or files.int8)  # the very .tflite hal runs
+        it = Interpreter(model_path=str(path), num_threads=args.threads)
+        it.allocate_tensors()
+        din, dout = it.get_input_details()[0], it.get_output_details()[0]
+        (si, zi), (so, zo) = din["quantization"], dout["quantization"]
+
+        def direct(x):  # float in, float out, as hal's executable takes and gives
+            it.set_tensor(din["index"], np.clip(np.rint(x / si) + zi, -128, 127).astype(np.int8))
+            it.invoke()
+            return (it.get_tensor(dout["index"]).astype(np.float32) - zo) * so
+
+        per_call = 1.0 / loop_rate(lambda s: direct(s[0]), samples, 0.3)
+        reps = []
+        off, ss = loadgen(exe, samples, args.secs, reps)
+        h, n = rounds(args.rounds, off, lambda: litert_benchmark(path, args.threads, args.secs, per_call))
+        add("edgetpu:emulated Offline ÷ litert-benchmark", "samples/s", h, n,
+            f"litert-benchmark ({args.threads} threads)", reps)
+        h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct(s[0]), samples, 2000))
+        add("edgetpu:emulated SingleStream p90 ÷ Interpreter p90", "ms", h, n,
+            "Interpreter set/invoke/get", reps)
+        # litert-benchmark feeds the int8 tensors directly: so does hal with raw_io (the same
+        # .tflite, no float quantize/dequantize around each call)
+        q = [(np.clip(np.rint(s[0] / si) + zi, -128, 127).astype(np.int8),) for s in samples]
+        raw = hal.compile(path.read_bytes(), target="edgetpu:emulated", precision="int8",
+                          calibration=q[:8], options={"num_threads": args.threads, "raw_io": True},
+                          cache=False)  # (an int8 .tflite's calibration is unused, but typed)
+        off, _ = loadgen(raw, q, args.secs, reps)
+        h, n = rounds(args.rounds, off, lambda: litert_benchmark(path, args.threads, args.secs, per_call))
+        add("edgetpu:emulated (raw int8 I/O) Offline ÷ litert-benchmark", "samples/s", h, n,
+            f"litert-benchmark ({args.threads} threads)", reps)
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(f"| comparison | hal | native | ratio (median of {args.rounds}) | range | LoadGen | submit |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['comparison']} | {r['hal']:.4g} {r['unit']} | {r['native']:.4g} {r['unit']} "
+              f"| {r['ratio']:.3f} | {min(r['ratios']):.3f}–{max(r['ratios']):.3f} | {r['loadgen']} "
+              f"| {'yes' if r['submit'] else 'no'} |")
+    print("\nthroughput rows: > 1 means hal under LoadGen is faster; latency rows: < 1 means hal "
+          "is faster. 'submit: no' means the executable had no submit(), so LoadGen's samples ran "
+          "one at a time in its issue thread.")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
