@@ -174,6 +174,9 @@ def main() -> int:
         print(f"  {what}: hal {statistics.median(hal_v):.4g} {unit}, {native} "
               f"{statistics.median(native_v):.4g} {unit}, ratio {statistics.median(ratios):.3f} "
               f"(LoadGen {'/'.join(verdicts)})", flush=True)
+        for r in reports:
+            if r.result == "INVALID":
+                print(f"    a LoadGen run was INVALID: {r.reason[:200]}")
         reports.clear()
 
     if "reference" in want:
