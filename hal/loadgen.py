@@ -747,8 +747,9 @@ def run_scenario(exe, scenario: str, *, samples: Sequence[Any] | None = None,
     :data:`MIN_QUERIES`; Offline: its sample count), ``target_qps`` (Server: the
     scheduled QPS; Offline: the expected QPS), ``latency_bound_ms`` (Server),
     ``expected_latency_ms`` (the streams) and ``samples_per_query`` (Multi-Stream)
-    override hal's short-run defaults; rates left out are derived from ``warmup``
-    timed calls. ``settings``: any other LoadGen TestSettings field by name.
+    override hal's short-run defaults; those left out are derived from ``warmup`` timed
+    serial calls (also the warm-up) and, for Server and Offline, a ~0.1 s Offline run
+    through LoadGen. ``settings``: any other LoadGen TestSettings field by name.
     ``accuracy``: LoadGen's accuracy mode; ``accuracy_samples`` of the logged outputs
     (default all) are compared with ``oracle`` (the source model, compiled for
     ``target="reference"`` at fp64, or an executable) under the conformance tolerance

@@ -23,7 +23,7 @@ import hal  # noqa: E402
 from hal.loadgen import SCENARIOS, run_scenario  # noqa: E402
 
 #: short runs: LoadGen's minimum duration, and a small QSL
-SHORT = {"min_duration_s": 0.3, "num_samples": 16}
+SHORT = {"min_duration_s": 0.2, "num_samples": 16}
 
 
 def _loadgen():
@@ -184,14 +184,14 @@ def test_cli_scenario_json_and_logs(hal_file, tmp_path):
     the logs are kept where --logs says, and nothing lands in the working directory."""
     logs = tmp_path / "logs"
     p = subprocess.run([sys.executable, "-m", "hal.cli", "--plugins", "reference", "profile",
-                        str(hal_file), "--scenario", "offline", "--duration", "0.3", "--samples",
+                        str(hal_file), "--scenario", "offline", "--duration", "0.2", "--samples",
                         "8", "--logs", str(logs), "--json"], capture_output=True, text=True,
                        timeout=300, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert d["scenario"] == "offline" and d["result"] in ("VALID", "INVALID")
     assert d["valid"] == (d["result"] == "VALID") and (d["reason"] == "") == d["valid"]
-    assert d["settings"]["min_duration_ms"] == 300 and d["samples"] == 8
+    assert d["settings"]["min_duration_ms"] == 200 and d["samples"] == 8
     assert d["samples_per_second"] > 0 and d["loadgen_version"]
     assert d["logs_dir"] == str(logs)
     assert f"Result is : {d['result']}" in (logs / "mlperf_log_summary.txt").read_text()
