@@ -189,7 +189,7 @@ def _gru_refused(e: BaseException) -> CompileError:
         f"({brief(e, 80, typed=True)} in its GRU annotator, which needs the GRU called with an "
         "initial hidden state and both outputs used; even then the GRU's gates stay float)",
         "run it where GRU runs at int8 or float ('cpu', 'openvino:CPU'); for the Edge TPU, call "
-        "it as `y, h = gru(x, h0)`, use both outputs, and pass options={'allow_float_ops': True} "
+        "it as `y, h = gru(x, h0)`, use both outputs, and compile with allow_host_ops=True "
         "to run the gates on the host CPU in float")
 
 

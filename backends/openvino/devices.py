@@ -130,7 +130,7 @@ def probe() -> list[Device]:
             NAME, dev_id, str(_get(core, dev_id, "FULL_DEVICE_NAME", dev_id)),
             kind="hardware", available=True, memory_bytes=int(mem) if mem else None,
             aliases=aliases_for(dev_id, o.legacy), precisions=precisions(kind, caps, props),
-            rank=RANKS.get(kind, 1), properties={
+            rank=RANKS.get(kind, 1), host_cpu=kind == "CPU", properties={
                 "openvino": o.version, "api": "openvino.runtime" if o.legacy else "openvino",
                 "optimization_capabilities": caps, "export_import": "EXPORT_IMPORT" in caps,
                 "architecture": str(_get(core, dev_id, "DEVICE_ARCHITECTURE", "")),

@@ -45,6 +45,7 @@ class ReferenceBackend(Backend):
         return [Device(self.name, "cpu", f"{_cpu_name()} ({os.cpu_count()} cores, PyTorch eager)",
                        kind="hardware", available=why is None, reason=why or "",
                        memory_bytes=host_memory_bytes(), aliases=("cpu",), precisions=self.precisions, rank=0,
+                       host_cpu=True,
                        properties={"threads": os.cpu_count(), "machine": platform.machine()})]
 
     def compile(self, model: Model, device: Device, options: CompileOptions) -> Runner:
