@@ -65,6 +65,21 @@ def test_batchnorm_opset9_uses_running_statistics():
     assert np.abs(stock(m, {"x": x}) - want).max() > 1e-2
 
 
+def test_gather_elements_with_indices_smaller_than_data():
+    """The spec lets indices be smaller than data off the axis (torch.onnx gathers a
+    position-id buffer of 64 by a sequence of 12); the shipped evaluator raises."""
+    data = np.arange(2 * 70, dtype=np.float32).reshape(2, 70)
+    idx = np.array([[69, 0, -1, 3]], np.int64)
+    m = model([helper.make_node("GatherElements", ["d", "i"], ["y"], axis=1)],
+              [vi("d", [2, 70]), vi("i", [1, 4], TensorProto.INT64)], [vi("y", [1, 4])], 13, ir=8)
+    want = np.array([[69, 0, 69, 3]], np.float32)
+    np.testing.assert_array_equal(oo.evaluator(m, double=False).run(None, {"d": data, "i": idx})[0], want)
+    run = oo.OnnxOracle(m).run([data, idx])
+    assert run.verdict == "agree", run.detail
+    with pytest.raises(ValueError):
+        stock(m, {"d": data, "i": idx})
+
+
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
 def test_softmax_family_below_opset13_coerces_to_2d(op):
     m = model([helper.make_node(op, ["x"], ["y"])], [vi("x", [2, 3, 2, 2])],

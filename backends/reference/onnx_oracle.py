@@ -300,8 +300,21 @@ def _ops() -> list[type]:
                     y = y / frac
             return (y.numpy(),)
 
+    class GatherElements(_Op):
+        """The stock one gathers through ``np.choose`` (at most 64 choices) and falls back
+        to a loop whose reshape fails when ``indices`` is smaller than ``data`` off the
+        axis, which the spec allows (torch.onnx writes it for a position-id buffer)."""
+
+        def _run(self, data, indices, axis=None):
+            axis = int(axis or 0) % data.ndim
+            idx = np.asarray(indices).astype(np.int64)
+            idx = np.where(idx < 0, idx + data.shape[axis], idx)
+            view = data[tuple(slice(None) if d == axis else slice(0, n)
+                              for d, n in enumerate(idx.shape))]
+            return (np.take_along_axis(view, idx, axis=axis),)
+
     return [LRN, BatchNormalization, Softmax, LogSoftmax, Hardmax, Conv, MaxPool, AveragePool,
-            *_qdq_ops()]
+            GatherElements, *_qdq_ops()]
 
 
 def _qdq_ops() -> list[type]:
