@@ -339,7 +339,7 @@ class Executable:
                 if self._async is None:
                     from .futures import Pipeline
 
-                    self._async = Pipeline(self)
+                    self._async = Pipeline(self, type(self.runner).start is not Runner.start)
         return self._async
 
     def run(self, inputs: Any) -> Outputs:
@@ -449,6 +449,8 @@ class Executable:
         peak memory, energy); ``progress(done, total)`` is called as it goes."""
         from .profile import profile
 
+        # batching repeats arrays with numpy: device tensors (CUDA) are profiled from host copies
+        inputs = tuple(x if isinstance(x, np.ndarray) else as_numpy(x, "input") for x in inputs)
         return profile(self, inputs, iterations=iterations, warmup=warmup, duration_s=duration_s,
                        batch_size=batch_size, mode=mode, extras=extras, progress=progress)
 

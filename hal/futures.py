@@ -16,21 +16,20 @@ import threading
 import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from .errors import UsageError, out_of_memory
 
-if TYPE_CHECKING:
-    from .executable import Executable
 
 
 class Pipeline:
-    """The in-flight work of one executable: a semaphore of ``depth`` slots and,
+    """The in-flight work of one executable (a ``hal.Executable``, duck-typed: that
+    module imports this one): a semaphore of ``depth`` slots and,
     for runners without a native ``start``, a thread pool of ``workers``."""
 
-    def __init__(self, exe: Executable):
+    def __init__(self, exe: Any, native: bool):
         runner = exe.runner
         self.workers = max(1, int(runner.concurrency if runner.thread_safe else 1))
         #: requests in flight at most: enough to keep every worker (or every native
@@ -39,9 +38,8 @@ class Pipeline:
         self._slots = threading.BoundedSemaphore(self.depth)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        from .executable import Runner
-
-        self._native = type(runner).start is not Runner.start
+        #: the runner has its own ``start`` (a native queue); else the core's pool
+        self._native = native
 
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -50,7 +48,7 @@ class Pipeline:
                 weakref.finalize(self, self._pool.shutdown, wait=False)
             return self._pool
 
-    def submit(self, exe: Executable, arrays: list[np.ndarray],
+    def submit(self, exe: Any, arrays: list[np.ndarray],
                finish: Callable[[list[np.ndarray]], Any]) -> Future:
         """Start one inference on checked arrays; the future resolves to ``finish(outputs)``."""
         fut: Future = Future()
@@ -80,7 +78,7 @@ class Pipeline:
         return fut
 
 
-def _call(exe: Executable, arrays: list[np.ndarray], done) -> None:
+def _call(exe: Any, arrays: list[np.ndarray], done) -> None:
     try:
         out = exe._infer(arrays)
     except BaseException as e:  # noqa: BLE001 - every failure belongs to the future
@@ -89,13 +87,13 @@ def _call(exe: Executable, arrays: list[np.ndarray], done) -> None:
         done(out, None)
 
 
-def _as_hal(e: BaseException, exe: Executable) -> BaseException:
+def _as_hal(e: BaseException, exe: Any) -> BaseException:
     if isinstance(e, MemoryError):
         return out_of_memory(f"running the model on {exe.info.target}")
     return e
 
 
-def ordered(exe: Executable, items: Iterable[Any], max_in_flight: int | None) -> Iterator[Any]:
+def ordered(exe: Any, items: Iterable[Any], max_in_flight: int | None) -> Iterator[Any]:
     """``Executable.map``: submit ahead by at most ``max_in_flight``, yield in order."""
     limit = exe._pipeline().depth if max_in_flight is None else max_in_flight
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:

@@ -84,10 +84,6 @@ def profile(
     many as fit in ``duration_s``."""
     if not inputs:
         inputs = tuple(random_inputs(exe.info.inputs, batch_size or 1))
-    # batching repeats arrays with numpy: device tensors (CUDA) are profiled from host copies
-    from .executable import as_numpy
-
-    inputs = tuple(x if isinstance(x, np.ndarray) else as_numpy(x, "input") for x in inputs)
     arrays = _batched(exe, exe.check_inputs(tuple(inputs)), batch_size)
     arrays = exe.check_inputs(tuple(arrays))
     bs = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1

@@ -123,8 +123,8 @@ def test_raw_int8_io(torch_exe, x16, calib):
     raw = hal.compile(torch_exe.runner.files.int8, EMU, precision="int8", calibration=q_calib,
                       options={"raw_io": True}, cache=False)
     assert [s.dtype for s in raw.info.inputs + raw.info.outputs] == ["int8", "int8"]
-    d_in = raw._it.get_input_details()[0]
-    d_out = raw._it.get_output_details()[0]
+    d_in = raw.runner._it.get_input_details()[0]
+    d_out = raw.runner._it.get_output_details()[0]
     (s_in, z_in), (s_out, z_out) = d_in["quantization"], d_out["quantization"]
     q = np.clip(np.rint(x16 / s_in) + z_in, -128, 127).astype(np.int8)
     out = raw(q)
