@@ -41,7 +41,7 @@ from .cache import runtime_dir as runtime_cache_dir
 from .errors import STAGES, brief, printable, stage
 from .executable import ExecutableInfo, Runner, as_numpy, conform, read_json_object
 from .formats import Converter, Format, Model, scratch_dir
-from .formats.builtin import export_static, torch_example_args
+from .formats.torchexport import export_static, torch_example_args
 from .formats.onnxcheck import quantized_ops as onnx_quantized_ops
 from .formats.pt2 import read as read_pt2
 from .hookspecs import hookimpl

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CompileError, ModelFormatError, UsageError, brief
+from ..errors import CompileError, ModelFormatError, brief
 from ..hookspecs import hookimpl
 from . import Converter, Format, Model, Unkeyable, hash_path, scratch_dir, signatures
 from .pt2 import read as safe_export_read
+from .torchexport import export_static, torch_example_args  # noqa: F401 - also hal.plugin's
 
 
 def _type_names(obj: Any) -> set[str]:
@@ -180,28 +181,6 @@ def _is_saved_model_dir(path: Path) -> bool:
 
 
 # --- converters ---------------------------------------------------------------------
-def torch_example_args(model: Model) -> tuple:
-    """``model.example_input`` as torch tensors (what ``torch.export`` and a module's
-    ``forward`` take), or one UsageError when the caller gave none."""
-    import torch
-
-    if not model.example_input:
-        raise UsageError("converting a torch module needs example inputs",
-                         "pass example_input=(x,) to hal.compile")
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_input)
-
-
-def export_static(module, args: tuple):
-    """``torch.export.export`` at the given shapes; a failure is one CompileError."""
-    import torch
-
-    try:
-        return torch.export.export(module, args)
-    except Exception as e:  # noqa: BLE001
-        raise CompileError(f"torch.export failed: {brief(e)}",
-                           "make the model export-friendly (no data-dependent control flow)") from None
-
-
 def _torch_to_export(model: Model, options) -> Any:
     return export_static(model.value.eval(), torch_example_args(model))
 
