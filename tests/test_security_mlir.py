@@ -211,8 +211,8 @@ def test_honest_artifact_loads_and_xla_gets_the_reprint(exe, good, text, generic
     alt = hal.load(with_program(good, tmp_path / "generic.hal", generic))
     np.testing.assert_array_equal(alt(X), exe(X))
     reprint = mlir_guard.check(generic, lambda why: AssertionError(why)).text
-    assert reprint == text == alt.stablehlo[2]  # litert-torch's print, jaxlib's re-print: one text
-    fn = alt.program.fns[2].get_concrete_function()
+    assert reprint == text == alt.runner.stablehlo[2]  # litert-torch's print, jaxlib's re-print: one text
+    fn = alt.runner.program.fns[2].get_concrete_function()
     sent = [op.get_attr("module") for op in fn.graph.get_operations() if op.type == "XlaCallModule"]
     assert sent and all(m.decode() == reprint for m in sent)
 
@@ -306,7 +306,7 @@ def test_fuzz_stablehlo_text(good, text, generic, exe, tmp_path_factory, edits, 
         return
     event("loaded" if program == base else "loaded after an edit")
     # it loaded: XLA got a re-print that passes the check again, and nothing it may not run
-    sent = back.stablehlo[2]
+    sent = back.runner.stablehlo[2]
     assert mlir_guard.check(sent, lambda why: AssertionError(why)).text == sent
     assert "custom_call" not in sent and "outfeed" not in sent and "evil" not in sent
     if program == base:  # no edit, at most an escape: the very same program

@@ -137,7 +137,7 @@ def test_torch_fp32_matches_eager(cnn, cnn_fp32):
     assert info.device_kind == "emulated" and info.precision == "fp32"
     assert any("litert-torch StableHLO" in s for s in info.conversion_path)
     assert any("XlaCallModule" in s for s in info.conversion_path)
-    assert "HIGHEST" in cnn_fp32.stablehlo[2]  # fp32 dots/convs never use bf16 passes on a TPU
+    assert "HIGHEST" in cnn_fp32.runner.stablehlo[2]  # fp32 dots/convs never use bf16 passes on a TPU
 
 
 def test_torch_bf16_within_bf16_tolerance(cnn, cnn_bf16):
@@ -147,11 +147,11 @@ def test_torch_bf16_within_bf16_tolerance(cnn, cnn_bf16):
     err = rel_err(out, ref)
     assert err < BF16_REL
     assert err > FP32_REL, "bf16 output is as exact as fp32: the program did not compute in bf16"
-    assert "xbf16>" in cnn_bf16.stablehlo[2] and "HIGHEST" not in cnn_bf16.stablehlo[2]
+    assert "xbf16>" in cnn_bf16.runner.stablehlo[2] and "HIGHEST" not in cnn_bf16.runner.stablehlo[2]
 
 
 def test_torch_batch_buckets(cnn, cnn_fp32):
-    assert cnn_fp32.buckets.sizes == (1, 2)  # one StableHLO module per bucket
+    assert cnn_fp32.runner.buckets.sizes == (1, 2)  # one StableHLO module per bucket
     assert cnn_fp32.info.inputs[0].shape == (None, 3, 16, 16)
     for n in (1, 3):  # 3 rows: one call of bucket 2, then one of bucket 1
         x = batch(n, seed=10 + n)
@@ -223,7 +223,7 @@ def test_keras_fp32(keras_model, keras_fp32):
     x = kbatch(2, seed=2)
     assert rel_err(keras_fp32(x), keras_model(x).numpy().astype(np.float64)) < FP32_REL
     assert keras_fp32.info.inputs[0].name == "img"
-    assert keras_fp32.buckets.sizes == (2,)
+    assert keras_fp32.runner.buckets.sizes == (2,)
 
 
 def test_padding_to_power_of_two_buckets(keras_model):
