@@ -314,6 +314,29 @@ def test_ir_with_f16_weights_runs_fp32(qdq_onnx, tmp_path):
     assert rel(first(exe(X8)), ov_direct(tmp_path / "m.xml", (X8,))) < 1e-6
 
 
+def test_ir_with_an_f16_embedding_table_runs_fp32(tmp_path):
+    """The CPU plugin gathers rows of an f16-stored table straight into f32 (a Gather
+    whose kernel is ref_any_f16): nothing is computed at f16, so fp32 is honoured."""
+    ov = pytest.importorskip("openvino")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    table = numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "table")
+    w = numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])],
+        "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 3])], [table, w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              tmp_path / "emb.onnx")
+    ov.save_model(ov.Core().read_model(str(tmp_path / "emb.onnx")), str(tmp_path / "emb.xml"))
+    ids = rng.integers(0, 50, (1, 6)).astype(np.int64)
+    exe = hal.compile(tmp_path / "emb.xml", "openvino:CPU", precision="fp32", cache=False)
+    assert exe.info.precision == "fp32"
+    assert rel(first(exe(ids)), ov_direct(tmp_path / "emb.xml", (ids,))) < 1e-6
+
+
 # --- 5. files and models that raised raw exceptions ---------------------------------------
 def test_onnx_initializer_not_a_graph_input(tmp_path):
     """IR 3 wanted every initializer listed as an input; onnx.checker still does, the

@@ -253,16 +253,26 @@ def f16_weights(ov_model) -> bool:
     return False
 
 
+#: runtime layers that move values and compute nothing: one reading f16-stored weights and
+#: giving f32 is exact whatever its kernel is called (the CPU plugin's Gather of an
+#: embedding table saved by ov.save_model is ``ref_any_f16`` with f32 outputs)
+MOVES = {"Gather", "GatherND", "GatherElements", "Reshape", "Transpose", "Concatenation", "Split",
+         "StridedSlice", "Broadcast", "Tile"}
+
+
 def _f32_compute(compiled) -> set[tuple[str, ...]]:
     """Runtime layers (by original names) that report f16 only for their weights: an
-    f32 kernel with f32 outputs reading f16-stored weights it decompresses."""
+    f32 kernel with f32 outputs reading f16-stored weights it decompresses, or a layer
+    that only moves those weights (:data:`MOVES`) into f32 outputs."""
     out = set()
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
         if "runtimePrecision" not in rt or "outputPrecisions" not in rt:
             continue
         kernel = rt["primitiveType"].astype(str).lower() if "primitiveType" in rt else ""
-        if set(_tokens(rt["outputPrecisions"].astype(str))) == {"f32"} and "16" not in kernel \
+        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        if set(_tokens(rt["outputPrecisions"].astype(str))) == {"f32"} \
+                and ("16" not in kernel or layer in MOVES) \
                 and "f16" in _tokens(rt["runtimePrecision"].astype(str)):
             names = rt["originalLayersNames"].astype(str) if "originalLayersNames" in rt else ""
             out.add(tuple(n for n in names.split(",") if n))
