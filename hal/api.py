@@ -325,7 +325,8 @@ def compile(
 
 
 def _check_quantization(src: _formats.Model, precision: str, calib) -> None:
-    """A pre-quantized model (QDQ ONNX, an IR with FakeQuantize) runs int8 on every
+    """A pre-quantized model (QDQ ONNX, an IR with FakeQuantize, a TFLite with int8
+    activations) runs int8 on every
     backend: only the int8 label is true, and it needs no calibration (hal never
     quantizes it again). Any other model needs calibration data for static int8."""
     fmt = registry().formats.get(src.format)

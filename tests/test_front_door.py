@@ -303,6 +303,24 @@ def test_int8_tflite_on_edgetpu_matches_litert(int8_tflite):
     assert np.abs(first(exe(x)) - litert_direct(int8_tflite, x)).max() <= 1e-6
 
 
+def test_a_full_int8_tflite_compiles_as_int8_without_calibration(int8_tflite):
+    """The core knows a TFLite with int8 activations is already int8, as it knows a QDQ
+    ONNX: int8 needs no calibration data and fp32 is refused before any backend runs."""
+    pytest.importorskip("ai_edge_litert")
+    x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    for target, mod in (("edgetpu:emulated", "ai_edge_litert"), ("openvino:CPU", "openvino")):
+        if not _has(mod):
+            continue
+        exe = hal.compile(int8_tflite, target, precision="int8", cache=False)
+        assert exe.info.precision == "int8", target
+        if target == "edgetpu:emulated":
+            assert np.abs(first(exe(x)) - litert_direct(int8_tflite, x)).max() <= 1e-6
+        else:
+            assert np.array_equal(first(exe(XI8)), ov_direct(int8_tflite, (XI8,)))
+        with pytest.raises(UnsupportedError, match=r"already quantized \(\d+ int8 activation"):
+            hal.compile(int8_tflite, target, precision="fp32", cache=False)
+
+
 # --- 4. an IR saved with ov.save_model's defaults (f16-stored weights) -------------------
 def test_ir_with_f16_weights_runs_fp32(qdq_onnx, tmp_path):
     ov = pytest.importorskip("openvino")

@@ -130,6 +130,37 @@ def _ir_quantized(path) -> str | None:
     return f"{n} FakeQuantize layer(s)" if n else None
 
 
+def _tflite_quantized(data: bytes) -> str | None:
+    """Quantized activations in a TFLite: int8/uint8 tensors with a scale that no buffer
+    holds, what TFLiteConverter writes with a representative dataset (int8 or float I/O),
+    so every runtime runs it at int8. Weight-only (dynamic-range) models have none and
+    are not labelled. Read with the flatbuffer schema LiteRT ships; without LiteRT,
+    None (the model then needs calibration data like any other)."""
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+    except ImportError:
+        return None
+    eight_bit = (fb.TensorType.INT8, fb.TensorType.UINT8)
+    n = 0
+    try:
+        model = fb.Model.GetRootAs(data, 0)
+        buffers = model.BuffersLength()
+        for s in range(model.SubgraphsLength()):
+            sg = model.Subgraphs(s)
+            for i in range(sg.TensorsLength()):
+                t = sg.Tensors(i)
+                q = t.Quantization()
+                if t.Type() not in eight_bit or q is None or q.ScaleLength() == 0:
+                    continue
+                b = t.Buffer()
+                if 0 < b < buffers and (model.Buffers(b).DataLength() > 0 or model.Buffers(b).Offset() > 1):
+                    continue  # a constant: a weight
+                n += 1
+    except Exception:  # noqa: BLE001 - a damaged flatbuffer: the backend's reader says what is wrong
+        return None
+    return f"{n} int8 activation tensor(s)" if n else None
+
+
 def _ir_files(path: Path) -> list[Path]:
     return [path, path.with_suffix(".bin")]
 
@@ -249,7 +280,8 @@ def register_formats(register):
                     files=_onnx_files, requires=("onnx",), extra="cpu", signature=signatures.onnx_model,
                     quantized=_onnx_quantized))
     register(Format("tflite", "TFLite flatbuffer (.tflite)", suffixes=(".tflite",),
-                    detect=_is_tflite, read=_read_tflite, fingerprint=bytes))
+                    detect=_is_tflite, read=_read_tflite, fingerprint=bytes,
+                    quantized=_tflite_quantized))
     register(Format("keras", "Keras model (.keras)", suffixes=(".keras",), detect=_is_keras,
                     read=_read_keras, fingerprint=_fp_keras, requires=("keras",), extra="tpu",
                     signature=signatures.keras_model))
