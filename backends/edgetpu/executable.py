@@ -239,8 +239,10 @@ class EdgeTpuExecutable(Runner):
             it.invoke()
         except Exception as e:  # noqa: BLE001 - e.g. a USB stick unplugged between runs
             raise self._failure(e, "run") from None
-        # get_tensor returns a copy: the caller owns every output
-        return [dq(it.get_tensor(i)) if dq is not None else it.get_tensor(i) for i, dq in slot.outs]
+        # get_tensor returns a copy: the caller owns every output; a 0-d tensor comes back
+        # as a numpy scalar, which asarray makes the 0-d array the core requires (no copy)
+        return [dq(np.asarray(it.get_tensor(i))) if dq is not None else np.asarray(it.get_tensor(i))
+                for i, dq in slot.outs]
 
     def profile_extras(self, inputs: list[np.ndarray]) -> dict[str, Any]:
         un = {
