@@ -10,10 +10,11 @@ whether the run is VALID and, if not, why.
 - **QSL**: ``samples`` (one tuple of arrays per sample, each checked once against
   the executable's inputs) or ``num_samples`` random ones from
   :func:`hal.profile.random_inputs`, all held in memory.
-- **SUT**: each LoadGen sample is one call of the executable: ``exe.submit`` where
-  the executable has it (LoadGen's issue thread only queues work; a full queue
-  blocks it, which is the back-pressure LoadGen is meant to see), else ``exe(...)``
-  synchronously in the issue thread.
+- **SUT**: each LoadGen sample is one call of the executable. Single-Stream calls
+  ``exe(...)`` inline in LoadGen's issue thread (one query at a time: the latency
+  path, no thread hop). The other scenarios use ``exe.submit`` (LoadGen's issue
+  thread only queues work; a full queue blocks it, which is the back-pressure
+  LoadGen is meant to see), or ``exe(...)`` inline where there is no ``submit``.
 - **Short runs**: MLPerf's own minimums (600 s, 24 576 Offline samples, 270 336
   Server queries) are for submissions. The defaults here are the shortest runs
   LoadGen can still call VALID (see :data:`MIN_QUERIES` and docs/throughput.md),
@@ -236,9 +237,12 @@ class _Group:
 class _SUT:
     """LoadGen's system under test: one executable call per sample."""
 
-    def __init__(self, lg, exe, samples: list[tuple[np.ndarray, ...]], record: bool):
+    def __init__(self, lg, exe, samples: list[tuple[np.ndarray, ...]], record: bool,
+                 inline: bool = False):
         self.lg, self.exe, self.samples, self.record = lg, exe, samples, record
-        self.submit = getattr(exe, "submit", None)
+        #: Single-Stream runs each sample inline in LoadGen's issue thread (one query at a
+        #: time, no thread hop, the executable's own latency path); the others submit
+        self.submit = None if inline else getattr(exe, "submit", None)
         self.tree = exe.info.output_tree
         #: accuracy mode: QSL index → [(shape, dtype)] of the bytes handed to LoadGen
         self.layout: dict[int, list[tuple[tuple[int, ...], str]]] = {}
@@ -778,7 +782,7 @@ def run_scenario(exe, scenario: str, *, samples: Sequence[Any] | None = None,
                              "pass a directory for LoadGen's logs")
     tmp = Path(tempfile.mkdtemp(prefix="hal-loadgen-"))
     try:
-        sut = _SUT(lg, exe, qsl_samples, record=accuracy)
+        sut = _SUT(lg, exe, qsl_samples, record=accuracy, inline=scenario == "single-stream")
         _start(lg, sut, len(qsl_samples), ts, tmp, trace)
         summary, detail = (tmp / _LOG_FILES[0]), (tmp / _LOG_FILES[1])
         if not detail.is_file():
@@ -791,7 +795,10 @@ def run_scenario(exe, scenario: str, *, samples: Sequence[Any] | None = None,
         report.notes.append(f"measured before the test: {latency * 1e3:.3f} ms a serial call"
                             + (f", {est['rate_per_s']:.1f} samples/s through LoadGen"
                                if "rate_per_s" in est else ""))
-        if getattr(exe, "submit", None) is None:
+        if scenario == "single-stream":
+            report.notes.append("single-stream: each sample ran inline in LoadGen's issue thread "
+                                "(exe(x), the executable's latency path)")
+        elif getattr(exe, "submit", None) is None:
             report.notes.append("this executable has no submit(): each sample ran synchronously "
                                 "in LoadGen's issue thread")
         if exe.info.device_kind == "emulated":
