@@ -348,3 +348,16 @@ def test_gemm_probe(backend):
     tflops = backend.probe_gemm("cuda:0", dtype="fp32", n=4096)
     assert 0 < tflops < 10_000
     assert torch.backends.cuda.matmul.fp32_precision == before
+
+
+def test_each_gpu_gets_its_own_copy_of_a_sequential_program():
+    """runnable() copies the program before moving it to a GPU. copy.deepcopy breaks an
+    nn.Sequential's program on torch 2.13 (its input is named `input`), so every
+    Sequential failed on a GPU; the copy is checked here on the meta device (no GPU)."""
+    from hal_backends.cuda.runtime import runnable
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU()).eval()
+    ep = torch.export.export(m, (torch.randn(2, 4),))
+    moved = runnable(ep, None, torch.device("meta"))
+    assert moved(torch.randn(2, 4, device="meta")).device.type == "meta"
+    assert ep.module()(torch.ones(2, 4)).device.type == "cpu"  # the original stays where it was

@@ -101,10 +101,23 @@ def runnable(program, module, device: torch.device) -> torch.nn.Module:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = move_to_device_pass(copy.deepcopy(program), str(device))
+        ep = move_to_device_pass(_copy(program), str(device))
     gm = ep.module(check_guards=False)
     gm.validate_inputs = False  # hal checked count, dtype and shape already
     return gm
+
+
+def _copy(program):
+    """An independent copy of an ExportedProgram (each GPU's pass moves its own). Not
+    ``copy.deepcopy``: with torch 2.13 it breaks the graph signature of any program whose
+    input is named ``input`` (every ``nn.Sequential``: SpecViolationError "Input spec
+    name input does not match node name input_1"); a save/load round trip is exact."""
+    import io
+
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    buf.seek(0)
+    return torch.export.load(buf)
 
 
 class Replica:
