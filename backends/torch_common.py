@@ -23,12 +23,50 @@ DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "
 def example_tensors(model: Model, device: str = "cpu") -> tuple[torch.Tensor, ...]:
     ex = model.example_input
     if not ex and model.format == "torch.export":
-        args = model.value.example_inputs[0] if model.value.example_inputs else ()
-        return tuple(a.to(device) for a in args)
+        return tuple(a.to(device) for a in example_leaves(model.value))
     if not ex:
         raise UsageError("compiling a torch model needs example inputs",
                          "pass example_input=(x,) to hal.compile / --input to the CLI")
     return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ex)
+
+
+def example_leaves(ep) -> tuple:
+    """An exported program's example inputs, one per user input (keyword inputs included),
+    in the program's order."""
+    return tuple(torch.utils._pytree.tree_leaves(ep.example_inputs)) if ep.example_inputs else ()
+
+
+class Positional(torch.nn.Module):
+    """An exported program's module called with one tensor per user input, in order, as
+    every backend calls a model: a program exported with keyword inputs
+    (``torch.export.export(m, (), kwargs={"input_ids": ..., "attention_mask": ...})``)
+    gets them back by keyword. ``module`` stays the program's own GraphModule."""
+
+    def __init__(self, module: torch.nn.Module, in_spec):
+        super().__init__()
+        self.module = module
+        self.in_spec = in_spec
+
+    def forward(self, *flat):
+        args, kwargs = self.in_spec.unflatten(list(flat))
+        return self.module(*args, **kwargs)
+
+
+def positional(program, module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` (``program.module()`` or a transform of it), callable by position: wrapped
+    in :class:`Positional` when the program takes keyword inputs, else as it is."""
+    spec = getattr(program.call_spec, "in_spec", None)
+    if spec is None or spec.num_children != 2:
+        return module
+    kwargs = spec.child(1) if hasattr(spec, "child") else spec.children_specs[1]  # torch < 2.10
+    if kwargs.num_leaves == 0:
+        return module
+    return Positional(module, spec)
+
+
+def program_module(program, **kw) -> torch.nn.Module:
+    """``program.module(**kw)``, callable with one tensor per user input (:func:`positional`)."""
+    return positional(program, program.module(**kw))
 
 
 def eval_copy(model: Model) -> torch.nn.Module:
@@ -36,7 +74,7 @@ def eval_copy(model: Model) -> torch.nn.Module:
     static ``torch.export`` program given example inputs of another batch size
     is re-batched when that is provably safe (see :func:`rebatched`)."""
     if model.format == "torch.export":
-        return rebatched_for(model) or model.value.module()
+        return rebatched_for(model) or program_module(model.value)
     m = copy.deepcopy(model.value)
     return m.eval()
 
@@ -52,7 +90,7 @@ def rebatched_for(model: Model) -> torch.nn.Module | None:
 
 
 def _batch_only_differs(ep, arrays) -> bool:
-    args = ep.example_inputs[0] if ep.example_inputs else ()
+    args = example_leaves(ep)
     return (len(args) == len(arrays) and all(isinstance(a, torch.Tensor) for a in args)
             and any(a.shape[0] != x.shape[0] for a, x in zip(args, arrays))
             and all(a.ndim == x.ndim and tuple(a.shape[1:]) == tuple(x.shape[1:])
@@ -69,10 +107,10 @@ def rebatched(ep, args: tuple[torch.Tensor, ...]) -> torch.nn.Module:
     for k, hook in list(free._forward_pre_hooks.items()):  # the input-shape check stays on guarded
         if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
             del free._forward_pre_hooks[k]
-    guarded = ep.module()
+    free, guarded = positional(ep, free), program_module(ep)
     fix = ("re-export it with dynamic_shapes (e.g. {0: torch.export.Dim('batch')}) to take other "
            "batch sizes, or pass inputs of the exported batch size")
-    batch0 = ep.example_inputs[0][0].shape[0]
+    batch0 = example_leaves(ep)[0].shape[0]
     try:
         with torch.inference_mode():
             whole = flatten(free(*args))

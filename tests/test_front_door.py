@@ -153,6 +153,25 @@ def test_gpt2_module_on_openvino(gpt2):
     assert rel(first(exe(IDS, MASK)), want) < 1e-5
 
 
+def test_a_program_exported_with_keyword_inputs(gpt2):
+    """torch.export.export(m, (), kwargs={...}), the way transformers models are exported:
+    every torch backend calls the program with one array per user input, by position."""
+    masked = WithMask(gpt2).eval()
+    ids2, mask2 = np.repeat(IDS, 2, 0), np.repeat(MASK, 2, 0)
+    ep = torch.export.export(masked, (), kwargs={"attention_mask": torch.from_numpy(mask2),
+                                                 "input_ids": torch.from_numpy(ids2)})
+    with torch.no_grad():
+        want = masked(torch.from_numpy(ids2), torch.from_numpy(mask2)).numpy()
+    targets = ["cpu"] + (["openvino:CPU"] if _has("openvino") else [])
+    for target in targets:
+        exe = hal.compile(ep, target, cache=False)  # the program's own example inputs
+        assert [i.name for i in exe.info.inputs] == ["attention_mask", "input_ids"], target
+        assert rel(first(exe(attention_mask=mask2, input_ids=ids2)), want) < 1e-5, target
+        assert rel(first(exe(mask2, ids2)), want) < 1e-5, target
+    exe = hal.compile(ep, "cpu", precision="int8-dynamic", cache=False)
+    assert rel(first(exe(mask2, ids2)), want) < 5e-2
+
+
 def test_profile_without_inputs_on_int64_ids(gpt2):
     """Random int64 inputs must be valid ids: 0/1 fit every vocabulary."""
     exe = hal.compile(gpt2, "cpu", example_input=(IDS,), cache=False)
