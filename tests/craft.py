@@ -103,3 +103,16 @@ def huge_weight_pt2(good: Path, evil: Path, numel: int, empty: bool = False) -> 
         record = cfg["config"][first]["path_name"]
         out = [(n, b"" if n.endswith("/weights/" + record) else d) for n, d in out]
     return write_zip(evil, out)
+
+
+def constant_of_shape_onnx(path: Path) -> Path:
+    """An ONNX model whose output's shape is its int64 input: given [10**6, 10**6] it asks
+    for a terabyte of zeros at run time (a failing inference, made by the caller's data)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("ConstantOfShape", ["shape"], ["y"])], "g",
+                          [helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
