@@ -83,7 +83,7 @@ def test_int8_with_calibration_file(files):
     assert json.loads(p.stdout)["precision"] == "int8"
 
 
-@pytest.mark.parametrize("args,code,needles", [
+BAD_INPUT = [
     (["compile", "{d}/m.pt2", "-t", "warp", "-o", "{d}/z.hal"], 2, ["unknown target 'warp'"]),
     (["compile", "{d}/m.pt2", "-t", "cpu", "-p", "int4", "-o", "{d}/z.hal"], 2, ["unknown precision"]),
     (["compile", "{d}/m.pt2", "-t", "cpu", "-p", "fp16", "-o", "{d}/z.hal"], 1, ["cannot run precision fp16"]),
@@ -94,13 +94,39 @@ def test_int8_with_calibration_file(files):
     (["run", "{d}/w.pt"], 2, ["never unpickles"]),
     (["run", "{d}/bad.hal"], 2, ["not a .hal artifact"]),
     (["run", "{d}/m.pt2", "-t", "cpu", "-i", "{d}/obj.npy"], 2, ["holds Python objects (a pickle)"]),
-])
-def test_bad_input_is_one_line_with_exit_code(files, args, code, needles):
+]
+
+
+def _bad_files(files) -> None:
     (files / "empty.onnx").write_bytes(b"")
     (files / "w.pt").write_bytes(b"\x80\x04K\x01.")
     (files / "bad.hal").write_bytes(b"not a zip at all")
     np.save(files / "wrong.npy", np.zeros((1, 3, 8, 8), np.float32))
     np.save(files / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+
+
+@pytest.mark.parametrize("args,code,needles", BAD_INPUT)
+def test_bad_input_is_one_line_with_exit_code_in_process(files, args, code, needles):
+    """Every bad input through the CLI's own commands and error handling, in this process
+    (typer's test runner): one ``error:`` line on stderr, the exit code, nothing written.
+    The test below runs the same commands as processes of their own."""
+    from typer.testing import CliRunner
+
+    from hal.cli import app
+
+    _bad_files(files)
+    r = CliRunner().invoke(app, [a.format(d=files) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert_one_line_error(subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr), code,
+                          *needles)
+    assert not (files / "z.hal").exists()  # nothing half-written
+
+
+# each case is a process start (~5 s): the default run starts one, --full all of them
+@pytest.mark.parametrize("args,code,needles", [
+    pytest.param(*case, marks=() if i == 0 else pytest.mark.full) for i, case in enumerate(BAD_INPUT)])
+def test_bad_input_is_one_line_with_exit_code(files, args, code, needles):
+    _bad_files(files)
     p = hal(*[a.format(d=files) for a in args])
     assert_one_line_error(p, code, *needles)
     assert not (files / "z.hal").exists()  # nothing half-written

@@ -13,6 +13,12 @@ pip installs with ``-c constraints.txt``, so the runtimes are the versions CI
 verified (and the same as this venv's); its download cache makes this ~1 min
 on a warm machine. Where a venv or pip cannot be had (no network, no venv
 module) the test is skipped and says why; anything else that fails, fails.
+
+The fresh venv costs a minute or more (pip, then four process starts in it), so its tests are
+marked ``full`` (``python -m pytest --full``). The default run keeps the build and the wheel's
+contents, and runs the same artifacts, the same checks of what gets imported and the same
+compile errors in this venv with the frameworks and compile tools made unimportable (an
+import hook that raises ``ModuleNotFoundError`` for them, as their absence would).
 """
 
 from __future__ import annotations
@@ -151,6 +157,7 @@ def _in_venv(venv: Path, *args: str, cwd: Path | None = None) -> subprocess.Comp
     return _run([str(venv / "bin" / args[0]), *args[1:]], cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.full  # a fresh venv: the CI sample is test_deploy_only_here_without_frameworks
 def test_deploy_venv_holds_no_framework_nor_compile_tool(runtime_venv):
     code = ("import importlib.util as u, json, sys; "
             f"print(json.dumps({{m: u.find_spec(m) is not None for m in {ABSENT!r}}}))")
@@ -178,6 +185,7 @@ print(json.dumps(out))
 """ % (ABSENT,)
 
 
+@pytest.mark.full  # a fresh venv: the CI sample is test_deploy_only_here_without_frameworks
 def test_artifacts_load_and_run_without_torch_or_nncf(runtime_venv, artifacts, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RUN)
@@ -195,6 +203,7 @@ def test_artifacts_load_and_run_without_torch_or_nncf(runtime_venv, artifacts, t
         np.testing.assert_allclose(here, expected, rtol=0, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.full  # a fresh venv: the CI sample is test_deploy_only_here_without_frameworks
 def test_cli_in_the_deploy_venv(runtime_venv, artifacts, tmp_path):
     p = _in_venv(runtime_venv, "hal", "run", str(artifacts / "ov_int8.hal"),
                  "--input", str(artifacts / "x.npy"), "-o", str(tmp_path / "y.npz"), cwd=tmp_path)
@@ -220,6 +229,7 @@ def test_cli_in_the_deploy_venv(runtime_venv, artifacts, tmp_path):
     assert "int8" in cpu["precisions"]  # runs int8 without NNCF
 
 
+@pytest.mark.full  # a fresh venv: the CI sample is test_deploy_only_here_without_frameworks
 def test_compiling_there_names_the_extra(runtime_venv, artifacts, tmp_path):
     """An IR file compiles to fp32 with the runtime alone; int8 needs NNCF and the
     reference backend torch, and each error names the extra that has it."""
@@ -239,3 +249,85 @@ def test_compiling_there_names_the_extra(runtime_venv, artifacts, tmp_path):
                      "-o", str(tmp_path / "no.hal"), cwd=tmp_path)
         assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
         assert needle in p.stderr and "No module named" not in p.stderr, p.stderr
+
+
+#: what a deploy-only venv lacks, made unimportable in a process of this venv: an import of
+#: any of them raises ModuleNotFoundError, as it would where they are not installed
+ABSENT_HOOK = r"""
+import importlib.abc, sys
+class _NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in %r:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+""" % (ABSENT,)
+
+HERE = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+import hal
+d, ir = Path(sys.argv[1]), Path(sys.argv[2]); x = np.load(d / "x.npy"); out = {}
+for name in ("ov_fp32", "ov_int8", "edgetpu_int8"):
+    exe = hal.load(d / f"{name}.hal")
+    np.save(d / f"{name}.blocked.npy", np.asarray(exe(x)))
+    out[name] = {"target": exe.info.target, "precision": exe.info.precision}
+out["backends"] = [b.to_dict() for b in hal.backends()]
+out["devices"] = [dv.to_dict() for b in hal.backends() for dv in b.devices]
+out["ir_fp32"] = hal.compile(ir / "model.xml", "openvino:CPU", cache=False).info.precision
+errors = {}
+for key, kw in (("int8", dict(target="openvino:CPU", precision="int8", calibration=[x])),
+                ("cpu", dict(target="cpu"))):
+    try:
+        hal.compile(ir / "model.xml", cache=False, **kw)
+        errors[key] = None
+    except hal.HalError as e:
+        errors[key] = str(e)
+out["errors"] = errors
+out["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in %r)
+print(json.dumps(out))
+""" % (ABSENT,)
+
+
+def test_deploy_only_here_without_frameworks(artifacts, tmp_path):
+    """The CI sample of the deploy venv's tests, in this venv: with torch, NNCF, the
+    converters and TensorFlow unimportable, the three artifacts load and give the outputs
+    they gave where they were compiled; devices name the extra for each missing runtime; an
+    IR compiles at fp32 with the runtime alone, and int8 (NNCF) and the reference backend
+    (torch) are refused naming their extra."""
+    import zipfile
+
+    ir = tmp_path / "ir"
+    ir.mkdir()
+    with zipfile.ZipFile(artifacts / "ov_fp32.hal") as z:
+        for n in ("model.xml", "model.bin"):
+            (ir / n).write_bytes(z.read(f"artifact/{n}"))
+    env = {k: v for k, v in os.environ.items() if k != "HAL_PLUGINS"}
+    p = _run([sys.executable, "-c", ABSENT_HOOK + HERE, str(artifacts), str(ir)], cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["imported"] == [], got["imported"]
+    assert got["ov_int8"] == {"target": "openvino:CPU", "precision": "int8"}
+    assert got["edgetpu_int8"] == {"target": "edgetpu:emulated", "precision": "int8"}
+    for name in ("ov_fp32", "ov_int8", "edgetpu_int8"):
+        np.testing.assert_allclose(np.load(artifacts / f"{name}.blocked.npy"),
+                                   np.load(artifacts / f"{name}.expected.npy"), rtol=0, atol=1e-6,
+                                   err_msg=name)
+    listed = json.dumps(got["backends"])
+    assert "ModuleNotFoundError" not in listed and "No module named" not in listed
+    backends = {b["name"]: b for b in got["backends"]}
+    for name in backends:
+        assert not backends[name].get("error"), (name, backends[name]["error"])
+    for name, extra in (("reference", "hal-accel[cpu]"), ("cuda", "hal-accel[cuda]"),
+                        ("tpu", "hal-accel[tpu-runtime]")):
+        assert extra in (backends[name]["missing_runtime"] or ""), backends[name]
+        for dev in backends[name]["devices"]:
+            assert not dev["available"] and extra in dev["reason"], dev
+    assert backends["openvino"]["missing_runtime"] is None
+    cpu = next(dv for dv in got["devices"] if dv["target"] == "openvino:CPU")
+    assert "int8" in cpu["precisions"]  # runs int8 without NNCF
+    assert got["ir_fp32"] == "fp32"
+    for key, needle in (("int8", "hal-accel[openvino]"), ("cpu", "hal-accel[cpu]")):
+        assert got["errors"][key] and needle in got["errors"][key], got["errors"]
+        assert "No module named" not in got["errors"][key], got["errors"]

@@ -25,6 +25,12 @@ HTML comments on the lines right above a block steer it (they do not show on the
 - ``<!-- doc-test: slow — why -->`` (or ``slow "CMD" — why``): what takes minutes here, such
   as the full conformance run. Skipped with that reason unless ``HAL_DOC_TESTS=all``.
 
+Examples that take half a minute or more and do what a cheaper test of the default run already
+does are listed in ``FULL`` (page, command or first line of a Python block → the test that
+stands for it): they are marked ``full`` and run with ``python -m pytest --full`` (see
+tests/conftest.py). A later command of the same block still runs without them, as after a
+skipped or slow one.
+
 ``pip install`` into the environment is never run (CI's ``.ci/run`` installs the project into
 a fresh venv and runs the README's test command itself); ``pip install --target DIR`` is run.
 Commands that fail because hal is wrong, not the page, are listed in ``CODE_BUGS`` and
@@ -54,6 +60,23 @@ SLOW_TIMEOUT_S = 1200  # one slow command (the full conformance run: 3-6 min on 
 #: static export at the asked batch)
 CODE_BUGS: dict[str, str] = {}
 
+#: examples run only with ``--full``: (page, command or first line of a Python block) → the
+#: test of the default run that does the same thing
+FULL: dict[tuple[str, str], str] = {
+    ("docs/onnx-suite.md", "python -m hal_conformance.onnx_suite --target openvino:CPU --native openvino "
+                           "--include 'node/test_(relu|col2im)' --json out.json"):
+        "the next line runs the same command on reference:cpu; tests/test_onnx_backend.py runs hal → "
+        "OpenVINO against OpenVINO called directly",
+    ("docs/onnx-suite.md", "import onnx.backend.test"):
+        "tests/test_onnx_backend.py runs backend_for's adapter (run_node, run_model, prepare)",
+    ("docs/conformance.md", "hal conformance --export-goldens goldens/"):
+        "tests/test_conformance.py::test_export_goldens and the goldens tests after it",
+    ("docs/writing-a-backend.md", "pytest --hal-backend=example --hal-model=resnet "
+                                  "--hal-precision=int8-dynamic -v"):
+        "conformance.md's `pytest --hal-backend=reference ...` line; tests/test_conformance_plugins.py "
+        "runs the example plugin through the kit and third-party plugins as pytest items",
+}
+
 
 @dataclass
 class Command:
@@ -62,6 +85,7 @@ class Command:
     text: str
     skip: str | None = None  # why it is not run
     slow: str | None = None  # why it is run only with HAL_DOC_TESTS=all
+    full: str | None = None  # the default run's test that stands for it (FULL)
 
 
 @dataclass
@@ -76,6 +100,7 @@ class Block:
     skip_cmds: dict[str, str] = field(default_factory=dict)
     slow_cmds: dict[str, str] = field(default_factory=dict)
     file: str | None = None
+    full: str | None = None  # a Python block in FULL
     continues: bool = False
     commands: list[Command] = field(default_factory=list)
 
@@ -153,6 +178,7 @@ def shell_commands(b: Block) -> list[Command]:
         cmd = Command(b.page, first, text)
         cmd.skip = b.skip or b.skip_cmds.get(key) or _never_run(key)
         cmd.slow = b.slow or b.slow_cmds.get(key)
+        cmd.full = FULL.get((b.page, key))
         out.append(cmd)
     return out
 
@@ -179,6 +205,12 @@ for _b in BLOCKS:
     for _cmd in set(_b.skip_cmds) | set(_b.slow_cmds):
         assert any(_strip_comment(c.text) == _cmd for c in _b.commands), \
             f"{_b.page}:{_b.line}: the mark names {_cmd!r}, which the block does not run"
+    if _b.lang == "python" and not _b.file and _b.text.strip():
+        _b.full = FULL.get((_b.page, _b.text.strip().splitlines()[0]))
+for _page, _what in FULL:  # an entry that names nothing would leave its example in the default run
+    assert any(b.page == _page and (any(_strip_comment(c.text) == _what for c in b.commands)
+                                    or (b.full and b.text.strip().splitlines()[0] == _what))
+               for b in BLOCKS), f"FULL names {_page}: {_what!r}, which no example of that page is"
 
 
 # --- fixtures the examples name -----------------------------------------------------------
@@ -274,8 +306,8 @@ def doc_env(tmp_path_factory) -> dict[str, str]:
 class BlockRun:
     """A shell block's commands, run in order in one dir, each at most once."""
 
-    def __init__(self, block: Block, d: Path, env: dict[str, str]) -> None:
-        self.block, self.dir, self.env = block, d, env
+    def __init__(self, block: Block, d: Path, env: dict[str, str], full: bool) -> None:
+        self.block, self.dir, self.env, self.full = block, d, env, full
         self.results: dict[int, subprocess.CompletedProcess | str] = {}
 
     def upto(self, idx: int) -> subprocess.CompletedProcess | str:
@@ -285,7 +317,7 @@ class BlockRun:
         return self.results[idx]
 
     def _run(self, cmd: Command) -> subprocess.CompletedProcess | str:
-        if cmd.skip or (cmd.slow and not _run_slow()):
+        if cmd.skip or (cmd.slow and not _run_slow()) or (cmd.full and not self.full):
             return "not run"
         limit = SLOW_TIMEOUT_S if cmd.slow else TIMEOUT_S
         try:
@@ -300,7 +332,7 @@ def _run_slow() -> bool:
 
 
 @pytest.fixture(scope="session")
-def block_runs(tmp_path_factory, made, doc_env):
+def block_runs(tmp_path_factory, made, doc_env, full_tests):
     runs: dict[int, BlockRun] = {}
 
     def get(b: Block) -> BlockRun:
@@ -313,7 +345,7 @@ def block_runs(tmp_path_factory, made, doc_env):
                 if (d / ".site").exists():
                     env["PYTHONPATH"] = os.pathsep.join(
                         [str(d / ".site")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-            runs[key] = BlockRun(b, d, env)
+            runs[key] = BlockRun(b, d, env, full_tests)
         return runs[key]
 
     return get
@@ -334,6 +366,8 @@ def _shell_params():
                 marks.append(pytest.mark.skip(reason=f"slow (HAL_DOC_TESTS=all runs it): {cmd.slow}"))
             elif cmd.slow:
                 marks.append(pytest.mark.timeout(2 * SLOW_TIMEOUT_S))
+            if cmd.full:
+                marks.append(pytest.mark.full)
             bug = CODE_BUGS.get(_strip_comment(cmd.text))
             if bug:
                 marks.append(pytest.mark.xfail(reason=bug, strict=True))
@@ -346,6 +380,8 @@ def _python_params():
             marks = [pytest.mark.skip(reason=b.skip)] if b.skip else []
             if b.slow and not b.skip and not _run_slow():
                 marks.append(pytest.mark.skip(reason=f"slow (HAL_DOC_TESTS=all runs it): {b.slow}"))
+            if b.full:
+                marks.append(pytest.mark.full)
             yield pytest.param(b, id=_id(b.page, b.line, b.text.strip().splitlines()[0]), marks=marks)
 
 

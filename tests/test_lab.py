@@ -324,6 +324,12 @@ def test_unknown_cross_check():
 
 
 # --- parity: one planner, one judge, the same cells on one host and on a cluster ---------
+# ``full`` only (``pytest --full``): the default run keeps the cheaper checks of the same
+# planner and executor path: the pure planner on these very models
+# (test_conformance.py::test_the_planner_owns_routers_dynamic_batch_onnx_and_integer_inputs),
+# the local executor on each kind of cell (test_conformance_tiers.py: operators, ONNX node
+# cases, mobilenet_v1 at a static and a dynamic batch) and cluster A above (the lab on Ray
+# gives each host's single-host cells, cell for cell).
 #: a sample of every kind of cell: the quick zoo, torch operators (one with integer
 #: inputs, which static int8 cannot calibrate), ONNX node cases, an architecture with its
 #: dynamic-batch cell
@@ -331,6 +337,7 @@ PARITY = {"suite": "full", "backends": ["reference"], "precisions": ["fp32", "in
           "models": ["mlp", "conv2d.basic", "embedding", "onnx:Relu", "mobilenet_v1"]}
 
 
+@pytest.mark.full  # minutes (two full-suite runs, one on Ray): see the comment above
 @pytest.mark.timeout(1500)
 def test_one_host_and_a_local_cluster_give_the_same_cells(tmp_path):
     """The same options give the same cell ids, results, stages and reasons on this host
