@@ -253,12 +253,28 @@ BOUNDED = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("empty", [False, True], ids=["stride-0", "empty-record"])
-def test_pt2_declaring_terabytes_is_one_hal_error_in_bounded_memory(tmp_path, empty):
+def _terabyte_pt2(tmp_path: Path, empty: bool) -> Path:
     good = tmp_path / "good.pt2"
     torch.export.save(torch.export.export(build(), (torch.from_numpy(X),)), str(good))
     evil = craft.huge_weight_pt2(good, tmp_path / "evil.pt2", 1 << 40, empty=empty)
     assert evil.stat().st_size < 64_000
+    return evil
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["stride-0", "empty-record"])
+def test_pt2_declaring_terabytes_is_refused_before_it_is_read(tmp_path, empty):
+    evil = _terabyte_pt2(tmp_path, empty)
+    with pytest.raises(hal.ModelFormatError, match="memory budget") as e:
+        hal.compile(evil, "cpu", cache_dir=tmp_path / "cache")
+    assert "\n" not in str(e.value)
+
+
+# a process under RLIMIT_AS each (~10 s): the default run starts one; both variants are refused
+# through the API above
+@pytest.mark.parametrize("empty", [False, pytest.param(True, marks=pytest.mark.full)],
+                         ids=["stride-0", "empty-record"])
+def test_pt2_declaring_terabytes_is_one_hal_error_in_bounded_memory(tmp_path, empty):
+    evil = _terabyte_pt2(tmp_path, empty)
     p = subprocess.run([sys.executable, "-c", BOUNDED, "compile", str(evil), "-t", "cpu",
                         "-o", str(tmp_path / "o.hal")], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HAL_CACHE_DIR": str(tmp_path / "cache")})
