@@ -285,15 +285,25 @@ def test_unknown_options_are_refused_by_every_backend(small_cnn, x16):
         hal.compile(small_cnn, target="cpu", example_input=(x16,), options=["fast"], cache=False)
 
 
-@pytest.mark.parametrize("calib,needle", [
+CALIBRATION_ERRORS = [
     (np.zeros((4, 3, 8, 8), np.float32), "shaped and typed like"),
     (np.zeros((4, 3, 16, 16), np.float64), "shaped and typed like"),
     (np.full((4, 3, 16, 16), np.nan, np.float32), "NaN or Inf"),
-])
-def test_reference_int8_calibration_errors(small_cnn, x16, tmp_path, pt2, calib, needle):
+]
+
+
+@pytest.mark.parametrize("calib,needle", CALIBRATION_ERRORS)
+def test_reference_int8_calibration_errors(small_cnn, x16, calib, needle):
     with pytest.raises(InvalidInputError, match=needle):
         hal.compile(small_cnn, target="cpu", precision="int8", example_input=(x16,),
                     calibration=list(calib), cache=False)
+
+
+# the same through the CLI: a process that loads torch each (~8 s); the wrong dtype, whose
+# message is the wrong shape's, runs with --full
+@pytest.mark.parametrize("calib,needle", [
+    pytest.param(*case, marks=pytest.mark.full if i == 1 else ()) for i, case in enumerate(CALIBRATION_ERRORS)])
+def test_reference_int8_calibration_errors_at_the_cli(tmp_path, pt2, calib, needle):
     np.save(tmp_path / "c.npy", calib)
     one_line_error(cli("compile", str(pt2), "-t", "cpu", "-p", "int8", "-c", str(tmp_path / "c.npy"),
                        "-o", str(tmp_path / "q.hal")), 2, needle)
