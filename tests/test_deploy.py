@@ -216,17 +216,7 @@ def test_cli_in_the_deploy_venv(runtime_venv, artifacts, tmp_path):
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert "ModuleNotFoundError" not in p.stdout and "No module named" not in p.stdout
-    backends = {b["name"]: b for b in data["backends"]}
-    for name in backends:
-        assert not backends[name].get("error"), (name, backends[name]["error"])
-    for name, extra in (("reference", "hal-accel[cpu]"), ("cuda", "hal-accel[cuda]"),
-                        ("tpu", "hal-accel[tpu-runtime]")):
-        assert extra in (backends[name]["missing_runtime"] or ""), backends[name]
-        for dev in backends[name]["devices"]:
-            assert not dev["available"] and extra in dev["reason"], dev
-    assert backends["openvino"]["missing_runtime"] is None
-    cpu = next(dv for dv in data["devices"] if dv["target"] == "openvino:CPU")
-    assert "int8" in cpu["precisions"]  # runs int8 without NNCF
+    _check_runtime_only_listing(data)
 
 
 @pytest.mark.full  # a fresh venv: the CI sample is test_deploy_only_here_without_frameworks
@@ -316,7 +306,17 @@ def test_deploy_only_here_without_frameworks(artifacts, tmp_path):
                                    err_msg=name)
     listed = json.dumps(got["backends"])
     assert "ModuleNotFoundError" not in listed and "No module named" not in listed
-    backends = {b["name"]: b for b in got["backends"]}
+    _check_runtime_only_listing(got)
+    assert got["ir_fp32"] == "fp32"
+    for key, needle in (("int8", "hal-accel[openvino]"), ("cpu", "hal-accel[cpu]")):
+        assert got["errors"][key] and needle in got["errors"][key], got["errors"]
+        assert "No module named" not in got["errors"][key], got["errors"]
+
+
+def _check_runtime_only_listing(data: dict) -> None:
+    """`hal devices --json` where only the OpenVINO and Edge TPU runtimes are installed:
+    no backend errors, the others say which extra installs them, OpenVINO's CPU runs int8."""
+    backends = {b["name"]: b for b in data["backends"]}
     for name in backends:
         assert not backends[name].get("error"), (name, backends[name]["error"])
     for name, extra in (("reference", "hal-accel[cpu]"), ("cuda", "hal-accel[cuda]"),
@@ -325,9 +325,5 @@ def test_deploy_only_here_without_frameworks(artifacts, tmp_path):
         for dev in backends[name]["devices"]:
             assert not dev["available"] and extra in dev["reason"], dev
     assert backends["openvino"]["missing_runtime"] is None
-    cpu = next(dv for dv in got["devices"] if dv["target"] == "openvino:CPU")
+    cpu = next(dv for dv in data["devices"] if dv["target"] == "openvino:CPU")
     assert "int8" in cpu["precisions"]  # runs int8 without NNCF
-    assert got["ir_fp32"] == "fp32"
-    for key, needle in (("int8", "hal-accel[openvino]"), ("cpu", "hal-accel[cpu]")):
-        assert got["errors"][key] and needle in got["errors"][key], got["errors"]
-        assert "No module named" not in got["errors"][key], got["errors"]
