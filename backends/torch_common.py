@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from hal import CompileError, InvalidInputError, ModelFormatError, UsageError
-from hal.plugin import Model, TensorSpec, brief, export_static, read_pt2
+from hal.plugin import (Model, TensorSpec, brief, example_leaves, export_static, positional,
+                        program_module, read_pt2)
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -28,45 +29,6 @@ def example_tensors(model: Model, device: str = "cpu") -> tuple[torch.Tensor, ..
         raise UsageError("compiling a torch model needs example inputs",
                          "pass example_input=(x,) to hal.compile / --input to the CLI")
     return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in ex)
-
-
-def example_leaves(ep) -> tuple:
-    """An exported program's example inputs, one per user input (keyword inputs included),
-    in the program's order."""
-    return tuple(torch.utils._pytree.tree_leaves(ep.example_inputs)) if ep.example_inputs else ()
-
-
-class Positional(torch.nn.Module):
-    """An exported program's module called with one tensor per user input, in order, as
-    every backend calls a model: a program exported with keyword inputs
-    (``torch.export.export(m, (), kwargs={"input_ids": ..., "attention_mask": ...})``)
-    gets them back by keyword. ``module`` stays the program's own GraphModule."""
-
-    def __init__(self, module: torch.nn.Module, in_spec):
-        super().__init__()
-        self.module = module
-        self.in_spec = in_spec
-
-    def forward(self, *flat):
-        args, kwargs = self.in_spec.unflatten(list(flat))
-        return self.module(*args, **kwargs)
-
-
-def positional(program, module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` (``program.module()`` or a transform of it), callable by position: wrapped
-    in :class:`Positional` when the program takes keyword inputs, else as it is."""
-    spec = getattr(program.call_spec, "in_spec", None)
-    if spec is None or spec.num_children != 2:
-        return module
-    kwargs = spec.child(1) if hasattr(spec, "child") else spec.children_specs[1]  # torch < 2.10
-    if kwargs.num_leaves == 0:
-        return module
-    return Positional(module, spec)
-
-
-def program_module(program, **kw) -> torch.nn.Module:
-    """``program.module(**kw)``, callable with one tensor per user input (:func:`positional`)."""
-    return positional(program, program.module(**kw))
 
 
 def eval_copy(model: Model) -> torch.nn.Module:

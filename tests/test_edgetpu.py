@@ -305,3 +305,38 @@ GELU                           1          Operation not supported
     assert (r.ops_on_edgetpu, r.ops_on_cpu) == (9, 1)
     assert [(o["op"], o["count"], o["where"]) for o in r.operators] == [
         ("CONV_2D", 2, "edgetpu"), ("FULLY_CONNECTED", 1, "edgetpu"), ("GELU", 1, "cpu")]
+
+
+def test_a_program_exported_with_keyword_inputs_compiles_at_int8():
+    """torch.export.export(m, (), kwargs={...}), the way transformers models are exported:
+    the Edge TPU converter calls the program by position, in the program's input order,
+    and the int8 result answers as the reference run of the same program."""
+    pytest.importorskip("litert_torch", reason="litert-torch (torch → TFLite) is not installed")
+    import torch
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = torch.nn.Linear(32, 16), torch.nn.Linear(16, 8)
+
+        def forward(self, features, scale):
+            return self.head(torch.relu(self.fc(torch.cat([features, scale], 1))))
+
+    torch.manual_seed(0)
+    m = TwoInputs().eval()
+    rng = np.random.default_rng(4)
+    feats, scale = (rng.standard_normal((1, 16)).astype(np.float32) for _ in range(2))
+    # keyword order unlike forward's: the program's own order is the one that holds
+    ep = torch.export.export(m, (), kwargs={"scale": torch.from_numpy(scale),
+                                            "features": torch.from_numpy(feats)})
+    calib = [tuple(rng.standard_normal((1, 16)).astype(np.float32) for _ in range(2))
+             for _ in range(32)]
+    exe = hal.compile(ep, EMU, precision="int8", calibration=calib, cache=False)
+    ref = hal.compile(ep, "cpu", cache=False)
+    assert [i.name for i in exe.info.inputs] == [i.name for i in ref.info.inputs] == ["scale", "features"]
+    assert exe.info.extra["edgetpu_mapping"]["fully_int8"]
+    for s, f in calib[:8]:
+        want = ref(scale=s, features=f)
+        got = exe(scale=s, features=f)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

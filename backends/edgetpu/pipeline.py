@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hal import CompileError, ModelFormatError, NoConversionPath, UsageError
-from hal.plugin import CompileOptions, Model, require, stage
+from hal.plugin import CompileOptions, Model, example_leaves, program_module, require, stage
 
 from .devices import short
 from .graph import mapping_report
@@ -41,8 +41,8 @@ def example_arrays(model: Model, options: CompileOptions) -> tuple[np.ndarray, .
     the first calibration sample (batch 1)."""
     if model.example_input:
         return tuple(np.asarray(a) for a in model.example_input)
-    if model.format == "torch.export" and model.value.example_inputs:
-        return tuple(t.detach().cpu().numpy() for t in model.value.example_inputs[0])
+    if model.format == "torch.export" and model.value.example_inputs:  # keyword inputs too
+        return tuple(t.detach().cpu().numpy() for t in example_leaves(model.value))
     if options.calibration:
         return tuple(np.asarray(a)[:1] for a in options.calibration[0])
     raise UsageError("the Edge TPU needs a fixed input shape", "pass example_input=(x,) to hal.compile")
@@ -138,7 +138,8 @@ def torch_to_int8(model: Model, options: CompileOptions) -> Converted:
     example = example_arrays(model, options)
     batches = calibration_batches(options, example)
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example)
-    module = (model.value.module() if model.format == "torch.export"
+    # a program exported with keyword inputs is called by position, like every model here
+    module = (program_module(model.value) if model.format == "torch.export"
               else copy.deepcopy(model.value).eval())
     best: tuple[int, str, bytes] | None = None
     errors = []
