@@ -16,6 +16,26 @@ from typing import Any
 
 #: at most this many host ops are named in an error or a note
 NAMED = 8
+#: an op's name in an error or a note is cut to about this many characters; the record
+#: (``exe.placement``) and its summary keep it whole
+NAME_CHARS = 40
+#: where a runtime's op name may be cut: between path components (``a/b``, ``torch.nn``,
+#: ``aten::conv``, TFLite's ``x;y`` of fused tensors)
+_SEPARATORS = "/.:;"
+
+
+def short_name(name: str, limit: int = NAME_CHARS) -> str:
+    """``name`` whole when it fits in ``limit`` characters, else its last path
+    components that fit, led by ``…`` (cut at a separator, so no component is cut in
+    half unless the last one alone is too long; then its end). Runtime op names are
+    often a module path hundreds of characters long
+    (``pkg.wrapper.<locals>.Logits/transformers.models.resnet...ResNetConvLayer...;1``);
+    the end is the part that tells one op from its neighbours."""
+    if len(name) <= limit:
+        return name
+    tail = name[len(name) - limit + 1:]
+    cut = next((i for i, ch in enumerate(tail[:-1]) if ch in _SEPARATORS), None)
+    return "…" + (tail[cut + 1:] if cut is not None else tail)
 
 
 @dataclass(frozen=True)
@@ -55,9 +75,10 @@ class Placement:
                 "source": self.source, "emulated": self.emulated}
 
     def describe_host(self) -> str:
-        """'3 of 40 ops (a (Op), b (Op), ...)' for errors and notes."""
+        """'3 of 40 ops (a (Op), b (Op), ...)' for errors and notes, each op by its type and
+        its name cut short (:func:`short_name`)."""
         host = self.host_ops
-        named = ", ".join(f"{o.name} ({o.op})" for o in host[:NAMED])
+        named = ", ".join(f"{short_name(o.name)} ({o.op})" for o in host[:NAMED])
         more = f", and {len(host) - NAMED} more" if len(host) > NAMED else ""
         return f"{len(host)} of {len(self.ops)} ops ({named}{more})"
 

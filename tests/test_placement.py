@@ -61,6 +61,40 @@ def test_host_ops_are_refused_and_named(npu):
     assert not list((npu / "cache").glob("*.hal"))  # a refused build is never cached
 
 
+def test_long_op_names_are_cut_short_in_the_message(npu):
+    """Real runtimes name ops by module paths hundreds of characters long (a TFLite tensor
+    of a transformers ResNet: 'pkg.wrapper.<locals>.Logits/transformers.models.resnet...;1');
+    the refusal and the note name each op by its type and the end of its name, and the
+    record keeps every name whole."""
+    prefix = ("hal_conformance.architectures._logits_wrapper.<locals>.Logits/transformers.models."
+              "resnet.modeling_resnet.ResNetModel/transformers.models.resnet.modeling_resnet.")
+    names = [f"{prefix}ResNetStage_{i}/torch.nn.modules.conv.Conv2d_convolution;{i}"
+             for i in range(12)]
+    m = npu / "long.toy"
+    m.write_text(json.dumps({"ops": [{"name": "input", "op": "QUANTIZE", "host": False}]
+                            + [{"name": n, "op": "PADV2", "host": True} for n in names]}))
+    with pytest.raises(hal.UnsupportedError) as e:
+        _compile(m, None, cache=False)
+    msg = e.value.what
+    assert "12 of 13 ops (…" in msg and "Conv2d_convolution;0 (PADV2)" in msg
+    assert prefix not in msg and "and 4 more" in msg and len(msg) < 700, msg
+    exe = _compile(m, None, cache=False, allow_host_ops=True)
+    note = next(n for n in exe.info.notes if n.startswith(ALLOWED))
+    assert prefix not in note and note.startswith(f"{ALLOWED}12 of 13 ops (…")
+    assert [o.name for o in exe.placement.host_ops] == names  # the record: whole names
+    assert exe.info.placement["host"] == [f"{n} (PADV2)" for n in names[:8]]
+
+
+def test_short_name_keeps_the_end_at_a_separator():
+    from hal.placement import short_name
+
+    assert short_name("conv1") == "conv1"
+    assert short_name("a.b/" + "c" * 50 + "/tail;3") == "…tail;3"
+    assert short_name("x" * 100) == "…" + "x" * 39  # one component too long: its end
+    assert short_name("__module.layer1.0.conv1/aten::_convolution/Convolution", 32) == \
+        "…aten::_convolution/Convolution"
+
+
 def test_allowed_host_ops_run_with_a_note(npu):
     m = toy.write_model(npu / "m.toy", host=("b", "c"))
     exe = _compile(m, None, cache=False, allow_host_ops=True)
