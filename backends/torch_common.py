@@ -171,8 +171,16 @@ def _dynamic_batch(ep) -> bool:
     """Every user input of the program has a symbolic first dimension."""
     names = set(ep.graph_signature.user_inputs)
     vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
-    return bool(vals) and all(v is not None and v.ndim and not isinstance(v.shape[0], int)
-                              for v in vals)
+    return bool(vals) and all(v is not None and v.ndim and dim(v.shape[0]) is None for v in vals)
+
+
+def dim(d) -> int | None:
+    """A program's dimension as an int, or None when it is free. A size that export
+    specialised (a guard pinned the Dim) is a constant ``SymInt``, not an ``int``: it is
+    static, and a re-export with a batch Dim that specialised must not be called dynamic."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    return int(d) if is_concrete_int(d) else None
 
 
 def specs(args: tuple[torch.Tensor, ...], outs: list[torch.Tensor], dynamic: bool,
@@ -193,7 +201,7 @@ def program_shapes(ep) -> tuple[list[tuple], list[tuple]]:
     read from the graph: a symbolic dimension (a batch or sequence ``Dim``) is
     ``None``, whatever size the example that traced it had."""
     def of(v) -> tuple:
-        return (tuple(d if isinstance(d, int) else None for d in v.shape),
+        return (tuple(dim(d) for d in v.shape),
                 str(v.dtype).removeprefix("torch."))
 
     user = set(ep.graph_signature.user_inputs)

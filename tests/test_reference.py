@@ -61,6 +61,25 @@ def test_int8_static_pt2e(small_cnn, x16):
     assert any("PT2E" in p for p in exe.info.conversion_path)
 
 
+def test_int8_of_a_static_program_stays_static_and_is_cached(tmp_path):
+    """Quantizing a static torch.export program re-exports it; export specialises the
+    batch Dim to the example's size (a constant SymInt, not an int). It used to be read
+    as free: the executable claimed any batch, its artifact failed to load ('hal.json's
+    inputs [(None, 3)] are not the program's [(2, 3)]') and the cache rebuilt it every time."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()).eval()
+    ep = torch.export.export(m, (torch.randn(2, 3),))
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((2, 3)).astype(np.float32) for _ in range(8)]
+    a = hal.compile(ep, target="cpu", precision="int8", calibration=calib, cache_dir=tmp_path)
+    assert [s.shape for s in a.info.inputs] == [(2, 3)]
+    b = hal.compile(ep, target="cpu", precision="int8", calibration=calib, cache_dir=tmp_path)
+    assert b.info.cache_hit
+    x = calib[0]
+    np.testing.assert_array_equal(b(x), a(x))
+    np.testing.assert_array_equal(hal.load(a.save(tmp_path / "a.hal"))(x), a(x))
+
+
 def test_compile_cache_hit_and_bypass(small_cnn, x16, tmp_path):
     a = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=tmp_path)
     b = hal.compile(small_cnn, target="cpu", example_input=(x16,), cache_dir=tmp_path)
