@@ -459,8 +459,10 @@ def placement_line(summary: dict | None) -> str:
     host = summary.get("host_ops", 0)
     named = ", ".join(summary.get("host") or [])
     more = host - len(summary.get("host") or [])
+    io = summary.get("io_ops") or 0
     return (f"placement: {summary.get('device_ops', 0)} op(s) on the device, {host} on the host"
             + (f" ({named}{f', and {more} more' if more > 0 else ''})" if host else "")
+            + (f", {io} converting the model's I/O on the host" if io else "")
             + f"; from {summary.get('source')}" + (", emulated" if summary.get("emulated") else ""))
 
 

@@ -6,6 +6,9 @@ partially delegated graphs, the Edge TPU compiler's unmapped ops, OpenVINO's
 HETERO). A backend's :meth:`~hal.plugin.Runner.placement` reports it; the core
 refuses host fallback on a device that is not the host unless the caller allows
 it (``hal.compile(..., allow_host_ops=True)``), and then says how much fell back.
+An op that only converts the model's own float input or output at the graph's edge
+(:attr:`OpPlacement.io_conversion`) runs on the host too, but is no fallback: it is the
+conversion hal itself makes around an int8-I/O model, and the gate does not refuse it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class OpPlacement:
     unit: str
     #: True when ``unit`` is the executable's device; False when the host runs it instead
     on_device: bool
+    #: the op only converts a model input or output between the caller's dtype and the
+    #: device's, at the graph's edge (a QUANTIZE of a float graph input, a DEQUANTIZE to a
+    #: float graph output). It runs on the host (``on_device`` False), as hal's own
+    #: quantization around an int8-I/O model does, so it is not host fallback: the gate
+    #: does not refuse it. A conversion inside the graph is an ordinary op.
+    io_conversion: bool = False
 
 
 @dataclass
@@ -64,13 +73,22 @@ class Placement:
 
     @property
     def host_ops(self) -> list[OpPlacement]:
-        return [o for o in self.ops if not o.on_device]
+        """The ops the host runs instead of the device: what the core refuses unless
+        ``allow_host_ops``. Not the edge conversions of the model's I/O (:attr:`io_ops`)."""
+        return [o for o in self.ops if not o.on_device and not o.io_conversion]
+
+    @property
+    def io_ops(self) -> list[OpPlacement]:
+        """The ops that only convert the model's inputs and outputs at the graph's edges,
+        on the host (:attr:`OpPlacement.io_conversion`)."""
+        return [o for o in self.ops if o.io_conversion]
 
     def summary(self) -> dict[str, Any]:
-        """Counts for ``ExecutableInfo.placement``, reports and conformance cells."""
-        host = self.host_ops
-        return {"device_ops": len(self.ops) - len(host), "host_ops": len(host),
-                "units": dict(Counter(o.unit for o in self.ops)),
+        """Counts for ``ExecutableInfo.placement``, reports and conformance cells:
+        ``device_ops + host_ops + io_ops`` is every op."""
+        host, io = self.host_ops, self.io_ops
+        return {"device_ops": len(self.ops) - len(host) - len(io), "host_ops": len(host),
+                "io_ops": len(io), "units": dict(Counter(o.unit for o in self.ops)),
                 "host": [f"{o.name} ({o.op})" for o in host[:NAMED]],
                 "source": self.source, "emulated": self.emulated}
 
@@ -102,5 +120,5 @@ def stated(summary: dict[str, Any] | None, notes: list[str]) -> bool:
     """Whether ``notes`` state every host op that ``summary`` (a :meth:`Placement.summary`)
     counts: none to state, or the core's note naming that many."""
     host = int((summary or {}).get("host_ops") or 0)
-    total = host + int((summary or {}).get("device_ops") or 0)
+    total = host + sum(int((summary or {}).get(k) or 0) for k in ("device_ops", "io_ops"))
     return host == 0 or any(n.startswith(f"{ALLOWED}{host} of {total} ops") for n in notes)

@@ -1,7 +1,8 @@
 """A tiny backend for the core's placement gate (tests/test_placement.py), with no framework.
 
 A ``.toy`` model is a JSON file listing its ops, each with the unit the toy runtime puts
-it on: ``{"ops": [{"name": "a", "op": "Add", "host": false}, ...]}``. The ``toynpu``
+it on: ``{"ops": [{"name": "a", "op": "Add", "host": false}, ...]}`` (``"io": true``: an
+edge conversion of the model's I/O). The ``toynpu``
 backend's one device, ``toynpu:npu``, is an accelerator (not the host CPU); its runner
 doubles its input and reports the ops' placement from the file, as a real runtime reports
 from its own record. Module switches let a test change what the runtime reports after
@@ -88,7 +89,8 @@ class ToyRunner(Runner):
             raise RuntimeError("the toy runtime lost its record")
         if SILENT:
             return None
-        return Placement([OpPlacement(o["name"], o["op"], "CPU" if o["host"] else "NPU", not o["host"])
+        return Placement([OpPlacement(o["name"], o["op"], "CPU" if o["host"] else "NPU", not o["host"],
+                                      io_conversion=o.get("io", False))
                           for o in self.ops], source="the toy runtime's op table")
 
 

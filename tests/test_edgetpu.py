@@ -199,6 +199,61 @@ def test_float_tflite_refused_and_its_float_tensors_reported(keras_model):
     assert old.info.allow_host_ops and any("deprecated" in n for n in old.info.notes)
 
 
+def _full_int8_tflite(keras_model, int8_io: bool) -> bytes:
+    """TFLiteConverter full-int8 (TFLITE_BUILTINS_INT8) at batch 1; without ``int8_io`` the
+    converter's default float input and output (a QUANTIZE first, a DEQUANTIZE last)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [tf.function(keras_model).get_concrete_function(tf.TensorSpec((1, 8, 8, 3), tf.float32))])
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([rng.standard_normal((1, 8, 8, 3)).astype(np.float32)]
+                                           for _ in range(16))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        conv.inference_input_type = conv.inference_output_type = tf.int8
+    return bytes(conv.convert())
+
+
+def _litert(data: bytes, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def test_float_io_full_int8_tflite_runs_whole_on_the_edge_tpu(keras_model, tmp_path):
+    """TFLiteConverter's default float I/O around a full-int8 graph: edgetpu_compiler maps
+    every op but the edge QUANTIZE and DEQUANTIZE, which convert the model's own float I/O
+    on the host as hal does for an int8-I/O model. So it compiles without allow_host_ops,
+    takes and returns float32 as the model does, and answers as LiteRT's own run."""
+    data = _full_int8_tflite(keras_model, int8_io=False)
+    report = graph.mapping_report(data)
+    assert report.fully_int8 and report.float_tensors == [] and len(report.io_float_tensors) == 2
+    assert [(o.op, o.io_conversion) for o in report.io_ops()] == [("QUANTIZE", True),
+                                                                   ("DEQUANTIZE", True)]
+    assert report.on_cpu == 0 and report.on_tpu == len(report.ops) - 2
+    exe = hal.compile(data, EMU, precision="int8", cache=False)
+    assert not exe.info.allow_host_ops
+    assert [s.dtype for s in exe.info.inputs + exe.info.outputs] == ["float32", "float32"]
+    p = exe.placement
+    assert p.host_ops == [] and [o.op for o in p.io_ops] == ["QUANTIZE", "DEQUANTIZE"]
+    assert all(not o.on_device and o.unit == "CPU" for o in p.io_ops)
+    assert all(o.on_device for o in p.ops if not o.io_conversion)
+    assert exe.info.placement["io_ops"] == 2 and exe.info.placement["host_ops"] == 0
+    for seed in range(4):
+        x = np.random.default_rng(seed).standard_normal((1, 8, 8, 3)).astype(np.float32)
+        got = exe(x)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, _litert(data, x))
+    back = hal.load(exe.save(tmp_path / "fio.hal"))  # load checks it the same way
+    assert back.info.placement == exe.info.placement
+
+
 # --- models compiled by edgetpu_compiler, runtime versions, delegates ----------------
 def _edgetpu_compiled_tflite(min_runtime: int, compiler_version: str) -> bytes:
     """A TFLite graph shaped like edgetpu_compiler's output: one ``edgetpu-custom-op``

@@ -105,9 +105,38 @@ def test_allowed_host_ops_run_with_a_note(npu):
                      "toynpu:npu (placement read from the toy runtime's op table)"]
     assert isinstance(exe.placement, Placement)
     assert [o.name for o in exe.placement.host_ops] == ["b", "c"]
-    assert exe.info.placement == {"device_ops": 1, "host_ops": 2, "units": {"NPU": 1, "CPU": 2},
+    assert exe.info.placement == {"device_ops": 1, "host_ops": 2, "io_ops": 0,
+                                  "units": {"NPU": 1, "CPU": 2},
                                   "host": ["b (OpB)", "c (OpC)"],
                                   "source": "the toy runtime's op table", "emulated": False}
+
+
+def test_edge_io_conversions_run_on_the_host_without_permission(npu):
+    """An op that only converts the model's own input or output at the graph's edge (a
+    float-I/O TFLite's first QUANTIZE and last DEQUANTIZE) runs on the host, as hal's own
+    quantization does: it is listed there, counted apart, and neither refused nor noted;
+    a host op beside it still is."""
+    m = npu / "io.toy"
+    m.write_text(json.dumps({"ops": [{"name": "q", "op": "QUANTIZE", "host": True, "io": True},
+                                     {"name": "a", "op": "OpA", "host": False},
+                                     {"name": "dq", "op": "DEQUANTIZE", "host": True, "io": True}]}))
+    exe = _compile(m, None, cache=False)
+    assert exe.placement.host_ops == [] and [o.name for o in exe.placement.io_ops] == ["q", "dq"]
+    assert all(not o.on_device and o.unit == "CPU" for o in exe.placement.io_ops)
+    assert {k: exe.info.placement[k] for k in ("device_ops", "host_ops", "io_ops")} == {
+        "device_ops": 1, "host_ops": 0, "io_ops": 2}
+    assert not any(n.startswith(ALLOWED) for n in exe.info.notes)
+    assert stated(exe.info.placement, exe.info.notes)
+    from hal.cli import placement_line
+
+    assert "1 op(s) on the device, 0 on the host, 2 converting the model's I/O on the host" in \
+        placement_line(exe.info.placement)
+    m.write_text(json.dumps({"ops": [{"name": "q", "op": "QUANTIZE", "host": True, "io": True},
+                                     {"name": "a", "op": "OpA", "host": True}]}))
+    with pytest.raises(hal.UnsupportedError, match=r"1 of 2 ops \(a \(OpA\)\)"):
+        _compile(m, None, cache=False)
+    exe = _compile(m, None, cache=False, allow_host_ops=True)
+    assert stated(exe.info.placement, exe.info.notes)  # 1 of 2 ops: the total counts q
 
 
 def test_every_op_on_the_device_needs_no_permission(npu):

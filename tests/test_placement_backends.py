@@ -140,9 +140,10 @@ def test_edgetpu_full_int8_cnn_has_no_host_ops(cnn):
     assert p.host_ops == []
 
 
-def _float_op_tflite() -> bytes:
+def _float_op_tflite(int8_io: bool = True) -> bytes:
     """conv → max-pool → sin → matmul, int8 where TFLite has an int8 kernel; SIN has none,
-    so it stays float between a DEQUANTIZE and a QUANTIZE."""
+    so it stays float between a DEQUANTIZE and a QUANTIZE. ``int8_io=False`` keeps
+    TFLiteConverter's default float input and output (a QUANTIZE first, a DEQUANTIZE last)."""
     tf = pytest.importorskip("tensorflow", reason="TFLiteConverter builds the float-op model")
     rng = np.random.default_rng(0)
     w = tf.constant(rng.standard_normal((3, 3, 3, 8)).astype(np.float32) * 0.3)
@@ -158,7 +159,8 @@ def _float_op_tflite() -> bytes:
     conv.representative_dataset = lambda: ([rng.standard_normal((1, 16, 16, 3)).astype(np.float32)]
                                            for _ in range(8))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
+    if int8_io:
+        conv.inference_input_type = conv.inference_output_type = tf.int8
     return bytes(conv.convert())
 
 
@@ -196,6 +198,33 @@ def test_edgetpu_float_op_model_names_the_ops_left_on_the_cpu():
     assert all(o.unit == "CPU" for o in p.host_ops)
     assert exe.info.placement["host_ops"] == 5
     assert any(n.startswith(f"allow_host_ops: 5 of {len(p.ops)} ops") for n in exe.info.notes)
+
+
+def test_edgetpu_float_io_conversions_do_not_cut_but_a_mid_graph_one_does():
+    """The same model with float input and output: its edge QUANTIZE and DEQUANTIZE run on
+    the host as I/O conversions (listed, not refused, not cutting the partition); the
+    DEQUANTIZE/QUANTIZE around SIN inside the graph are host fallback as before."""
+    _device("edgetpu:emulated")
+    data = _float_op_tflite(int8_io=False)
+    x = np.random.default_rng(1).standard_normal((1, 16, 16, 3)).astype(np.float32)
+    with pytest.raises(hal.UnsupportedError, match="SIN") as e:
+        hal.compile(data, target="edgetpu:emulated", precision="int8", cache=False)
+    assert "2 float tensor(s)" in e.value.what  # SIN's input and output: not the model's I/O
+    exe = hal.compile(data, target="edgetpu:emulated", precision="int8", cache=False,
+                      allow_host_ops=True)
+    p = _check(exe, {"EdgeTPU", "CPU"}, emulated=True)
+    assert [(o.op, o.unit, o.on_device, o.io_conversion) for o in p.ops] == [
+        ("QUANTIZE", "CPU", False, True), ("CONV_2D", "EdgeTPU", True, False),
+        ("MAX_POOL_2D", "EdgeTPU", True, False), ("DEQUANTIZE", "CPU", False, False),
+        ("SIN", "CPU", False, False), ("QUANTIZE", "CPU", False, False),
+        ("RESHAPE", "CPU", False, False), ("FULLY_CONNECTED", "CPU", False, False),
+        ("DEQUANTIZE", "CPU", False, True)]
+    assert [o.op for o in p.io_ops] == ["QUANTIZE", "DEQUANTIZE"]
+    assert {k: exe.info.placement[k] for k in ("device_ops", "host_ops", "io_ops")} == {
+        "device_ops": 2, "host_ops": 5, "io_ops": 2}
+    assert any(n.startswith("allow_host_ops: 5 of 9 ops") for n in exe.info.notes)
+    assert [s.dtype for s in exe.info.inputs + exe.info.outputs] == ["float32", "float32"]
+    assert exe(x).dtype == np.float32
 
 
 # --- tpu: the XLA program's HLO -----------------------------------------------------------

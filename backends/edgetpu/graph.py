@@ -211,6 +211,9 @@ class OpMapping:
     op: str
     where: str  # "edgetpu" or "cpu"
     reasons: list[str] = field(default_factory=list)
+    #: an edge conversion of the model's float I/O (:func:`edge_conversions`): on the CPU,
+    #: but not a fallback, and it does not cut the Edge TPU partition
+    io_conversion: bool = False
 
 
 @dataclass
@@ -225,6 +228,9 @@ class MappingReport:
     first_cpu_op: int | None
     already_compiled: bool
     notes: list[str] = field(default_factory=list)
+    #: the model's float inputs and outputs that only its edge conversions touch; not in
+    #: ``float_tensors``: every op between those conversions is int8
+    io_float_tensors: list[str] = field(default_factory=list)
 
     @property
     def on_tpu(self) -> int:
@@ -232,26 +238,37 @@ class MappingReport:
 
     @property
     def on_cpu(self) -> int:
-        return sum(o.where == "cpu" for o in self.ops)
+        """Ops left on the CPU by the compiler's rules (the edge I/O conversions apart)."""
+        return len(self.cpu_ops())
 
     @property
     def fully_int8(self) -> bool:
+        """Every op is int8, the edge conversions of float model I/O apart."""
         return not self.float_tensors
 
     def cpu_ops(self) -> list[OpMapping]:
-        return [o for o in self.ops if o.where == "cpu"]
+        """The ops the Edge TPU would hand back to the CPU: not the edge I/O conversions."""
+        return [o for o in self.ops if o.where == "cpu" and not o.io_conversion]
+
+    def io_ops(self) -> list[OpMapping]:
+        """The edge conversions of the model's float inputs and outputs (on the CPU)."""
+        return [o for o in self.ops if o.io_conversion]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(ops_on_edgetpu=self.on_tpu, ops_on_cpu=self.on_cpu, fully_int8=self.fully_int8,
+        d.update(ops_on_edgetpu=self.on_tpu, ops_on_cpu=self.on_cpu,
+                 io_conversion_ops=len(self.io_ops()), fully_int8=self.fully_int8,
                  source="predicted from the TFLite graph (Coral's supported-op rules)")
         return d
 
     def summary(self) -> str:
         if self.already_compiled:
             return "already compiled by edgetpu_compiler"
-        cpu = self.cpu_ops()
+        cpu, io = self.cpu_ops(), self.io_ops()
         head = f"{self.on_tpu}/{len(self.ops)} ops predicted on the Edge TPU"
+        if io:
+            head += (f"; {len(io)} convert the model's float I/O at the graph's edges on the CPU "
+                     f"({', '.join(f'{o.op} {o.index}' for o in io[:4])})")
         if not cpu:
             return head
         first = cpu[0]
@@ -264,18 +281,56 @@ def _too_many_dims(shape: tuple[int, ...]) -> bool:
     return len(shape) > 3 and any(d > 1 for d in shape[:-3])
 
 
+def edge_conversions(g: Graph) -> dict[int, str]:
+    """The ops that only convert the model's float I/O, by op index, each with what it
+    converts: a ``QUANTIZE`` of a float graph input to 8 bits, a ``DEQUANTIZE`` of an 8-bit
+    activation to a float graph output (TFLiteConverter's default float I/O around a
+    full-int8 graph). edgetpu_compiler leaves exactly these on the CPU and maps the int8
+    graph between them: its report counts the first QUANTIZE "otherwise supported, but not
+    mapped" and the last DEQUANTIZE "working on an unsupported data type", with every other
+    op "Mapped to Edge TPU" (google-coral/edgetpu#13, f0cal/google-coral#20). They are the
+    conversion hal makes on the host for an int8-I/O model. A QUANTIZE or DEQUANTIZE inside
+    the graph is not one: it runs on the CPU and cuts the partition like any unmapped op."""
+    ins, outs = set(g.inputs), set(g.outputs)
+    found: dict[int, str] = {}
+    for op in g.ops:
+        if len(op.inputs) != 1 or len(op.outputs) != 1 or min(op.inputs + op.outputs) < 0:
+            continue
+        src, dst = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+        if (op.name == "QUANTIZE" and src.index in ins and src.type in FLOAT_TYPES
+                and dst.type in EIGHT_BIT):
+            found[op.index] = f"converts the float model input {src.name!r} to {dst.type.lower()}"
+        elif (op.name == "DEQUANTIZE" and dst.index in outs and dst.type in FLOAT_TYPES
+              and src.type in EIGHT_BIT and not src.constant):
+            found[op.index] = f"converts {src.type.lower()} to the float model output {dst.name!r}"
+    return found
+
+
 def mapping_report(data: bytes | Graph) -> MappingReport:
     """Predict, op by op, what the Edge TPU would run and what stays on the CPU."""
     g = data if isinstance(data, Graph) else read_graph(data)
     in_types, out_types = g.io_types()
     compiled = bool(g.edgetpu_ops)
-    floats = [f"{t.name} ({t.type})" for t in g.float_tensors()]
+    edges = edge_conversions(g)
+    users: dict[int, set[int]] = {}
+    for op in g.ops:
+        for ti in op.inputs + op.outputs:
+            users.setdefault(ti, set()).add(op.index)
+    io_only = {t.index for t in g.float_tensors()
+               if (t.index in g.inputs or t.index in g.outputs) and users.get(t.index)
+               and users[t.index] <= edges.keys()}
+    floats = [f"{t.name} ({t.type})" for t in g.float_tensors() if t.index not in io_only]
+    io_floats = [f"{t.name} ({t.type})" for t in g.float_tensors() if t.index in io_only]
     dynamic = [t.name for t in g.tensors if any(d < 0 for d in t.shape_signature)]
     ops: list[OpMapping] = []
     for op in g.ops:
         reasons = []
         if op.name == EDGETPU_CUSTOM_OP:
             ops.append(OpMapping(op.index, op.name, "edgetpu", ["compiled Edge TPU subgraph"]))
+            continue
+        if op.index in edges:
+            ops.append(OpMapping(op.index, op.name, "cpu", [edges[op.index] + " at the graph's "
+                                 "edge (the model's own I/O conversion)"], io_conversion=True))
             continue
         if op.name not in EDGETPU_OPS:
             reasons.append(f"{op.name} is not an Edge TPU op")
@@ -294,11 +349,12 @@ def mapping_report(data: bytes | Graph) -> MappingReport:
                                "3 innermost")
         ops.append(OpMapping(op.index, op.name, "cpu" if reasons else "edgetpu",
                              sorted(set(reasons), key=reasons.index)))
-    first = next((o.index for o in ops if o.where == "cpu"), None)
+    first = next((o.index for o in ops if o.where == "cpu" and not o.io_conversion), None)
     notes = []
     if first is not None and not compiled:
         # edgetpu_compiler partitions the graph once: all ops after the first
-        # unsupported one stay on the CPU too (Coral's documented behaviour).
+        # unsupported one stay on the CPU too (Coral's documented behaviour); the edge
+        # conversions of float I/O do not cut it
         for o in ops[first + 1:]:
             if o.where == "edgetpu":
                 o.where = "cpu"
@@ -307,10 +363,13 @@ def mapping_report(data: bytes | Graph) -> MappingReport:
                      "first unsupported one also runs on the CPU")
     if g.subgraphs > 1:
         notes.append(f"{g.subgraphs - 1} extra subgraph(s) (control flow) run on the CPU")
-    if any(t in FLOAT_TYPES for t in in_types + out_types):
-        notes.append("float model inputs/outputs: the Edge TPU takes int8, so any "
-                     "QUANTIZE/DEQUANTIZE at the edges runs on the CPU")
-    return MappingReport(ops, floats, dynamic, in_types, out_types, first, compiled, notes)
+    if edges:
+        notes.append(f"float model inputs/outputs: the Edge TPU takes int8, so the model's "
+                     f"{len(edges)} QUANTIZE/DEQUANTIZE op(s) at the graph's edges run on the "
+                     "CPU, as hal's own quantization of an int8-I/O model does; they do not "
+                     "cut the Edge TPU partition")
+    return MappingReport(ops, floats, dynamic, in_types, out_types, first, compiled, notes,
+                         io_floats)
 
 
 # --- compiled models ------------------------------------------------------------------

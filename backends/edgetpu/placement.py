@@ -12,6 +12,11 @@
   the first op that does not map stays on the CPU), applied op by op to the very int8
   TFLite the emulator runs (:func:`hal_backends.edgetpu.graph.mapping_report`).
 
+A model with float input/output (TFLiteConverter's default around a full-int8 graph)
+starts with a QUANTIZE and ends with a DEQUANTIZE that edgetpu_compiler leaves on the
+CPU while it maps the rest: each is listed on the CPU with ``io_conversion`` set
+(:func:`hal_backends.edgetpu.graph.edge_conversions`), which the core does not refuse.
+
 Every placement but the hardware one is marked ``emulated``. The hardware and
 compiler paths are untested here (no Edge TPU, no edgetpu_compiler).
 """
@@ -26,7 +31,8 @@ TPU, CPU = "EdgeTPU", "CPU"
 
 RULES = ("Coral's documented Edge TPU compiler rules (supported-op list, 8-bit tensors, static "
          "shapes, at most 3 dimensions above 1, one partition: every op after the first "
-         "unmapped one stays on the CPU)")
+         "unmapped one stays on the CPU; the QUANTIZE/DEQUANTIZE of float model I/O at the "
+         "graph's edges stay on the CPU without cutting it)")
 
 
 def _names(g: graph.Graph) -> list[str]:
@@ -48,7 +54,7 @@ def predicted(int8: bytes) -> Placement:
     report = graph.mapping_report(g)
     names = _names(g)
     ops = [OpPlacement(names[o.index], o.op, TPU if o.where == "edgetpu" else CPU,
-                       o.where == "edgetpu") for o in report.ops]
+                       o.where == "edgetpu", io_conversion=o.io_conversion) for o in report.ops]
     notes = [f"what edgetpu_compiler would map ({report.summary()}); it was not run here "
              "(not on PATH), so this is its documented rules applied to the int8 TFLite"]
     cpu = report.cpu_ops()
@@ -71,11 +77,12 @@ def compiled(data: bytes, log: str | None, *, emulated: bool,
     report = compiler.parse_log(log) if log else None
     mapped = [r for r in (report.operators if report else []) if r["where"] == "edgetpu"]
     customs = [op for op in g.ops if op.name == graph.EDGETPU_CUSTOM_OP]
+    edges = graph.edge_conversions(g)  # the model's float I/O conversions: not fallback
     ops: list[OpPlacement] = []
     notes: list[str] = []
     for op, name in zip(g.ops, names):
         if op.name != graph.EDGETPU_CUSTOM_OP:
-            ops.append(OpPlacement(name, op.name, CPU, False))
+            ops.append(OpPlacement(name, op.name, CPU, False, io_conversion=op.index in edges))
         elif len(customs) == 1 and mapped:  # the report's table counts what went inside
             for r in mapped:
                 ops.extend(OpPlacement(f"{name}/{r['op']}:{k}", r["op"], TPU, True)
