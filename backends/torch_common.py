@@ -7,6 +7,7 @@ registration, so listing plugins does not import torch.
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,9 @@ def rebatched_for(model: Model) -> torch.nn.Module | None:
 
 
 def _batch_only_differs(ep, arrays) -> bool:
+    """A static program (its batch is no Dim) whose example batch is not the caller's."""
     args = example_leaves(ep)
-    return (len(args) == len(arrays) and all(isinstance(a, torch.Tensor) for a in args)
+    return (len(args) == len(arrays) and all(sh and sh[0] is not None for sh, _ in program_shapes(ep)[0]) and all(isinstance(a, torch.Tensor) for a in args)
             and any(a.shape[0] != x.shape[0] for a, x in zip(args, arrays))
             and all(a.ndim == x.ndim and tuple(a.shape[1:]) == tuple(x.shape[1:])
                     for a, x in zip(args, arrays)))
@@ -107,8 +109,20 @@ def run_example(module: torch.nn.Module, args) -> list[torch.Tensor]:
                 "re-export it with dynamic_shapes (e.g. {0: torch.export.Dim('batch')}) to take "
                 "other batch sizes, or pass inputs of the exported shape") from None
         raise InvalidInputError(
-            f"the model fails on example inputs of shape {shapes}: {brief(e)}",
-            "pass example inputs of the shape and dtype the model takes") from None
+            f"the model fails on example inputs of shape {shapes}{_binding(module, len(args))}: "
+            f"{brief(e)}",
+            "pass example inputs of the shape and dtype the model takes, or by name "
+            "(example_input={'input_ids': ..., 'attention_mask': ...})") from None
+
+
+def _binding(module, n: int) -> str:
+    """Which of forward's parameters positional example inputs landed on: a mask passed
+    second reaches GPT-2's ``past_key_values``, and the error alone does not say so."""
+    try:
+        names = list(inspect.signature(module.forward).parameters)[:n]
+    except (TypeError, ValueError):
+        return ""
+    return f" (bound by position to {', '.join(names)})" if n > 1 and len(names) == n else ""
 
 
 def flatten(out: Any) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version as dist_version
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -245,6 +246,32 @@ def _samples(data: Any, what: str) -> list[tuple[np.ndarray, ...]]:
     return out
 
 
+def _bind(src: _formats.Model, named: Mapping, formats) -> tuple[_formats.Model, list[tuple]]:
+    """Example inputs given by name (``example_input=dict(tokenizer(text))``): bound to the
+    model's inputs by name, never by position (a mask passed second would land on GPT-2's
+    ``past_key_values``). A format with its own ``bind`` (an ``nn.Module``, exported by
+    keyword) may change the model; any other is ordered by its signature's input names."""
+    arrays = {}
+    for k, v in named.items():
+        if not isinstance(k, str):
+            raise UsageError(f"example_input has a key {k!r} that is not a name",
+                             "key example inputs by the model's input names")
+        arrays[k] = _native(as_numpy(v, f"example_input[{k!r}]"))
+    fmt = formats.get(src.format)
+    if fmt is not None and fmt.bind is not None:
+        value, ordered = fmt.bind(src.value, arrays)
+        return (src if value is src.value else _formats.identify(value, formats)), [ordered]
+    sig = fmt.signature(src.value, None) if fmt is not None and fmt.signature else None
+    names = list(sig.inputs or ()) if sig is not None else []
+    if not names:
+        raise UsageError(f"hal cannot read the input names of this {src.format} model, so it "
+                         "cannot bind example inputs by name", "pass them as a tuple, in the model's order")
+    if set(arrays) != set(names):
+        raise UsageError(f"example_input names {sorted(arrays)} are not the model's inputs {names}",
+                         "key example inputs by exactly the model's input names")
+    return src, [tuple(arrays[n] for n in names)]
+
+
 def _native(a: np.ndarray) -> np.ndarray:
     """C-contiguous, native byte order: what converters and quantizers expect."""
     if not a.dtype.isnative:
@@ -269,9 +296,10 @@ def compile(
 ) -> Executable:
     """Compile ``model`` (an object or a path) for ``target`` at ``precision``.
 
-    ``example_input`` is one sample (an array, or a tuple with one array per
-    model input) and fixes the input shapes; ``calibration`` is a list of such
-    samples and is required for ``int8``. ``options`` are the backend's own
+    ``example_input`` is one sample (an array, a tuple with one array per model
+    input, or a dict binding arrays to the model's input names, as a tokenizer's
+    output does) and fixes the input shapes; ``calibration`` is a list of samples
+    in the model's input order and is required for ``int8``. ``options`` are the backend's own
     knobs (see ``hal backends``). ``requirements`` constrain ``target="auto"``.
     The result comes from the on-disk cache when the same model, target,
     precision, options and calibration were compiled before (``cache=False``
@@ -287,7 +315,8 @@ def compile(
         raise UsageError(f"allow_host_ops is a {type(allow_host_ops).__name__}, not a bool",
                          "pass allow_host_ops=True or False")
     reg = registry()
-    ex = [] if example_input is None else _samples([example_input], "example_input")
+    named = isinstance(example_input, Mapping)
+    ex = [] if example_input is None or named else _samples([example_input], "example_input")
     calib = _samples(calibration, "calibration")
     if options is not None and not isinstance(options, dict):
         raise UsageError(f"options is a {type(options).__name__}, not a dict",
@@ -300,6 +329,8 @@ def compile(
                 raise InvalidInputError(f"calibration sample {n} contains NaN or Inf",
                                         "pass finite, representative inputs")
     src = _formats.identify(model, reg.formats)
+    if named:
+        src, ex = _bind(src, example_input, reg.formats)
     src.example_input = ex[0] if ex else None
     _check_quantization(src, precision, calib)
     if requirements is not None and not isinstance(requirements, Requirements):

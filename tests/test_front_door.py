@@ -172,6 +172,43 @@ def test_a_program_exported_with_keyword_inputs(gpt2):
     assert rel(first(exe(mask2, ids2)), want) < 5e-2
 
 
+def test_example_inputs_by_name_bind_by_name(gpt2):
+    """GPT2LMHeadModel.forward(input_ids, past_key_values, attention_mask, ...): the mask
+    passed second by position lands on past_key_values, and the error says so; passed by
+    name (a tokenizer's dict) it binds to attention_mask on every backend, batch free."""
+    with pytest.raises(InvalidInputError, match="bound by position to input_ids, past_key_values"):
+        hal.compile(gpt2, "cpu", example_input=(IDS, MASK), cache=False)
+    with torch.no_grad():
+        want = gpt2(input_ids=torch.from_numpy(IDS), attention_mask=torch.from_numpy(MASK)).logits
+    named = {"input_ids": IDS, "attention_mask": MASK}
+    for target in ["cpu"] + (["openvino:CPU"] if _has("openvino") else []):
+        exe = hal.compile(gpt2, target, example_input=named, cache=False)
+        assert [(i.name, i.shape[0]) for i in exe.info.inputs] == [
+            ("input_ids", None), ("attention_mask", None)], target
+        assert rel(first(exe(**named)), want.numpy()) < 1e-5, target
+        two = exe(np.repeat(IDS, 2, 0), np.repeat(MASK, 2, 0))
+        assert rel(first(two)[1:], want.numpy()) < 1e-5, target
+    with pytest.raises(hal.UsageError, match=r"\['mask'\] are not parameters of forward"):
+        hal.compile(gpt2, "cpu", example_input={"input_ids": IDS, "mask": MASK}, cache=False)
+
+
+def test_example_inputs_by_name_order_a_file_model(tmp_path):
+    """A model whose inputs are named in the file (ONNX) takes a dict in any key order."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Sub", ["a", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "ab"],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "sub.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    a, b = np.array([5, 7], np.float32), np.array([1, 2], np.float32)
+    exe = hal.compile(path, "cpu", example_input={"b": b, "a": a}, cache=False)
+    np.testing.assert_array_equal(exe(a, b), a - b)
+    with pytest.raises(hal.UsageError, match=r"names \['a', 'c'\] are not the model's inputs"):
+        hal.compile(path, "cpu", example_input={"a": a, "c": b}, cache=False)
+
+
 def test_profile_without_inputs_on_int64_ids(gpt2):
     """Random int64 inputs must be valid ids: 0/1 fit every vocabulary."""
     exe = hal.compile(gpt2, "cpu", example_input=(IDS,), cache=False)

@@ -51,6 +51,10 @@ class Format:
     #: (value, example inputs) → the model's own I/O names and output structure
     #: (:class:`hal.signature.Signature`), stamped on every backend's executable
     signature: Callable[[Any, Any], Any] | None = None
+    #: (value, {name: array}) → (the value to compile, the arrays in its input order): how
+    #: example inputs given by name bind to the model when its format cannot take them as
+    #: they are (an ``nn.Module`` is exported by keyword). Default: the signature's names.
+    bind: Callable[[Any, dict], tuple[Any, tuple]] | None = None
     #: value → what makes it a pre-quantized model ("12 QuantizeLinear ops"), or None:
     #: such a model compiles as int8 only, without calibration data
     quantized: Callable[[Any], str | None] | None = None

@@ -17,7 +17,7 @@ from ..errors import CompileError, ModelFormatError, brief
 from ..hookspecs import hookimpl
 from . import Converter, Format, Model, Unkeyable, hash_path, scratch_dir, signatures
 from .pt2 import read as safe_export_read
-from .torchexport import export_static, torch_example_args  # noqa: F401 - also hal.plugin's
+from .torchexport import export_by_name, export_static, torch_example_args  # noqa: F401 - also hal.plugin's
 
 
 def _type_names(obj: Any) -> set[str]:
@@ -271,7 +271,7 @@ def _keras_to_saved_model(model: Model, options) -> Path:
 def register_formats(register):
     register(Format("torch.nn", "PyTorch nn.Module (+ example inputs)",
                     detect=_is_torch_module, fingerprint=_fp_torch_module, requires=("torch",),
-                    signature=signatures.torch_module))
+                    signature=signatures.torch_module, bind=export_by_name))
     register(Format("torch.export", "torch.export ExportedProgram (.pt2)", suffixes=(".pt2",),
                     detect=_is_exported, read=safe_export_read, fingerprint=_fp_exported,
                     requires=("torch",), extra="cpu", signature=signatures.exported))

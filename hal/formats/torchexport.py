@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 
@@ -31,6 +32,60 @@ def export_static(module, args: tuple):
     except Exception as e:  # noqa: BLE001
         raise CompileError(f"torch.export failed: {brief(e)}",
                            "make the model export-friendly (no data-dependent control flow)") from None
+
+
+def export_by_name(module, named: dict) -> tuple:
+    """An ``nn.Module`` called by keyword (``model(**tokenizer(text))``): exported with
+    ``kwargs`` (how transformers models are exported), so every backend gets one program
+    whose inputs are those names; a leading batch dimension stays free where the model
+    allows it. Returns (program, the arrays in the program's input order)."""
+    import torch
+
+    params = inspect.signature(module.forward).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()) and set(named) - set(params):
+        raise UsageError(f"example_input names {sorted(set(named) - set(params))} are not "
+                         f"parameters of forward({', '.join(params)})",
+                         "key example inputs by forward's parameter names")
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in named.items()}
+    # export specialises a size-1 dimension, so trace a batch of 1 as 2 (as for positional inputs)
+    trace = {k: t.expand(2, *t.shape[1:]).contiguous() if t.ndim and t.shape[0] == 1 else t
+             for k, t in tensors.items()}
+    flags = [(m, m.training) for m in module.modules()]  # the caller's module, restored after
+    module.eval()
+    try:
+        program = None
+        if all(t.ndim and t.shape[0] >= 1 for t in trace.values()):
+            # one batch for every input, as for positional inputs: an explicit range first
+            # (it takes a batch of 1), then AUTO, which keeps a range the model already has
+            for dim in (torch.export.Dim("batch", min=1, max=4096), torch.export.Dim.AUTO):
+                try:
+                    program = torch.export.export(module, (), kwargs=trace,
+                                                  dynamic_shapes={k: {0: dim} for k in trace})
+                    break
+                except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
+                    continue
+        if program is None:
+            program = torch.export.export(module, (), kwargs=tensors)
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"torch.export of the model called with keywords "
+                           f"{', '.join(named)} failed: {brief(e)}",
+                           "make the model export-friendly (no data-dependent control flow), "
+                           "or check the names against forward's parameters") from None
+    finally:
+        for m, f in flags:
+            m.training = f
+    order = [s.arg.name for s in program.graph_signature.input_specs
+             if s.kind.name == "USER_INPUT"]
+    users = {n.name: len(n.users) for n in program.graph.nodes if n.op == "placeholder"}
+    lost = [k for k in named if k not in params and not users.get(k)]
+    if lost:  # forward's **kwargs took a name it never reads: a typo, silently ignored
+        raise UsageError(f"example_input names {lost} are not parameters of "
+                         f"forward({', '.join(params)}) and the model never reads them",
+                         "key example inputs by forward's parameter names")
+    if sorted(order) != sorted(named):
+        raise CompileError(f"the exported program takes {order}, not the names given {list(named)}",
+                           "pass example inputs by position, in forward's order")
+    return program, tuple(named[n] for n in order)
 
 
 def example_leaves(program) -> tuple:
