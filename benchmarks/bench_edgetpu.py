@@ -122,11 +122,14 @@ def main() -> int:
     calib = [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(32)]
     opts = {"num_threads": args.threads}
     exe = hal.compile(mobilenet(), target, precision="int8", calibration=calib, options=opts)
-    raw = hal.compile(exe.runner.files.compiled or exe.runner.files.int8, target, precision="int8", calibration=calib,
-                      options={**opts, "raw_io": True}, cache=False)
-    # the direct loop does not look for NaN/Inf; hal does by default (check_finite)
-    unchecked = hal.compile(exe.runner.files.compiled or exe.runner.files.int8, target, precision="int8", calibration=calib,
-                            options=opts, cache=False, check_finite=False)
+    # the int8 .tflite takes its own int8 I/O (and needs no calibration: it is quantized)
+    raw = hal.compile(exe.runner.files.compiled or exe.runner.files.int8, target, precision="int8",
+                      options=opts, cache=False)
+    # the direct loop does not look for NaN/Inf; hal does by default (check_finite); raw_io=False:
+    # hal quantizes around the call, as exe does for the torch model
+    unchecked = hal.compile(exe.runner.files.compiled or exe.runner.files.int8, target, precision="int8",
+                            calibration=calib, options={**opts, "raw_io": False}, cache=False,
+                            check_finite=False)
     print(f"device: {exe.device.target} ({exe.device.kind}); threads={args.threads}; "
           f"{args.rounds} rounds × {args.iters} calls; "
           + ("compiled earlier (from the compile cache)" if exe.info.cache_hit

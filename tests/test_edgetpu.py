@@ -135,6 +135,27 @@ def test_raw_int8_io(torch_exe, x16, calib):
         raw(x16)
 
 
+def test_a_given_tflite_takes_its_own_dtypes(torch_exe, x16, calib):
+    """The I/O contract: a model's own dtypes hold on every backend. A given int8-I/O TFLite
+    takes and returns int8 by default, as on openvino; raw_io=False asks hal to quantize
+    around the call (float32, as the torch model it came from). A model hal quantizes itself
+    keeps its float32 interface (torch_exe)."""
+    data = torch_exe.runner.files.int8
+    own = hal.compile(data, EMU, precision="int8", cache=False)  # pre-quantized: no calibration
+    assert [s.dtype for s in own.info.inputs + own.info.outputs] == ["int8", "int8"]
+    assert [s.dtype for s in torch_exe.info.inputs + torch_exe.info.outputs] == ["float32"] * 2
+    with pytest.raises(hal.InvalidInputError, match="float32.*int8"):  # calibration of its dtype
+        hal.compile(data, EMU, precision="int8", calibration=calib[:2], cache=False)
+    floats = hal.compile(data, EMU, precision="int8", calibration=calib[:2],
+                         options={"raw_io": False}, cache=False)
+    assert [s.dtype for s in floats.info.inputs + floats.info.outputs] == ["float32", "float32"]
+    np.testing.assert_array_equal(floats(x16), torch_exe(x16))
+    (s_in, z_in), (s_out, z_out) = (own.runner._it.get_input_details()[0]["quantization"],
+                                    own.runner._it.get_output_details()[0]["quantization"])
+    q = np.clip(np.rint(x16 / s_in) + z_in, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal((own(q).astype(np.float32) - z_out) * s_out, floats(x16))
+
+
 def test_save_load_roundtrip(torch_exe, x16, tmp_path):
     path = torch_exe.save(tmp_path / "cnn.hal")
     back = hal.load(path)

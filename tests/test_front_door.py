@@ -349,30 +349,47 @@ def test_int8_tflite_on_openvino_is_int8(int8_tflite):
     assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() == 0
 
 
+def litert_int8(path, q):
+    """LiteRT's interpreter on an int8-I/O TFLite, int8 in and out as the model takes them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], q)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
 def test_int8_tflite_on_edgetpu_matches_litert(int8_tflite):
+    """The model's own dtypes, as on openvino (the I/O contract): int8 in and out, and
+    calibration data of that dtype; options={'raw_io': False} asks hal for its float
+    interface (hal quantizes with the model's own input scale)."""
     pytest.importorskip("ai_edge_litert")
     x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype(np.float32)
-    with pytest.raises(InvalidInputError, match="int8.*float32"):  # hal's interface takes floats
-        hal.compile(int8_tflite, "edgetpu:emulated", precision="int8", calibration=[XI8], cache=False)
-    exe = hal.compile(int8_tflite, "edgetpu:emulated", precision="int8", calibration=[x], cache=False)
+    with pytest.raises(InvalidInputError, match="float32.*int8"):  # the model takes int8
+        hal.compile(int8_tflite, "edgetpu:emulated", precision="int8", calibration=[x], cache=False)
+    exe = hal.compile(int8_tflite, "edgetpu:emulated", precision="int8", calibration=[XI8], cache=False)
     assert any("calibration data not used" in n for n in exe.info.notes)
-    assert np.abs(first(exe(x)) - litert_direct(int8_tflite, x)).max() <= 1e-6
+    assert [s.dtype for s in exe.info.inputs + exe.info.outputs] == ["int8", "int8"]
+    assert np.array_equal(first(exe(XI8)), litert_int8(int8_tflite, XI8))
+    floats = hal.compile(int8_tflite, "edgetpu:emulated", precision="int8",
+                         options={"raw_io": False}, cache=False)
+    assert np.abs(first(floats(x)) - litert_direct(int8_tflite, x)).max() <= 1e-6
 
 
 def test_a_full_int8_tflite_compiles_as_int8_without_calibration(int8_tflite):
     """The core knows a TFLite with int8 activations is already int8, as it knows a QDQ
     ONNX: int8 needs no calibration data and fp32 is refused before any backend runs."""
     pytest.importorskip("ai_edge_litert")
-    x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype(np.float32)
     for target, mod in (("edgetpu:emulated", "ai_edge_litert"), ("openvino:CPU", "openvino")):
         if not _has(mod):
             continue
         exe = hal.compile(int8_tflite, target, precision="int8", cache=False)
         assert exe.info.precision == "int8", target
-        if target == "edgetpu:emulated":
-            assert np.abs(first(exe(x)) - litert_direct(int8_tflite, x)).max() <= 1e-6
-        else:
-            assert np.array_equal(first(exe(XI8)), ov_direct(int8_tflite, (XI8,)))
+        assert [s.dtype for s in exe.info.inputs] == ["int8"], target  # the model's own
+        want = litert_int8(int8_tflite, XI8) if target == "edgetpu:emulated" else \
+            ov_direct(int8_tflite, (XI8,))
+        assert np.array_equal(first(exe(XI8)), want), target
         with pytest.raises(UnsupportedError, match=r"already quantized \(\d+ int8 activation"):
             hal.compile(int8_tflite, target, precision="fp32", cache=False)
 
@@ -494,10 +511,10 @@ def test_prequantized_needs_no_calibration_in_the_backend(target, which, request
                                                   reg.converters), opts)
         exe = b.compile(model, dev, opts)
     assert exe.info.precision == "int8"
-    x = X8 if which == "qdq" else (XI8 if backend == "openvino" else XI8.astype(np.float32) / 64)
+    x = X8 if which == "qdq" else XI8  # a TFLite's own int8 input, on both backends
     got = first(exe.infer([x])).astype(np.float64)
     want = {"openvino": lambda: ov_direct(path, (x,)), "reference": lambda: ort_unfused(path, x),
-            "edgetpu": lambda: litert_direct(path, x)}[backend]()
+            "edgetpu": lambda: litert_int8(path, x)}[backend]()
     assert np.abs(got - want).max() <= 1e-6
 
 

@@ -347,6 +347,10 @@ def test_torch_weights_are_checked_data(torch_bf16_exe, tmp_path):
 
 
 # --- TFLite: Flex and custom ops ---------------------------------------------------------------
+#: the int8 TFLite takes int8 (its own dtype); these tests feed it floats through hal's quantizer
+FLOAT_IO = {"raw_io": False}
+
+
 @pytest.fixture(scope="module")
 def tflites(root):
     """name → bytes: an int8 model, a float one, one with a Flex WriteFile op,
@@ -395,13 +399,15 @@ def test_tflite_flex_and_custom_ops_refused(tflites, root, case, needle):
         hal.compile(tflites[case], ETPU, precision="int8", calibration=[X[:1]], cache=False)
     one_line(e)
     assert not (root / "pwned_tflite").exists()
-    exe = hal.compile(tflites["int8"], ETPU, precision="int8", calibration=[X[:1]], cache=False)
+    exe = hal.compile(tflites["int8"], ETPU, precision="int8", calibration=[X[:1]], cache=False,
+                      options=FLOAT_IO)
     assert exe(X[:1]).shape == (1, 3)
 
 
 @pytest.fixture(scope="module")
 def etpu_hal(tflites, root) -> Path:
-    exe = hal.compile(tflites["int8"], ETPU, precision="int8", calibration=[X[:1]], cache=False)
+    exe = hal.compile(tflites["int8"], ETPU, precision="int8", calibration=[X[:1]], cache=False,
+                      options=FLOAT_IO)
     return exe.save(root / "etpu.hal")
 
 
@@ -475,7 +481,8 @@ def test_fuzz_saved_model_pb(good_sm, tmp_path_factory, cut, flips):
 def test_fuzz_tflite_bytes(tflites, cut, flips):
     data = _mutate(tflites["int8"], cut, flips)
     try:
-        exe = hal.compile(data, ETPU, precision="int8", calibration=[X[:1]], cache=False)
+        exe = hal.compile(data, ETPU, precision="int8", calibration=[X[:1]], cache=False,
+                          options=FLOAT_IO)
         exe(X[:1])
     except HalError as e:
         assert "\n" not in str(e)

@@ -90,6 +90,11 @@ class EdgeTpuBackend(Backend):
                          "hal.compile(..., allow_host_ops=True) (CLI --allow-host-ops)")
         # edgetpu.json records the permission too, so load checks the artifact as compile did
         opts.allow_float_ops = options.allow_host_ops
+        if opts.raw_io is None:
+            # the model's own dtypes (docs/architecture.md, the I/O contract): a given TFLite
+            # takes and returns its own I/O (int8, or float with its own QUANTIZE/DEQUANTIZE);
+            # a model hal quantizes takes float32, as it did, and hal quantizes around the call
+            opts.raw_io = model.format == "tflite"
         conv = pipeline.to_int8(model, options)
         graph.check_model(conv.tflite, ModelFormatError if model.format == "tflite" else CompileError,
                         "the given TFLite model" if model.format == "tflite" else

@@ -34,7 +34,9 @@ _NONE = type(None)
 #: ``options=`` keys the backend understands; the same declaration checks a caller's
 #: options and an artifact's ``edgetpu.json`` (threads bounded by this host's cores)
 OPTIONS = {
-    "raw_io": Option("int8 in, int8 out: hal does no (de)quantization (bool)", bool),
+    "raw_io": Option("the 8-bit I/O as it is, no (de)quantization by hal (bool; True: int8 in and "
+                     "out; False: float32, hal quantizes; unset: the model's own dtypes, a given "
+                     "TFLite's I/O as it is, float32 for a model hal quantizes)", (bool, _NONE)),
     "num_threads": Option("LiteRT CPU threads (emulator, and CPU ops on hardware), up to the "
                           "host's cores", (int, _NONE), min=1, max=host_cores),
     "allow_float_ops": Option("deprecated: hal.compile(allow_host_ops=True) instead; accept float "
@@ -48,7 +50,9 @@ OPTIONS = {
 class EdgeTpuOptions:
     """``options=`` keys the backend understands (all shape the artifact or its I/O)."""
 
-    raw_io: bool = False  # int8 in / int8 out, no (de)quantization by hal
+    #: int8 in / int8 out, no (de)quantization by hal; None (unset): the model's own dtypes,
+    #: which compile settles (a given TFLite: True; a model hal quantizes: False)
+    raw_io: bool | None = None
     num_threads: int | None = None  # LiteRT CPU threads (emulator, and CPU ops on hardware)
     #: the artifact's float ops may run on the host CPU: the compile's allow_host_ops (this
     #: key, the old switch, is its deprecated alias), recorded in edgetpu.json
