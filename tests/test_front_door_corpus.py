@@ -42,13 +42,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("tflite-int8-fio", "openvino:CPU"):
         "wrong: OpenVINO's own int8 execution of the TFLite differs from LiteRT's (26.7 dB on "
         "one probe); OpenVINO called directly gives hal's answer",
-    ("tflite-int8-fio", "edgetpu:emulated"):
-        "lost: a full-int8 TFLite with float input/output (TFLiteConverter's default I/O) is "
-        "refused as 'not full-int8': its edge QUANTIZE/DEQUANTIZE would run on the host and the "
-        "predicted mapping puts every op after the first QUANTIZE on the CPU",
-    ("tflite-int8-io", "contract"):
-        "input dtypes: the Edge TPU's executable takes float32 (hal quantizes), OpenVINO's takes "
-        "the model's int8",
 }
 
 
