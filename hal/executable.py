@@ -238,6 +238,16 @@ class Runner:
         full. Without it the core runs ``infer`` on a pool of ``concurrency`` threads."""
         raise NotImplementedError
 
+    def stream(self, inputs: Iterator[list[np.ndarray]]) -> Iterator[list[np.ndarray]]:
+        """Optional native batch pipelining behind ``Executable.map`` and LoadGen's
+        Offline and Multi-Stream (a thread-safe runner only): run every item of
+        ``inputs`` and yield each one's outputs, in order, keeping the runtime's queue
+        full without a call back into Python per inference (the consumer's thread reads
+        the outputs of a finished request when it refills it, as ``benchmark_app`` does).
+        Each item is valid only until the next is drawn (copy what is kept); a failure
+        raises from the generator. Without it the core starts each item as ``submit`` does."""
+        raise NotImplementedError
+
     def device_inputs(self, inputs: tuple) -> list | None:
         """Optional: check inputs that already live on the device (CUDA tensors) where
         they are, with the same errors as the core's checks, and return them as
@@ -339,7 +349,9 @@ class Executable:
                 if self._async is None:
                     from .futures import Pipeline
 
-                    self._async = Pipeline(self, type(self.runner).start is not Runner.start)
+                    kind = type(self.runner)
+                    self._async = Pipeline(self, kind.start is not Runner.start,
+                                           kind.stream is not Runner.stream)
         return self._async
 
     def run(self, inputs: Any) -> Outputs:

@@ -10,11 +10,17 @@ whether the run is VALID and, if not, why.
 - **QSL**: ``samples`` (one tuple of arrays per sample, each checked once against
   the executable's inputs) or ``num_samples`` random ones from
   :func:`hal.profile.random_inputs`, all held in memory.
-- **SUT**: each LoadGen sample is one call of the executable. Single-Stream calls
-  ``exe(...)`` inline in LoadGen's issue thread (one query at a time: the latency
-  path, no thread hop). The other scenarios use ``exe.submit`` (LoadGen's issue
-  thread only queues work; a full queue blocks it, which is the back-pressure
-  LoadGen is meant to see), or ``exe(...)`` inline where there is no ``submit``.
+- **SUT**: each LoadGen sample is one inference of the executable on the QSL's
+  own arrays (no per-sample check or copy; see :func:`_prepare_samples`).
+  Single-Stream runs it inline in LoadGen's issue thread (one query at a time: the
+  latency path, no thread hop), and so do Offline and Multi-Stream on an
+  executable with no native queue and one worker (:func:`_inline`). Otherwise an
+  Offline or Multi-Stream query goes through the executable's pipeline as one
+  stream (``Executable.map``'s: the runner's own batch loop where it has one,
+  OpenVINO's), and a Server query is started on it on arrival (``submit``'s,
+  without a Future): LoadGen's issue thread only queues work, and a full queue
+  blocks it, which is the back-pressure LoadGen is meant to see. Completions
+  reach LoadGen in groups of up to :data:`GROUP`.
 - **Short runs**: MLPerf's own minimums (600 s, 24 576 Offline samples, 270 336
   Server queries) are for submissions. The defaults here are the shortest runs
   LoadGen can still call VALID (see :data:`MIN_QUERIES` and docs/throughput.md),
@@ -41,6 +47,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -173,6 +180,9 @@ class LoadGenReport:
     accuracy: AccuracyCheck | None = None
     #: where the logs were kept (``logs_dir``), else None: the temp dir is gone
     logs_dir: str | None = None
+    #: how the SUT ran each sample: "inline" in LoadGen's issue thread (``exe(x)``'s path)
+    #: or through the executable's "pipeline" (``Executable.submit``'s)
+    sut: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -190,26 +200,6 @@ class LoadGenReport:
 
 
 # --- the QSL and SUT ---------------------------------------------------------------------
-def _flat(tree: Any, value: Any) -> list[np.ndarray]:
-    """What ``exe(...)`` returned, as the flat outputs (the inverse of signature.unflatten)."""
-    if tree is None:
-        return [value] if isinstance(value, np.ndarray) else list(value)
-    out: list[Any] = []
-
-    def walk(t: Any, v: Any) -> None:
-        if t is None:
-            out.append(v)
-        elif t[0] == "dict":
-            for k, c in zip(t[1], t[2]):
-                walk(c, v[k])
-        else:
-            for c, x in zip(t[1], v):
-                walk(c, x)
-
-    walk(tree, value)
-    return out
-
-
 #: samples completed with LoadGen in one call, at most: a query completes with its last
 #: sample either way, and one call per group keeps LoadGen's per-call cost (a trip through
 #: its Python binding) off a fast model's rate
@@ -218,61 +208,119 @@ GROUP = 64
 
 class _Group:
     """The samples of one ``issue_queries`` call, completed with LoadGen in groups of up
-    to :data:`GROUP` as their futures resolve, and the rest with the last one."""
+    to :data:`GROUP` as their inferences finish, and the rest with the last one."""
+
+    __slots__ = ("sut", "left", "buf", "lock")
 
     def __init__(self, sut: _SUT, n: int):
         self.sut, self.left, self.buf = sut, n, []
         self.lock = threading.Lock()
 
-    def add(self, item: tuple[int, int, Any]) -> None:
+    def add(self, qid: int, idx: int, outputs: list[np.ndarray] | None) -> None:
         with self.lock:
-            self.buf.append(item)
+            self.buf.append((qid, idx, outputs))
             self.left -= 1
             if len(self.buf) < GROUP and self.left > 0:
                 return
             out, self.buf = self.buf, []
         self.sut._complete_all(out)
 
+    def done(self, qid: int, idx: int, outputs: Any, error: BaseException | None) -> None:
+        """The pipeline's completion callback for one sample (any thread): the least
+        work that hands the outputs on (the core's output check, one list append)."""
+        if error is None:
+            try:
+                outputs = self.sut.exe._outputs(outputs)
+            except BaseException as e:  # noqa: BLE001 - a runner's broken outputs: raised after
+                error = e
+        if error is not None:
+            self.sut._fail(error)
+            outputs = None
+        self.add(qid, idx, outputs)
+
+
+def _inline(exe, scenario: str) -> bool:
+    """Whether LoadGen's issue thread runs each sample itself (``exe(x)``'s path): in
+    Single-Stream, one query at a time (the executable's latency path; on OpenVINO the
+    pipeline runs on a THROUGHPUT compile's streams, which trades latency for
+    throughput), and in Offline and Multi-Stream on an executable with no native queue
+    and one worker, whose pool would only hand each sample to its one thread and back.
+    Server keeps the pipeline: its issue thread must stay free to issue on schedule."""
+    return scenario == "single-stream" or (scenario in ("offline", "multi-stream")
+                                           and exe._pipeline().serial)
+
 
 class _SUT:
-    """LoadGen's system under test: one executable call per sample."""
+    """LoadGen's system under test: one inference per sample, on the QSL's own arrays
+    (checked, and copied so that nothing else holds them, when the QSL was made: no
+    per-sample check or copy is left to do)."""
 
     def __init__(self, lg, exe, samples: list[tuple[np.ndarray, ...]], record: bool,
-                 inline: bool = False):
+                 inline: bool, batch: bool):
         self.lg, self.exe, self.samples, self.record = lg, exe, samples, record
-        #: Single-Stream runs each sample inline in LoadGen's issue thread (one query at a
-        #: time, no thread hop, the executable's own latency path); the others submit
-        self.submit = None if inline else getattr(exe, "submit", None)
-        self.tree = exe.info.output_tree
+        self.inline = inline
+        self.pipeline = None if inline else exe._pipeline()
+        #: a query's samples go through the pipeline's stream together (Offline and
+        #: Multi-Stream: LoadGen waits for the whole query); Server starts each on arrival
+        self.batch = batch
         #: accuracy mode: QSL index → [(shape, dtype)] of the bytes handed to LoadGen
         self.layout: dict[int, list[tuple[tuple[int, ...], str]]] = {}
         self.error: BaseException | None = None
         self._lock = threading.Lock()
 
     def issue(self, queries) -> None:
-        if self.submit is None:
-            return self._issue_sync(queries)
+        if self.inline:
+            return self._issue_inline(queries)
+        if self.batch:
+            return self._issue_stream(queries)
         group = _Group(self, len(queries))
+        exe, samples, start, done = self.exe, self.samples, self.pipeline.start, group.done
         for q in queries:
-            try:
-                if self.error is not None:  # after a failure: finish the run fast
-                    group.add((q.id, q.index, None))
-                else:
-                    fut = self.submit(*self.samples[q.index])
-                    fut.add_done_callback(
-                        lambda f, qid=q.id, idx=q.index: group.add((qid, idx, self._result(f))))
+            qid, idx = q.id, q.index
+            if self.error is not None:  # after a failure: finish the run fast
+                group.add(qid, idx, None)
+                continue
+            try:  # blocks while the executable's queue is full: LoadGen's back-pressure
+                start(exe, list(samples[idx]), partial(done, qid, idx), copy=False)
             except BaseException as e:  # noqa: BLE001 - LoadGen waits for every sample
                 self._fail(e)
-                group.add((q.id, q.index, None))
+                group.add(qid, idx, None)
 
-    def _issue_sync(self, queries) -> None:
-        """No submit(): run each sample in LoadGen's issue thread; complete them in groups."""
+    def _issue_stream(self, queries) -> None:
+        """A whole query (Offline's every sample, a Multi-Stream query) through the
+        pipeline's stream, in LoadGen's issue thread: LoadGen waits for the query's
+        last sample either way, and the stream keeps the runtime's queue full without
+        a callback per sample; completed in groups as the outputs come in order."""
+        exe, samples, outputs = self.exe, self.samples, self.exe._outputs
+        group: list[tuple[int, int, Any]] = []
+        n = 0
+        results = self.pipeline.stream(exe, (list(samples[q.index]) for q in queries), copy=False)
+        try:
+            for outs in results:
+                q = queries[n]
+                n += 1
+                group.append((q.id, q.index, outputs(outs)))
+                if len(group) == GROUP:
+                    self._complete_all(group)
+                    group = []
+        except BaseException as e:  # noqa: BLE001 - LoadGen waits for every sample
+            self._fail(e)
+        finally:
+            results.close()
+        group += [(q.id, q.index, None) for q in queries[n:]]  # after a failure: finish fast
+        for i in range(0, len(group), GROUP):
+            self._complete_all(group[i:i + GROUP])
+
+    def _issue_inline(self, queries) -> None:
+        """Run each sample in LoadGen's issue thread; complete them in groups."""
+        exe, samples = self.exe, self.samples
+        infer, outputs = exe._infer, exe._outputs
         group: list[tuple[int, int, Any]] = []
         for q in queries:
             result = None
             if self.error is None:
                 try:
-                    result = self.exe(*self.samples[q.index])
+                    result = outputs(infer(list(samples[q.index])))
                 except BaseException as e:  # noqa: BLE001 - LoadGen waits for every sample
                     self._fail(e)
             group.append((q.id, q.index, result))
@@ -282,13 +330,6 @@ class _SUT:
         if group:
             self._complete_all(group)
 
-    def _result(self, fut) -> Any:
-        try:
-            return fut.result()
-        except BaseException as e:  # noqa: BLE001 - raised after the test
-            self._fail(e)
-            return None
-
     def _fail(self, e: BaseException) -> None:
         with self._lock:
             if self.error is None:
@@ -297,17 +338,17 @@ class _SUT:
     def _complete_all(self, group: list[tuple[int, int, Any]]) -> None:
         lg = self.lg
         keep, responses = [], []
-        for qid, idx, result in group:
-            if self.record and result is not None:
+        for qid, idx, outputs in group:
+            if self.record and outputs is not None:
                 try:
-                    flat = [np.ascontiguousarray(a) for a in _flat(self.tree, result)]
+                    flat = [np.ascontiguousarray(a) for a in outputs]
                     buf = np.frombuffer(b"".join(a.tobytes() for a in flat), np.uint8)
                     self.layout.setdefault(idx, [(a.shape, a.dtype.str) for a in flat])
                     keep.append(buf)  # alive until LoadGen has copied it (accuracy log)
                     responses.append(lg.QuerySampleResponse(
                         qid, buf.ctypes.data if buf.size else 0, int(buf.size)))
                     continue
-                except BaseException as e:  # noqa: BLE001 - e.g. an output that is not an array
+                except BaseException as e:  # noqa: BLE001 - e.g. an output numpy cannot hold
                     self._fail(e)
             responses.append(lg.QuerySampleResponse(qid, 0, 0))
         lg.QuerySamplesComplete(responses)
@@ -319,7 +360,10 @@ class _SUT:
 
 def _prepare_samples(exe, samples, num_samples: int, batch_size: int | None,
                      seed: int) -> list[tuple[np.ndarray, ...]]:
-    """The QSL: each sample checked (and conformed) once, so LoadGen times the calls only."""
+    """The QSL: each sample checked (and conformed) once and copied, so that LoadGen times
+    the calls only and nothing but the SUT holds the arrays it hands the runtime (the
+    contract of ``submit``, whose copy per call this one copy replaces). Arrays that
+    live on a device (a runner's ``device_inputs``) are kept as they are."""
     if samples is None:
         from .profile import random_inputs
 
@@ -331,7 +375,8 @@ def _prepare_samples(exe, samples, num_samples: int, batch_size: int | None,
             s = [s[n.name] if n.name in s else None for n in exe.info.inputs]
         elif not isinstance(s, (tuple, list)):
             s = (s,)  # one array: a single-input model's sample
-        out.append(tuple(exe.check_inputs(tuple(s))))
+        out.append(tuple(a.copy() if isinstance(a, np.ndarray) else a
+                         for a in exe.check_inputs(tuple(s))))
     if not out:
         raise UsageError("no samples to run", "pass at least one sample, or none for random ones")
     return out
@@ -383,7 +428,8 @@ def _probe_rate(lg, exe, samples, latency_s: float) -> float:
     ts.min_duration_ms, ts.offline_expected_qps = 0, 1.0
     ts.min_query_count = int(min(max(0.1 / latency_s, 16), 2000))
     with tempfile.TemporaryDirectory(prefix="hal-loadgen-probe-") as d:
-        _start(lg, _SUT(lg, exe, samples, record=False), len(samples), ts, Path(d))
+        _start(lg, _SUT(lg, exe, samples, record=False, inline=_inline(exe, "offline"),
+                        batch=True), len(samples), ts, Path(d))
         values, _, _ = parse_detail((Path(d) / _LOG_FILES[1]).read_text(errors="replace"))
     rate = _number(values, "result_samples_per_second")
     return rate if rate and rate > 0 else 1.0 / latency_s
@@ -766,6 +812,11 @@ def run_scenario(exe, scenario: str, *, samples: Sequence[Any] | None = None,
                   accuracy_samples=accuracy_samples, rel_tol=rel_tol, warmup=warmup,
                   num_samples=num_samples)
     lg = require_loadgen()
+    from .executable import Executable
+
+    if not isinstance(exe, Executable):
+        raise UsageError(f"run_scenario drives a hal.Executable, not a {type(exe).__name__}",
+                         "compile or load the model with hal.compile / hal.load first")
     qsl_samples = _prepare_samples(exe, samples, num_samples, batch_size, seed)
     oracle_exe = _oracle(oracle, qsl_samples[0]) if accuracy else None
     latency = _measure(exe, qsl_samples, warmup)  # also the warm-up
@@ -782,7 +833,8 @@ def run_scenario(exe, scenario: str, *, samples: Sequence[Any] | None = None,
                              "pass a directory for LoadGen's logs")
     tmp = Path(tempfile.mkdtemp(prefix="hal-loadgen-"))
     try:
-        sut = _SUT(lg, exe, qsl_samples, record=accuracy, inline=scenario == "single-stream")
+        sut = _SUT(lg, exe, qsl_samples, record=accuracy, inline=_inline(exe, scenario),
+                   batch=scenario != "server")
         _start(lg, sut, len(qsl_samples), ts, tmp, trace)
         summary, detail = (tmp / _LOG_FILES[0]), (tmp / _LOG_FILES[1])
         if not detail.is_file():
@@ -795,12 +847,22 @@ def run_scenario(exe, scenario: str, *, samples: Sequence[Any] | None = None,
         report.notes.append(f"measured before the test: {latency * 1e3:.3f} ms a serial call"
                             + (f", {est['rate_per_s']:.1f} samples/s through LoadGen"
                                if "rate_per_s" in est else ""))
+        report.sut = "inline" if sut.inline else "pipeline"
         if scenario == "single-stream":
             report.notes.append("single-stream: each sample ran inline in LoadGen's issue thread "
                                 "(exe(x), the executable's latency path)")
-        elif getattr(exe, "submit", None) is None:
-            report.notes.append("this executable has no submit(): each sample ran synchronously "
-                                "in LoadGen's issue thread")
+        elif sut.inline:
+            report.notes.append("each sample ran inline in LoadGen's issue thread (exe(x)'s path): "
+                                "the executable has no native queue and one worker, which would "
+                                "only be handed each sample and hand it back")
+        else:
+            p = sut.pipeline
+            how = ("each query's samples went through the runner's own stream (its native "
+                   "queue, refilled by LoadGen's issue thread)" if sut.batch and p._streams else
+                   f"each sample was started on the executable's pipeline (at most {p.depth} in "
+                   "flight, on " + ("the runner's native queue" if p._native else
+                                    f"{p.workers} worker thread(s)") + ")")
+            report.notes.append(f"{how}; completed with LoadGen in groups of up to {GROUP}")
         if exe.info.device_kind == "emulated":
             report.notes.append("emulated device: timings are of the host, not the accelerator")
         if accuracy:

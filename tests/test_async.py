@@ -125,3 +125,53 @@ def test_throughput_mode_on_a_backend_without_its_own_runs_the_pipeline():
     p = exe.profile(x, mode="throughput", iterations=40, warmup=2)
     assert p.iterations == 40 and p.batch_size == 2 and p.throughput_per_s > 0
     assert "Executable.submit" in " ".join(p.notes)
+
+
+@pytest.mark.parametrize("target", ["reference:cpu", "openvino:CPU"])  # the pool; a native stream
+def test_map_copies_each_item_before_it_draws_the_next(target):
+    """map draws items lazily: one generator handing out the same two arrays, rewritten
+    for every item, must still give each item's own result (the runner's stream and the
+    pool each copy an item before the next is drawn), also past the queue's size."""
+    if target not in {d.target for d in ti.available()}:
+        pytest.skip(f"{target} is not available")
+    exe = ti.compiled(target)
+    native = exe._pipeline()._native
+    n = 3 * exe._pipeline().depth + 1
+    want = [exe(*ti.sample(i)) for i in range(n)]
+    a, b = (np.array(v) for v in ti.sample(0))
+
+    def reused():
+        for i in range(n):
+            a[...], b[...] = ti.sample(i)
+            yield a, b
+
+    for bound in (None, 2):
+        got = list(exe.map(reused(), max_in_flight=bound))
+        assert len(got) == n
+        bad = [i for i in range(n) if not _same(got[i], want[i], native)]
+        assert not bad, f"map on {target} (max_in_flight={bound}) gave other items' results: {bad[:5]}"
+
+
+@pytest.mark.parametrize("target", ["reference:cpu", "openvino:CPU"])
+def test_map_stopped_early_or_failing_leaves_the_executable_working(target):
+    """A consumer that stops after two results, and an item with the wrong shape (its
+    InvalidInputError raised from the iteration, after the results before it), leave
+    nothing running and the executable's map, submit and exe(x) as before."""
+    if target not in {d.target for d in ti.available()}:
+        pytest.skip(f"{target} is not available")
+    exe = ti.compiled(target)
+    native = exe._pipeline()._native
+    xs = [ti.sample(i) for i in range(12)]
+    want = [exe(*x) for x in xs]
+    it = exe.map(xs)
+    assert _same(next(it), want[0], native) and _same(next(it), want[1], native)
+    it.close()
+    bad = list(xs)
+    bad[5] = (xs[5][0][..., :-1], xs[5][1])
+    got = []
+    with pytest.raises(hal.InvalidInputError, match="shape"):
+        for y in exe.map(bad):
+            got.append(y)
+    assert len(got) <= 5 and all(_same(g, w, native) for g, w in zip(got, want))
+    assert all(_same(g, w, native) for g, w in zip(exe.map(xs), want))
+    assert _same(exe.submit(*xs[3]).result(timeout=300), want[3], native)

@@ -253,3 +253,31 @@ def test_import_hal_does_not_import_loadgen():
                         "print('mlperf_loadgen' in sys.modules)"],
                        capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "False", p.stderr
+
+
+def test_how_the_sut_runs_each_scenario(exe, x16):
+    """Single-Stream inline; Offline and Multi-Stream inline on an executable with one
+    worker and no native queue (reference), else through the pipeline's stream
+    (OpenVINO's own); Server always through the pipeline. The QSL holds its own
+    copies of the samples, so the SUT hands the runtime no per-sample copy."""
+    from hal.loadgen import _prepare_samples
+
+    serial = exe._pipeline().serial
+    assert serial == (exe.info.backend == "reference")
+    for scenario, inline in (("single-stream", True), ("offline", serial),
+                             ("multi-stream", serial), ("server", False)):
+        kw = {"samples_per_query": 2} if scenario == "multi-stream" else {}
+        r = run_scenario(exe, scenario, min_duration_s=0.05, num_samples=8,
+                         settings={"min_query_count": 16}, **kw)
+        assert r.sut == ("inline" if inline else "pipeline"), (scenario, r.notes)
+        assert r.to_dict()["sut"] == r.sut
+        if scenario in ("offline", "multi-stream") and not inline:
+            assert any("runner's own stream" in n for n in r.notes), r.notes
+    (kept,), = _prepare_samples(exe, [(x16,)], 1, None, 0)
+    assert kept is not x16 and not np.shares_memory(kept, x16) and np.array_equal(kept, x16)
+
+
+def test_run_scenario_takes_a_hal_executable():
+    _loadgen()
+    with pytest.raises(hal.UsageError, match="drives a hal.Executable"):
+        run_scenario(object(), "offline")

@@ -78,6 +78,8 @@ class OpenVINOExecutable(Runner):
         self._lock = threading.Lock()   # compiling a variant, making the async queue
         self._start_lock = threading.Lock()
         self._queue = None              # the AsyncInferQueue behind submit, made on first use
+        self._queue_inputs = None       # its lean start (_request_inputs), where it has one
+        self._streams: list = []        # idle callback-free queues for stream (list.pop/append are atomic)
         # idle requests; list.pop/append are atomic, so taking one needs no lock
         self._idle: list[_Slot] = [self._slot()]
 
@@ -166,17 +168,128 @@ class OpenVINOExecutable(Runner):
                     except RuntimeError as e:
                         raise runtime_error(self.core, self.device, e, "creating infer requests") from None
                     queue.set_callback(self._finished)
+                    self._queue_inputs = self._request_inputs(queue)
                     self._queue = queue
                 q = self._queue
         return q
 
+    def _request_inputs(self, queue) -> tuple[Any, list[list[np.ndarray | None]]] | None:
+        """(the C++ ``start_async``, each request's own input buffers as numpy views):
+        ``start`` copies each input straight into the next idle request's buffer and
+        starts it, skipping the Python data dispatch of ``AsyncInferQueue.start_async``
+        (a request object, a dict and a type dispatch per input, each call). An input
+        without a fixed buffer of its exact shape and dtype (a free dimension) has None:
+        it goes in as a new tensor holding a copy. None: that start is not there (an
+        OpenVINO whose queue is the C++ class itself); ``start`` uses the dispatch."""
+        start = getattr(super(type(queue), queue), "start_async", None)  # the C++ method
+        if start is None:
+            return None
+        ins = self.info.inputs
+        views: list[list[np.ndarray | None]] = []
+        for r in range(len(queue)):
+            req, own = queue[r], []
+            for i, s in enumerate(ins):
+                v = None
+                if None not in s.shape:
+                    try:
+                        v = req.get_input_tensor(i).data
+                        if v.shape != tuple(s.shape) or v.dtype != np.dtype(s.dtype) \
+                                or not v.flags.writeable:
+                            v = None
+                    except (RuntimeError, TypeError, ValueError):
+                        v = None
+                own.append(v)
+            views.append(own)
+        return start, views
+
+    def _fill(self, views: list[np.ndarray | None], inputs: list[np.ndarray]) -> dict:
+        """Copy ``inputs`` into one request's own buffers; return the inputs that have none
+        as new tensors holding a copy (a free dimension), for the C++ ``start_async``."""
+        fresh = {}
+        for i, (buf, a) in enumerate(zip(views, inputs)):
+            if buf is None:
+                fresh[i] = self._tensor(a)  # shared_memory=False: a copy it owns
+            else:  # the request's own memory: the caller may reuse its array at once
+                np.copyto(buf, a)
+        return fresh
+
     def start(self, inputs: list[np.ndarray], done) -> None:
         q = self._async_queue()
+        lean = self._queue_inputs
         with self._start_lock:  # one caller at a time takes the next idle request
-            try:  # share_inputs=False: copied into the request before start_async returns
-                q.start_async(dict(enumerate(inputs)), done, share_inputs=False)
+            try:
+                if lean is None:  # share_inputs=False: copied into the request before it returns
+                    q.start_async(dict(enumerate(inputs)), done, share_inputs=False)
+                    return
+                start, views = lean
+                # blocks, without the GIL, while every request is busy; the request it names
+                # stays the first idle one until start takes it (only start takes requests,
+                # and it runs under _start_lock)
+                start(self._fill(views[q.get_idle_request_id()], inputs), done)
             except RuntimeError as e:
                 raise runtime_error(self.core, self.device, e, "starting an inference") from None
+
+    def stream(self, inputs):
+        """benchmark_app's loop in the consumer's thread, for ``Executable.map`` and LoadGen's
+        Offline and Multi-Stream: a queue of twice the optimal number of requests (one
+        waiting behind each running one, so a stream never waits for the host) on the
+        THROUGHPUT compile, with no Python callback, so a finished request costs the
+        runtime's threads no GIL: this thread waits for an idle request (without the
+        GIL), reads the outputs it holds, refills it and starts it again."""
+        q, start, views, reqs = self._stream_queue()
+        n_out = range(self._n_out)
+        held: list[int | None] = [None] * len(reqs)  # the item whose outputs each request holds
+        ready: dict[int, list[np.ndarray]] = {}
+        sent = nxt = 0
+        finished = False
+        try:
+            for arrays in inputs:
+                r = q.get_idle_request_id()  # waits without the GIL while every request is busy
+                if held[r] is not None:
+                    ready[held[r]] = [reqs[r].get_output_tensor(i).data.copy() for i in n_out]
+                if start is None:
+                    q.start_async(dict(enumerate(arrays)), None, share_inputs=False)
+                else:  # the C++ start takes request r: the first idle one, and only we start here
+                    start(self._fill(views[r], arrays), None)
+                held[r], sent = sent, sent + 1
+                while nxt in ready:
+                    yield ready.pop(nxt)
+                    nxt += 1
+            q.wait_all()
+            for r, k in enumerate(held):
+                if k is not None:
+                    ready[k] = [reqs[r].get_output_tensor(i).data.copy() for i in n_out]
+            while nxt in ready:
+                yield ready.pop(nxt)
+                nxt += 1
+            finished = True
+        except RuntimeError as e:
+            raise runtime_error(self.core, self.device, e, "inference") from None
+        finally:
+            if not finished:  # stopped early or failed: nothing runs on after the caller
+                try:
+                    q.wait_all()
+                except RuntimeError:
+                    q = None  # the queue keeps its error: never reused
+            if q is not None:
+                self._streams.append((q, start, views, reqs))
+
+    def _stream_queue(self) -> tuple[Any, Any, list, list]:
+        """An idle callback-free queue for :meth:`stream`, or a new one: (queue, the C++
+        start or None, each request's input buffers, the requests, to read outputs)."""
+        try:
+            return self._streams.pop()
+        except IndexError:
+            pass
+        n = 2 * len(self._async_queue())
+        cm = self._variant("throughput", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        try:
+            q = self._o.ov.AsyncInferQueue(cm, n)
+        except RuntimeError as e:
+            raise runtime_error(self.core, self.device, e, "creating infer requests") from None
+        lean = self._request_inputs(q)
+        start, views = lean if lean is not None else (None, None)
+        return q, start, views, [q[r] for r in range(n)]
 
     def _finished(self, request, done) -> None:
         try:
