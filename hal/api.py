@@ -435,7 +435,7 @@ def _build(b: Backend, dev: Device, src: _formats.Model, chain, opts: CompileOpt
             exe = _wrap(b, b.compile(model, dev, opts), "compile")
             # after the backend: a backend-specific alias may have set the permission
             _place(exe, opts.allow_host_ops, "compile")
-        _signature.stamp(exe.info, _source_signature(src))
+        _signature.stamp(exe.info, _source_signature(src), _keep_free)
         exe.info.compile_time_s = time.perf_counter() - t0
         exe.info.conversion_path = [src.format] + [f"{c.name} → {c.target}" for c in chain] + \
             exe.info.conversion_path
@@ -492,6 +492,11 @@ def _place(exe: Executable, allowed: bool, verb: str) -> None:
     note = allowed_note(p, info.target)
     if note not in info.notes:  # a loaded artifact carries the note it was compiled with
         info.notes.append(note)
+
+
+def _keep_free(dim: int) -> list[str]:
+    """The installed backends that declare they keep free dimension ``dim`` free."""
+    return [b.name for b in registry().backends.values() if b.keeps_free(dim)]
 
 
 def _source_signature(src: _formats.Model):

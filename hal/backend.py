@@ -75,6 +75,15 @@ class Backend:
     #: an ONNX model with a symbolic batch) compiles to an executable that takes any
     #: batch size. The conformance suite checks the claim with dynamic-batch cells.
     dynamic_batch: bool = False
+    #: every other dimension the model leaves free (a sequence ``Dim``, an ONNX symbolic
+    #: length or image size) stays free too. A backend without it fixes them from the
+    #: example input, and the core's note on such an executable names the backends that
+    #: keep them free. The contract tests hold the built-in backends to what they declare.
+    dynamic_dims: bool = False
+
+    def keeps_free(self, dim: int) -> bool:
+        """Whether a dimension the model leaves free stays free here (0: the batch)."""
+        return self.dynamic_dims or (dim == 0 and self.dynamic_batch)
 
     def missing_runtime(self) -> str | None:
         """Why the runtime cannot be used, or ``None`` when it can."""

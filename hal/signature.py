@@ -131,10 +131,12 @@ def why_invalid(tree: Any, n_outputs: int) -> str | None:
     return why
 
 
-def stamp(info: Any, sig: Signature | None) -> None:
+def stamp(info: Any, sig: Signature | None, keep_free: Any = None) -> None:
     """Give ``info`` (an ``ExecutableInfo``) the source model's names and output
     tree. A backend whose executable has another number of inputs or outputs
-    than the model keeps its own names, with a note saying so."""
+    than the model keeps its own names, with a note saying so. ``keep_free(i)``:
+    the backends that keep a free dimension ``i`` free, named in the note on one
+    this executable fixed."""
     if sig is None:
         return
     from dataclasses import replace
@@ -159,9 +161,11 @@ def stamp(info: Any, sig: Signature | None) -> None:
             for i, (d, got) in enumerate(zip(declared, spec.shape)):
                 if d != got:
                     fixed = d is None and got is not None
+                    others = ", ".join(keep_free(i)) if fixed and keep_free else ""
                     info.notes.append(
                         f"input {spec.name!r} dimension {i}: the model declares "
                         f"{'a free size' if d is None else d}, the {info.target} executable takes "
                         f"{'any size' if got is None else got}"
                         + ("; other sizes are refused: compile with an example of the size you "
-                           "will run, or use a target that keeps it free" if fixed else ""))
+                           "will run, or use a target that keeps it free"
+                           + (f" ({others})" if others else "") if fixed else ""))

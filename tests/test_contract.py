@@ -132,3 +132,44 @@ def test_an_onnx_file_keeps_its_names(tmp_path):
         np.testing.assert_array_equal(out["label"], mm.argmax(-1))
         probs, label = exe(x)
         np.testing.assert_allclose(probs, np.exp(mm) / np.exp(mm).sum(-1, keepdims=True), rtol=1e-5)
+
+
+class Pool(torch.nn.Module):
+    """Token embeddings averaged over a sequence of any length."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.emb = torch.nn.Embedding(50, 8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids):
+        return self.out(self.emb(input_ids).mean(1))
+
+
+def test_backends_keep_free_what_they_declare():
+    """Backend.dynamic_dims / dynamic_batch are held to what each backend builds: the
+    batch and a sequence Dim stay free on a backend that declares dynamic_dims, the batch
+    alone on one that declares dynamic_batch; a dimension fixed anyway gets a note naming
+    the installed backends that keep it free."""
+    m = Pool().eval()
+    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=64)
+    ids = torch.randint(0, 50, (2, 5))
+    ep = torch.export.export(m, (ids,), dynamic_shapes=({0: batch, 1: seq},))
+    from hal.plugin import registry, resolve
+
+    keep_seq = [b.name for b in registry().backends.values() if b.keeps_free(1)]
+    for t in FLOAT_TARGETS:
+        b = resolve(t)[0]
+        exe = hal.compile(ep, t, example_input=(ids.numpy(),), cache=False)
+        shape = exe.info.inputs[0].shape
+        assert (shape[0] is None) == b.keeps_free(0) and (shape[1] is None) == b.keeps_free(1), \
+            (t, shape)
+        if not b.keeps_free(1):
+            assert any(f"keeps it free ({', '.join(keep_seq)})" in n for n in exe.info.notes), t
+            continue
+        for n in (3, 9):
+            x = np.random.default_rng(n).integers(0, 50, (3, n))
+            with torch.no_grad():
+                want = m(torch.from_numpy(x)).numpy()
+            np.testing.assert_allclose(exe(x), want, rtol=1e-4, atol=1e-5)

@@ -18,6 +18,7 @@ class OpenVINOBackend(Backend):
     description = "Intel OpenVINO runtime: CPU, GPU, NPU (Movidius' successor), AUTO; MYRIAD on OpenVINO ≤ 2022.3"
     formats = ("openvino.model",)
     dynamic_batch = True
+    dynamic_dims = True
     precisions = devices.ALL
     aliases = ("movidius", "npu")
     requires = ("openvino",)

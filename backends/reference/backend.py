@@ -30,6 +30,7 @@ class ReferenceBackend(Backend):
     description = "PyTorch eager on the host CPU; fp64 mode is the conformance oracle"
     formats = ("torch.nn", "torch.export", "onnx")
     dynamic_batch = True
+    dynamic_dims = True
     precisions = ("fp64", "fp32", "int8", "int8-dynamic")
     aliases = ("cpu",)
     requires = ("torch",)
