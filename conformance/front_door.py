@@ -837,34 +837,38 @@ FIXED = (
     "tests/test_front_door.py",
     "edgetpu: a 0-d output came back as a numpy scalar, which the core refuses as a plugin bug — "
     "backends/edgetpu/executable.py (tests/test_security_tflite.py's loop model)",
+    "edgetpu, tflite-int8-fio (lost): a full-int8 TFLite with float input/output was refused as "
+    "'not full-int8' unless allow_host_ops, and the predicted mapping put every op after the "
+    "leading QUANTIZE on the CPU; its edge QUANTIZE/DEQUANTIZE only convert the model's own float "
+    "I/O (edgetpu_compiler leaves just them on the CPU), so they no longer cut the partition and "
+    "placement lists them on the host as io_conversion ops, which the core does not refuse — "
+    "backends/edgetpu/graph.py (edge_conversions), hal/placement.py",
+    "contract, tflite-int8-io: the same int8-I/O TFLite took float32 on edgetpu (hal quantized) "
+    "and int8 on openvino; a given TFLite now takes and returns its own dtypes on edgetpu by "
+    "default (options={'raw_io': False} asks for hal's float interface) — backends/edgetpu/backend.py",
+    "edgetpu, bert-cls-dyn-export: a program exported with keyword inputs failed in the Edge TPU "
+    "converter ('kwarg keyword mismatch'); positional/program_module/example_leaves moved into "
+    "hal.plugin and the converter calls the program by position — hal/formats/torchexport.py",
+    "reference, int8 of a static torch.export program: a size export specialised (a constant "
+    "SymInt) was read as free, so the executable claimed any batch, its artifact did not load and "
+    "the cache rebuilt it on every compile — backends/torch_common.py (dim)",
+    "front door: example inputs were positional only, so GPT2LMHeadModel(input_ids, "
+    "attention_mask) bound the mask to past_key_values and the error did not say so; "
+    "example_input may now be a dict (a tokenizer's output) that binds by name (an nn.Module is "
+    "exported by keyword), and a failing positional binding names the parameters it landed on — "
+    "hal/api.py (_bind), hal/formats/torchexport.py (export_by_name)",
+    "core: the placement refusal named ops by whole TFLite tensor names hundreds of characters "
+    "long; it names each by the end of its name and its type — hal/placement.py",
 )
 #: what the corpus found and hal does not fix yet (tests/test_front_door_corpus.py's KNOWN
 #: expects the failing ones to fail exactly so)
 OPEN = (
-    "edgetpu, tflite-int8-fio (lost): a full-int8 TFLite with float input/output "
-    "(TFLiteConverter's default I/O) is refused as 'not full-int8' unless allow_host_ops; "
-    "libedgetpu runs such models with QUANTIZE/DEQUANTIZE on the CPU, and hal quantizes on the "
-    "host itself for int8-I/O models. The predicted mapping also puts every op after the leading "
-    "QUANTIZE on the CPU (0/8 on the Edge TPU), where edgetpu_compiler maps all but the edge ops — "
-    "backends/edgetpu/graph.py mapping_report, backends/edgetpu/backend.py's float-tensor gate",
     "openvino, tflite-int8-fio (wrong, the runtime's): OpenVINO's own execution of an int8 TFLite "
     "differs from LiteRT's (26.7 dB on one probe; 23.7 dB at worst over 50 inputs); "
     "Core.read_model + compile_model called directly gives hal's answer bit for bit",
-    "contract, tflite-int8-io: the same int8-I/O TFLite takes float32 on edgetpu (hal quantizes: "
-    "the backend's documented default) and int8 on openvino (the model's own dtype, as the I/O "
-    "contract says); edgetpu's options={'raw_io': True} gives int8",
-    "edgetpu, bert-cls-dyn-export: a torch.export program exported with keyword inputs fails in "
-    "the Edge TPU converter ('kwarg keyword mismatch'): backends/edgetpu/pipeline.py torch_to_int8 "
-    "calls model.value.module() by position (fixed for reference in torch_common.positional, "
-    "which edgetpu, importing only hal and hal.plugin, cannot use)",
-    "reference, int8 of a static torch.export program (outside the table): the executable "
-    "declares a free batch while the saved program is static, so its artifact does not load "
-    "('hal.json's inputs [(None, 3)] are not the program's [(2, 3)]') and the compile cache "
-    "rebuilds it on every compile — backends/reference/pipeline.py's int8 path",
-    "front door (outside the table): example inputs are positional only, so "
-    "GPT2LMHeadModel(input_ids, attention_mask) binds the mask to forward's second parameter, "
-    "past_key_values; the error ('the model fails on example inputs ... get_seq_length') does "
-    "not say so. The corpus wraps the model to pass the mask by keyword",
+    "edgetpu, bert-cls-dyn-export: compiles now, but is refused at int8 because litert-torch's "
+    "PT2E quantizer leaves 121 float tensors in BERT (ADD, BATCH_MATMUL, EMBEDDING_LOOKUP, MEAN, "
+    "MUL, ...): the Edge TPU runs full-int8 models only",
 )
 #: the CI sample (tests/test_front_door_corpus.py, and this module without --full): a torch
 #: model with dict outputs that every device here runs (the Edge TPU at int8), a pre-quantized
