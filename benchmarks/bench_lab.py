@@ -9,9 +9,10 @@ bound to 127.0.0.1, with 1 Ray CPU (one device at a time per node).
     python benchmarks/bench_lab.py lab --nodes 3           # every device on each of 3 nodes
     python benchmarks/bench_lab.py lab --nodes 3 --split   # the plugins shared out: one node each
     python benchmarks/bench_lab.py loss --nodes 3          # the last node killed after its first cell
+    python benchmarks/bench_lab.py lab --nodes 3 --suite full --timeout 600 --json lab.json --markdown lab.md
 
-Filters (-b, -m, -p) restrict the suite; --cross-check is the lab's (default: none,
-so that N nodes run the same cells as one).
+Filters (-b, -m, -p) and --suite restrict the run; --cross-check is the lab's (default:
+none, so that N nodes run the same cells as one); --json and --markdown keep the report.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ def single(a) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = [x for b in a.backend or () for x in ("-b", b)] + [x for m in a.model or () for x in ("-m", m)]
         args += [x for p in a.precision or () for x in ("-p", p)]
+        args += ["--suite", a.suite, "--timeout", str(a.timeout)]
+        args += ["--markdown", str(a.markdown)] if a.markdown else []
+        path = a.json or Path(tmp) / "r.json"
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-m", "hal_conformance", *args, "--json", f"{tmp}/r.json"],
-                       capture_output=True, timeout=3600)
+        subprocess.run([sys.executable, "-m", "hal_conformance", *args, "--json", str(path)],
+                       capture_output=True, timeout=4 * 3600)
         wall = time.monotonic() - t0
-        r = json.loads(Path(f"{tmp}/r.json").read_text())
+        r = json.loads(path.read_text())
     return {"mode": "single host, no Ray", "wall_s": round(wall, 1), "summary": r["summary"]}
 
 
@@ -67,13 +71,18 @@ def lab(a, kill: bool = False) -> dict:
         finished.append(c)
 
     try:
-        opts = Options(backends=a.backend, models=a.model, precisions=a.precision, timeout_s=300,
-                       startup_timeout_s=300, cluster=cluster.address, cross_check=a.cross_check)
+        opts = Options(backends=a.backend, suite=a.suite, models=a.model, precisions=a.precision,
+                       timeout_s=a.timeout, startup_timeout_s=300, json_path=a.json,
+                       cluster=cluster.address, cross_check=a.cross_check)
         t0 = time.monotonic()
         r = Lab(opts, on_cell=on_cell).run()
         wall = time.monotonic() - t0
     finally:
         cluster.shutdown()
+    if a.markdown:
+        from hal_conformance.lab.reports import write_markdown
+
+        write_markdown(r, a.markdown)
     out = {"mode": f"lab, {a.nodes} node(s) × {a.cpus} CPU" + (" (plugins split)" if a.split else "")
            + (", Ray's default health checks" if a.ray_defaults else "")
            + (", last node killed" if kill else ""), "cluster_start_s": round(t_cluster, 1),
@@ -100,6 +109,10 @@ def main() -> None:
     p.add_argument("--ray-defaults", action="store_true",
                    help="Ray's default health checks instead of the tests' fast ones")
     p.add_argument("--cross-check", default="none", choices=("none", "first", "all"))
+    p.add_argument("--suite", default="quick", choices=("quick", "ops", "models", "full"))
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds one cell may take")
+    p.add_argument("--json", type=Path, help="keep the run's JSON report here")
+    p.add_argument("--markdown", type=Path, help="write its markdown summary here")
     p.add_argument("-b", "--backend", action="append")
     p.add_argument("-m", "--model", action="append")
     p.add_argument("-p", "--precision", action="append")
