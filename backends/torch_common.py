@@ -17,7 +17,7 @@ import torch
 
 from hal import CompileError, InvalidInputError, ModelFormatError, UsageError
 from hal.plugin import (Model, TensorSpec, brief, example_leaves, export_static, positional,
-                        program_module, read_pt2)
+                        program_dim, program_module, read_pt2)
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -55,7 +55,8 @@ def rebatched_for(model: Model) -> torch.nn.Module | None:
 def _batch_only_differs(ep, arrays) -> bool:
     """A static program (its batch is no Dim) whose example batch is not the caller's."""
     args = example_leaves(ep)
-    return (len(args) == len(arrays) and all(sh and sh[0] is not None for sh, _ in program_shapes(ep)[0]) and all(isinstance(a, torch.Tensor) for a in args)
+    return (len(args) == len(arrays) and all(isinstance(a, torch.Tensor) for a in args)
+            and all(sh and sh[0] is not None for sh, _ in program_shapes(ep)[0])
             and any(a.shape[0] != x.shape[0] for a, x in zip(args, arrays))
             and all(a.ndim == x.ndim and tuple(a.shape[1:]) == tuple(x.shape[1:])
                     for a, x in zip(args, arrays)))
@@ -185,16 +186,8 @@ def _dynamic_batch(ep) -> bool:
     """Every user input of the program has a symbolic first dimension."""
     names = set(ep.graph_signature.user_inputs)
     vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
-    return bool(vals) and all(v is not None and v.ndim and dim(v.shape[0]) is None for v in vals)
+    return bool(vals) and all(v is not None and v.ndim and program_dim(v.shape[0]) is None for v in vals)
 
-
-def dim(d) -> int | None:
-    """A program's dimension as an int, or None when it is free. A size that export
-    specialised (a guard pinned the Dim) is a constant ``SymInt``, not an ``int``: it is
-    static, and a re-export with a batch Dim that specialised must not be called dynamic."""
-    from torch.fx.experimental.symbolic_shapes import is_concrete_int
-
-    return int(d) if is_concrete_int(d) else None
 
 
 def specs(args: tuple[torch.Tensor, ...], outs: list[torch.Tensor], dynamic: bool,
@@ -215,7 +208,7 @@ def program_shapes(ep) -> tuple[list[tuple], list[tuple]]:
     read from the graph: a symbolic dimension (a batch or sequence ``Dim``) is
     ``None``, whatever size the example that traced it had."""
     def of(v) -> tuple:
-        return (tuple(dim(d) for d in v.shape),
+        return (tuple(program_dim(d) for d in v.shape),
                 str(v.dtype).removeprefix("torch."))
 
     user = set(ep.graph_signature.user_inputs)

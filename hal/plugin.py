@@ -30,7 +30,8 @@ What is here (``__all__``, sorted):
 - models: ``export_static`` and ``torch_example_args`` (``torch.export`` at the
   example inputs' shapes), ``program_module``, ``positional`` and ``example_leaves``
   (an exported program called with one tensor per user input, keyword inputs
-  included, and its example inputs in that order), ``read_pt2`` (a ``.pt2`` proven
+  included, and its example inputs in that order), ``program_dim`` (a program's
+  dimension: an int, or None where it is free), ``read_pt2`` (a ``.pt2`` proven
   to unpickle nothing), ``onnx_quantized_ops`` (an ONNX graph's quantized ops);
 - packages: ``missing``, ``require``, ``install_hint``, ``installed_version``;
 - errors and stages: ``brief`` and ``printable`` (one bounded, printable line of
@@ -43,7 +44,7 @@ from .cache import runtime_dir as runtime_cache_dir
 from .errors import STAGES, brief, printable, stage
 from .executable import ExecutableInfo, Runner, as_numpy, conform, read_json_object
 from .formats import Converter, Format, Model, scratch_dir
-from .formats.torchexport import (example_leaves, export_static, positional,
+from .formats.torchexport import (example_leaves, export_static, positional, program_dim,
                                   program_module, torch_example_args)
 from .formats.onnxcheck import quantized_ops as onnx_quantized_ops
 from .formats.pt2 import read as read_pt2
@@ -62,7 +63,7 @@ __all__ = [
     "as_numpy", "brief", "check_options", "conform", "discover", "example_leaves",
     "export_static", "hookimpl", "host_cores", "host_memory_bytes", "host_threads", "inside",
     "install_hint", "installed_version", "load_npz", "mapping", "missing", "onnx_quantized_ops",
-    "positional", "printable", "program_module", "read_json_object", "read_pt2", "registry",
+    "positional", "printable", "program_dim", "program_module", "read_json_object", "read_pt2", "registry",
     "require", "require_inside", "resolve", "runtime_cache_dir", "scratch_dir", "stage",
     "torch_example_args",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hal import CompileError, HalError, ModelFormatError
-from hal.plugin import Model, scratch_dir
+from hal.plugin import Model, program_dim, scratch_dir
 
 from . import compat
 
@@ -110,12 +110,10 @@ def _keep_program_shapes(ov_model, ep):
     vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
     if len(vals) != len(ov_model.inputs) or any(v is None or not hasattr(v, "shape") for v in vals):
         return ov_model
-    from ..torch_common import dim
-
     o = compat.api()
     shaped = ov_model.clone()  # a failed reshape may leave a model half-reshaped
     try:
-        shaped.reshape({i: o.ov.PartialShape([-1 if (d := dim(x)) is None else d for x in v.shape])
+        shaped.reshape({i: o.ov.PartialShape([-1 if (d := program_dim(x)) is None else d for x in v.shape])
                         for i, v in enumerate(vals)})
         return shaped
     except Exception as e:  # noqa: BLE001 - OpenVINO's shape inference refusing concrete shapes

@@ -97,14 +97,14 @@ def exported(ep: Any, example: tuple | None = None) -> Signature | None:
 def _program_shapes(ep: Any) -> list[tuple] | None:
     """Each user input's shape as the program declares it: a symbolic dimension is ``None``."""
     import torch
-    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    from .torchexport import program_dim
 
     user = set(ep.graph_signature.user_inputs)
     vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
     if not all(isinstance(v, torch.Tensor) for v in vals):
         return None
-    # a size export specialised is a constant SymInt: static, though not an int
-    return [tuple(int(d) if is_concrete_int(d) else None for d in v.shape) for v in vals]
+    return [tuple(program_dim(d) for d in v.shape) for v in vals]
 
 
 def onnx_model(proto: Any, example: tuple | None = None) -> Signature:

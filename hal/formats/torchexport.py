@@ -88,6 +88,15 @@ def export_by_name(module, named: dict) -> tuple:
     return program, tuple(named[n] for n in order)
 
 
+def program_dim(d) -> int | None:
+    """A program's dimension as an int, or None when it is free. A size that export
+    specialised (a guard pinned the Dim) is a constant ``SymInt``, not an ``int``: it is
+    static, and a re-export with a batch Dim that specialised must not be called dynamic."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    return int(d) if is_concrete_int(d) else None
+
+
 def example_leaves(program) -> tuple:
     """An exported program's example inputs, one per user input (keyword inputs included),
     in the program's order; ``()`` when it kept none."""
