@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 
 from hal import CompileError, InvalidInputError, ModelFormatError, UsageError
-from hal.plugin import (Model, TensorSpec, brief, example_leaves, export_static, positional,
-                        program_dim, program_module, read_pt2)
+from hal.plugin import (Model, TensorSpec, brief, example_leaves, export_free_batch, export_static,
+                        positional, program_dim, program_module, read_pt2)
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -164,29 +163,8 @@ def non_tensor_output(module: torch.nn.Module, args) -> tuple[str, str] | None:
 def export(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
     """``torch.export`` with a dynamic batch dimension where the model allows
     it, else with static shapes. Returns (program, dynamic_batch)."""
-    if all(a.ndim >= 1 and a.shape[0] >= 1 for a in args):
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        # export specialises a size-1 dimension, so trace with a batch of 2
-        trace = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
-        # an explicit range first; then AUTO, which keeps a range the module already has
-        # (a program exported with its own batch Dim re-exports only within that range)
-        for dim in (batch, torch.export.Dim.AUTO):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ep = torch.export.export(module, trace, dynamic_shapes=tuple({0: dim} for _ in args))
-            except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
-                continue
-            if _dynamic_batch(ep):
-                return ep, True
-    return export_static(module, args), False
-
-
-def _dynamic_batch(ep) -> bool:
-    """Every user input of the program has a symbolic first dimension."""
-    names = set(ep.graph_signature.user_inputs)
-    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
-    return bool(vals) and all(v is not None and v.ndim and program_dim(v.shape[0]) is None for v in vals)
+    ep = export_free_batch(module, args)
+    return (ep, True) if ep is not None else (export_static(module, args), False)
 
 
 

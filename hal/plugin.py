@@ -28,7 +28,8 @@ What is here (``__all__``, sorted):
   (paths that must stay in a folder), ``scratch_dir`` (a temp dir that lives as
   long as the compile);
 - models: ``export_static`` and ``torch_example_args`` (``torch.export`` at the
-  example inputs' shapes), ``program_module``, ``positional`` and ``example_leaves``
+  example inputs' shapes), ``export_free_batch`` and ``batch_is_free`` (an export whose
+  batch stays free, and the test of one), ``program_module``, ``positional`` and ``example_leaves``
   (an exported program called with one tensor per user input, keyword inputs
   included, and its example inputs in that order), ``program_dim`` (a program's
   dimension: an int, or None where it is free), ``read_pt2`` (a ``.pt2`` proven
@@ -44,8 +45,8 @@ from .cache import runtime_dir as runtime_cache_dir
 from .errors import STAGES, brief, printable, stage
 from .executable import ExecutableInfo, Runner, as_numpy, conform, read_json_object
 from .formats import Converter, Format, Model, scratch_dir
-from .formats.torchexport import (example_leaves, export_static, positional, program_dim,
-                                  program_module, torch_example_args)
+from .formats.torchexport import (batch_is_free, example_leaves, export_free_batch, export_static,
+                                  positional, program_dim, program_module, torch_example_args)
 from .formats.onnxcheck import quantized_ops as onnx_quantized_ops
 from .formats.pt2 import read as read_pt2
 from .hookspecs import hookimpl
@@ -60,8 +61,8 @@ from .types import CompileOptions, TensorSpec
 __all__ = [
     "API_VERSION", "Backend", "CompileOptions", "Converter", "ExecutableInfo", "Format", "Model",
     "OpPlacement", "Option", "Placement", "PluginInfo", "Registry", "Runner", "STAGES", "TensorSpec",
-    "as_numpy", "brief", "check_options", "conform", "discover", "example_leaves",
-    "export_static", "hookimpl", "host_cores", "host_memory_bytes", "host_threads", "inside",
+    "as_numpy", "batch_is_free", "brief", "check_options", "conform", "discover", "example_leaves",
+    "export_free_batch", "export_static", "hookimpl", "host_cores", "host_memory_bytes", "host_threads", "inside",
     "install_hint", "installed_version", "load_npz", "mapping", "missing", "onnx_quantized_ops",
     "positional", "printable", "program_dim", "program_module", "read_json_object", "read_pt2", "registry",
     "require", "require_inside", "resolve", "runtime_cache_dir", "scratch_dir", "stage",

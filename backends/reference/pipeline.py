@@ -13,7 +13,8 @@ import torch
 
 from hal import (ArtifactError, CompileError, Device, InvalidInputError,
                  UnsupportedError)
-from hal.plugin import CompileOptions, ExecutableInfo, Model, Runner, brief, read_json_object, stage
+from hal.plugin import (CompileOptions, ExecutableInfo, Model, Runner, batch_is_free, brief,
+                        read_json_object, stage)
 
 from .. import torch_common as tc
 
@@ -190,7 +191,7 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> R
         if model.format == "torch.export" and precision in ("fp32", "int8-dynamic") \
                 and any(None in sh for sh, _ in tc.program_shapes(model.value)[0]):
             # the caller's own Dims (a sequence, a batch range): re-exporting would keep a batch Dim at most
-            program, dynamic = model.value, tc._dynamic_batch(model.value)
+            program, dynamic = model.value, batch_is_free(model.value)
         else:
             program, dynamic = tc.export(module, ex_args)
         if model.format == "torch.export" and precision != "int8":

@@ -34,6 +34,43 @@ def export_static(module, args: tuple):
                            "make the model export-friendly (no data-dependent control flow)") from None
 
 
+def export_free_batch(module, args: tuple = (), kwargs: dict | None = None):
+    """``torch.export`` with one batch ``Dim`` over every input (positional or keyword),
+    where the model allows it; None where it does not (the caller exports static)."""
+    import warnings
+
+    import torch
+
+    kwargs = kwargs or {}
+    if not all(t.ndim >= 1 and t.shape[0] >= 1 for t in (*args, *kwargs.values())):
+        return None
+
+    def two(t):  # export specialises a size-1 dimension, so trace a batch of 1 as 2
+        return t.expand(2, *t.shape[1:]).contiguous() if t.shape[0] == 1 else t
+
+    trace, trace_kw = tuple(two(a) for a in args), {k: two(t) for k, t in kwargs.items()}
+    # an explicit range first; then AUTO, which keeps a range the module already has
+    # (a program exported with its own batch Dim re-exports only within that range)
+    for dim in (torch.export.Dim("batch", min=1, max=4096), torch.export.Dim.AUTO):
+        shapes = {k: {0: dim} for k in kwargs} if kwargs else tuple({0: dim} for _ in args)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ep = torch.export.export(module, trace, kwargs=trace_kw or None, dynamic_shapes=shapes)
+        except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
+            continue
+        if batch_is_free(ep):
+            return ep
+    return None
+
+
+def batch_is_free(program) -> bool:
+    """Every user input of the program has a free first dimension."""
+    names = set(program.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in names]
+    return bool(vals) and all(v is not None and v.ndim and program_dim(v.shape[0]) is None for v in vals)
+
+
 def export_by_name(module, named: dict) -> tuple:
     """An ``nn.Module`` called by keyword (``model(**tokenizer(text))``): exported with
     ``kwargs`` (how transformers models are exported), so every backend gets one program
@@ -47,25 +84,11 @@ def export_by_name(module, named: dict) -> tuple:
                          f"parameters of forward({', '.join(params)})",
                          "key example inputs by forward's parameter names")
     tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in named.items()}
-    # export specialises a size-1 dimension, so trace a batch of 1 as 2 (as for positional inputs)
-    trace = {k: t.expand(2, *t.shape[1:]).contiguous() if t.ndim and t.shape[0] == 1 else t
-             for k, t in tensors.items()}
     flags = [(m, m.training) for m in module.modules()]  # the caller's module, restored after
     module.eval()
-    try:
-        program = None
-        if all(t.ndim and t.shape[0] >= 1 for t in trace.values()):
-            # one batch for every input, as for positional inputs: an explicit range first
-            # (it takes a batch of 1), then AUTO, which keeps a range the model already has
-            for dim in (torch.export.Dim("batch", min=1, max=4096), torch.export.Dim.AUTO):
-                try:
-                    program = torch.export.export(module, (), kwargs=trace,
-                                                  dynamic_shapes={k: {0: dim} for k in trace})
-                    break
-                except Exception:  # noqa: BLE001 - e.g. a reshape that hard-codes the batch
-                    continue
-        if program is None:
-            program = torch.export.export(module, (), kwargs=tensors)
+    try:  # one free batch for every input, as for positional inputs; else static
+        program = (export_free_batch(module, kwargs=tensors)
+                   or torch.export.export(module, (), kwargs=tensors))
     except Exception as e:  # noqa: BLE001
         raise CompileError(f"torch.export of the model called with keywords "
                            f"{', '.join(named)} failed: {brief(e)}",
