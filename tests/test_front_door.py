@@ -390,6 +390,9 @@ def test_a_full_int8_tflite_compiles_as_int8_without_calibration(int8_tflite):
         want = litert_int8(int8_tflite, XI8) if target == "edgetpu:emulated" else \
             ov_direct(int8_tflite, (XI8,))
         assert np.array_equal(first(exe(XI8)), want), target
+        # OpenVINO's FakeQuantize arithmetic is not LiteRT's: the executable says so
+        assert any("not TFLite's integer kernels" in n for n in exe.info.notes) == \
+            (target == "openvino:CPU"), (target, exe.info.notes)
         with pytest.raises(UnsupportedError, match=r"already quantized \(\d+ int8 activation"):
             hal.compile(int8_tflite, target, precision="fp32", cache=False)
 

@@ -219,6 +219,14 @@ def from_tflite(model: Model, options) -> Any:
     path = scratch_dir("hal-ov-tflite-") / "model.tflite"
     path.write_bytes(data)
     ov_model = _convert(str(path), "TFLite model")
+    if any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops()):
+        # measured on front_door's tflite-int8-fio (50 inputs): LiteRT 37-44 dB from the float
+        # Keras model, OpenVINO 24-35 dB; OpenVINO called directly gives hal's answer exactly
+        add_note(ov_model, "OpenVINO runs this TFLite's int8 quantization as FakeQuantize "
+                           "around its own kernels (u8 activations, its own requantization), "
+                           "not TFLite's integer kernels: its answers differ from LiteRT's by "
+                           "more than rounding (24-35 dB SNR on hal's front-door corpus). For "
+                           "LiteRT's arithmetic, compile the file for a LiteRT backend")
     if not checked:
         add_note(ov_model, "the TFLite model's subgraph calls were not checked by hal "
                            "(ai-edge-litert, whose schema it reads with, is not installed)")
