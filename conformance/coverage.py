@@ -130,6 +130,7 @@ def placement_text(p: dict | None) -> str:
     host = p.get("host_ops") or 0
     return (f"{p.get('device_ops', 0)} on device, {host} on host"
             + (f" ({', '.join(p.get('host') or [])})" if host else "")
+            + (f", {io} converting the model's I/O on the host" if (io := p.get("io_ops")) else "")
             + (" · emulated" if p.get("emulated") else ""))
 
 
