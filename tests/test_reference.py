@@ -175,3 +175,20 @@ def test_auto_measures_candidates_against_a_latency_requirement(small_cnn, x16):
     with pytest.raises(hal.DeviceUnavailableError, match="no device meets 1e-06 ms"):
         hal.compile(small_cnn, target="auto", example_input=(x16,),
                     requirements=hal.Requirements(max_latency_ms=1e-6))
+
+
+def test_onnx_string_outputs_are_object_arrays(tmp_path):
+    """ONNX STRING tensors are numpy object arrays, as onnxruntime gives them and the
+    executable declares them; onnx.reference returns StringNormalizer's as fixed-width
+    unicode, which the core's output check refused (ONNX's strnormalizer node cases)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("StringNormalizer", ["x"], ["y"], case_change_action="UPPER")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.STRING, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.STRING, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "s.onnx")
+    exe = hal.compile(tmp_path / "s.onnx", target="reference", cache=False)
+    y = exe(np.array(["monday", "tuesday", "x"], dtype=object))
+    assert y.dtype == object and y.tolist() == ["MONDAY", "TUESDAY", "X"]

@@ -83,7 +83,10 @@ class OnnxReferenceExecutable(Runner):
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             outs = self.session.run(None, dict(zip(self.names, inputs)))
-        return [np.asarray(o) for o in outs]
+        # ONNX STRING tensors are numpy object arrays (onnxruntime's and the declared
+        # dtype); onnx.reference gives some as fixed-width unicode: the same strings
+        return [o.astype(object) if o.dtype.kind in "US" and s.dtype == "object" else o
+                for o, s in zip(map(np.asarray, outs), self.info.outputs)]
 
     def write_artifact(self, directory: Path) -> None:
         import onnx
