@@ -57,7 +57,7 @@ class OpenVINOBackend(Backend):
                     notes.append("calibration data not used: the model carries its own quantization")
             elif precision == "int8":
                 ov_model, step = pipeline.quantize_int8(ov_model, options.calibration or [],
-                                                        options.backend_options)
+                                                        options.backend_options, device)
                 path.append(step)
             elif precision == "int8-dynamic":
                 ov_model, step = pipeline.compress_int8(ov_model, options.backend_options)

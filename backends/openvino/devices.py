@@ -9,6 +9,8 @@ up front instead of being quietly run at another precision.
 
 from __future__ import annotations
 
+import functools
+
 
 from hal import Device, UnsupportedError
 
@@ -116,6 +118,28 @@ def unavailable(why: str) -> list[Device]:
                    aliases=aliases_for(k, False), rank=RANKS[k]) for k in ("CPU", "GPU", "NPU", "AUTO")]
 
 
+#: the x86 instructions that give int8 dot products a 32-bit sum (/proc/cpuinfo flags)
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+NO_VNNI = "no VNNI"
+
+
+@functools.lru_cache(maxsize=1)
+def host_vnni() -> bool | None:
+    """Whether the host CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8); ``None`` where
+    the OS does not say (no ``/proc/cpuinfo``) or the CPU is not x86. Without it the CPU
+    plugin's u8×s8 kernels add pairs of products in int16, which saturates: NNCF's
+    overflow fix (7-bit weights) is then needed on every layer (:func:`.pipeline.quantize_int8`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return bool(flags & VNNI_FLAGS) if "avx2" in flags else None
+    except OSError:
+        pass
+    return None
+
+
 def probe() -> list[Device]:
     o = compat.api()
     core = o.core()
@@ -126,8 +150,11 @@ def probe() -> list[Device]:
         caps = list(_get(core, dev_id, "OPTIMIZATION_CAPABILITIES", []) or [])
         props = list(_get(core, dev_id, "SUPPORTED_PROPERTIES", {}) or {})
         mem = host_memory_bytes() if kind == "CPU" else _get(core, dev_id, f"{kind}_DEVICE_TOTAL_MEM_SIZE")
+        name = str(_get(core, dev_id, "FULL_DEVICE_NAME", dev_id))
+        if kind == "CPU" and host_vnni() is False:  # int8 is built otherwise here: part of the cache key
+            name += f" ({NO_VNNI})"
         devs.append(Device(
-            NAME, dev_id, str(_get(core, dev_id, "FULL_DEVICE_NAME", dev_id)),
+            NAME, dev_id, name,
             kind="hardware", available=True, memory_bytes=int(mem) if mem else None,
             aliases=aliases_for(dev_id, o.legacy), precisions=precisions(kind, caps, props),
             rank=RANKS.get(kind, 1), host_cpu=kind == "CPU", properties={
