@@ -167,7 +167,6 @@ def export(module: torch.nn.Module, args: tuple[torch.Tensor, ...]):
     return (ep, True) if ep is not None else (export_static(module, args), False)
 
 
-
 def specs(args: tuple[torch.Tensor, ...], outs: list[torch.Tensor], dynamic: bool,
           names: list[str] | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
     def np_dtype(t: torch.Tensor) -> str:

@@ -851,7 +851,7 @@ FIXED = (
     "hal.plugin and the converter calls the program by position — hal/formats/torchexport.py",
     "reference, int8 of a static torch.export program: a size export specialised (a constant "
     "SymInt) was read as free, so the executable claimed any batch, its artifact did not load and "
-    "the cache rebuilt it on every compile — backends/torch_common.py (dim)",
+    "the cache rebuilt it on every compile — hal/formats/torchexport.py (program_dim)",
     "front door: example inputs were positional only, so GPT2LMHeadModel(input_ids, "
     "attention_mask) bound the mask to past_key_values and the error did not say so; "
     "example_input may now be a dict (a tokenizer's output) that binds by name (an nn.Module is "

@@ -15,13 +15,7 @@ def register_formats(register):
 
     register(Format("openvino.model", "in-memory openvino.Model", detect=convert.is_ov_model,
                     fingerprint=convert.fingerprint, requires=("openvino",), extra="openvino",
-                    quantized=_prequantized))
-
-
-def _prequantized(ov_model):
-    from .pipeline import prequantized
-
-    return prequantized(ov_model)
+                    quantized=convert.prequantized))
 
 
 @hookimpl

@@ -208,6 +208,14 @@ def _ov_type(o, helper, elem_type: int):
         return None
 
 
+def prequantized(ov_model) -> str | None:
+    """What makes ``ov_model`` already int8, or None: OpenVINO's frontends turn a QDQ
+    ONNX model's QuantizeLinear/DequantizeLinear pairs and an int8 TFLite's quantized
+    tensors into FakeQuantize, as NNCF does; an IR may carry them itself."""
+    n = sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops())
+    return f"{n} FakeQuantize op(s)" if n else None
+
+
 def from_tflite(model: Model, options) -> Any:
     """The subgraph-call check of the edgetpu backend (``tflite_guard``) runs
     here too, so a file is refused alike whichever backend reads it; OpenVINO
@@ -219,7 +227,7 @@ def from_tflite(model: Model, options) -> Any:
     path = scratch_dir("hal-ov-tflite-") / "model.tflite"
     path.write_bytes(data)
     ov_model = _convert(str(path), "TFLite model")
-    if any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops()):
+    if prequantized(ov_model):
         # measured on front_door's tflite-int8-fio (50 inputs): LiteRT 37-44 dB from the float
         # Keras model, OpenVINO 24-35 dB; OpenVINO called directly gives hal's answer exactly
         add_note(ov_model, "OpenVINO runs this TFLite's int8 quantization as FakeQuantize "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-
 from hal import Device, UnsupportedError
 
 from . import compat

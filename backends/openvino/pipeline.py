@@ -23,7 +23,7 @@ from hal import CompileError, Device, InvalidInputError, UnsupportedError, Usage
 from hal.plugin import Option, host_cores, mapping
 from hal.plugin import check_options as check_declared
 
-from .convert import short
+from .convert import prequantized, short
 from .devices import host_vnni, kind_of
 
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int8-dynamic": "f32"}
@@ -241,14 +241,6 @@ def runtime_layers(compiled) -> list[tuple[str, set[str], list[str]]] | None:
     except Exception:  # noqa: BLE001 - some plugins (e.g. MYRIAD) expose no runtime graph
         return None
     return out or None
-
-
-def prequantized(ov_model) -> str | None:
-    """What makes ``ov_model`` already int8, or None: OpenVINO's frontends turn a QDQ
-    ONNX model's QuantizeLinear/DequantizeLinear pairs and an int8 TFLite's quantized
-    tensors into FakeQuantize, as NNCF does; an IR may carry them itself."""
-    n = sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops())
-    return f"{n} FakeQuantize op(s)" if n else None
 
 
 def check_prequantized(ov_model, precision: str, device: Device) -> str | None:
