@@ -11,7 +11,10 @@ Each row is a ratio hal ÷ native on the same model, same artifact and same thre
    with hal's float I/O (hal quantizes and dequantizes around each call) and once with
    ``raw_io`` (int8 in and out, as litert-benchmark feeds the model).
 3. ``reference``: hal Offline samples/s ÷ a hand-written torch loop (``inference_mode``,
-   the same module, the same samples, ``torch.set_num_threads(THREADS)``).
+   the same module, the same samples, ``torch.set_num_threads(THREADS)``), compiled with
+   ``cache=False``; then the executable saved and ``hal.load``-ed, which runs the exported
+   program (an artifact holds no Python code), ÷ a loop of that program's
+   ``torch.export.load(...).module()``, and, for information, ÷ the eager loop.
 4. per backend: hal SingleStream p90 (LoadGen's) ÷ the p90 of direct native calls
    (``compiled_model(x)``, ``Interpreter`` set_tensor/invoke/get_tensor with numpy
    quantization, ``module(x)``), timed call by call.
@@ -264,7 +267,9 @@ def main() -> int:
 
     if "reference" in want:
         print("reference (torch eager) …", flush=True)
-        exe = hal.compile(module, target="reference", example_input=samples[0])
+        # cache=False: a cache hit is a loaded artifact, which runs the exported program
+        # (an artifact holds no Python code), measured on its own below
+        exe = hal.compile(module, target="reference", example_input=samples[0], cache=False)
 
         def direct(x):
             with torch.inference_mode():
@@ -277,6 +282,29 @@ def main() -> int:
             f"torch loop ({args.threads} threads)", reps)
         h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct(s[0]), samples, 2000))
         add("reference SingleStream p90 ÷ module(x) p90", "ms", h, n, "module(x)", reps)
+
+        print("reference, loaded from a .hal (the exported program) …", flush=True)
+        exe.save(tmp / "model.hal")
+        loaded = hal.load(tmp / "model.hal")
+        # the native way to run that program (the one read from the .hal): its .module(),
+        # as torch.export.load(...).module() gives it, same threads
+        program = loaded.runner.program.module()
+
+        def direct_program(x):
+            with torch.inference_mode():
+                return program(torch.from_numpy(x))
+
+        off, ss = loadgen(loaded, samples, args.secs, reps)
+        h, n = rounds(args.rounds, off, lambda: loop_rate(lambda s: direct_program(s[0]), samples,
+                                                          args.secs))
+        add("reference (loaded .hal) Offline ÷ loop of torch.export.load(…).module()", "samples/s",
+            h, n, "program.module() loop", reps)
+        h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct_program(s[0]), samples, 2000))
+        add("reference (loaded .hal) SingleStream p90 ÷ program.module()(x) p90", "ms", h, n,
+            "program.module()(x)", reps)
+        h, n = rounds(args.rounds, off, lambda: loop_rate(lambda s: direct(s[0]), samples, args.secs))
+        add("reference (loaded .hal) Offline ÷ torch eager loop (information)", "samples/s", h, n,
+            "torch eager loop", reps)
 
     if "openvino" in want:
         print("openvino:CPU …", flush=True)

@@ -192,3 +192,34 @@ def test_onnx_string_outputs_are_object_arrays(tmp_path):
     exe = hal.compile(tmp_path / "s.onnx", target="reference", cache=False)
     y = exe(np.array(["monday", "tuesday", "x"], dtype=object))
     assert y.dtype == object and y.tolist() == ["MONDAY", "TUESDAY", "X"]
+
+
+class _Scaled(torch.nn.Module):
+    def forward(self, a, m):
+        return a * m, {"sum": (a + m).sum(dim=1)}
+
+
+def test_loaded_program_runs_bare_graph_and_keeps_guards(tmp_path):
+    """A loaded (or torch.export) program runs its graph without program.module()'s per-call
+    pytree and hooks (tc.fast_module), with the same outputs in the same order; its shape
+    rules still hold: a mask of length 1 where the sequence Dim is shared would broadcast
+    silently if the guards were dropped, and is one InvalidInputError instead."""
+    b, s = torch.export.Dim("batch"), torch.export.Dim("seq")
+    ep = torch.export.export(_Scaled(), (torch.randn(2, 5), torch.randn(2, 5)),
+                             dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}))
+    exe = hal.compile(ep, target="reference", cache=False)
+    loaded = hal.load(exe.save(tmp_path / "two.hal"))
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    m = np.full((3, 4), 2, np.float32)
+    want = [t.numpy() for t in torch.utils._pytree.tree_leaves(
+        ep.module()(torch.from_numpy(a), torch.from_numpy(m)))]
+    for e in (exe, loaded):
+        assert type(e.runner.module).__name__ == "_Checked"
+        got = e.run([a, m])
+        assert len(got) == 2
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        for bad in (np.ones((3, 1), np.float32), np.ones((2, 4), np.float32)):
+            with pytest.raises(hal.InvalidInputError, match="shape rules"):
+                e(a, bad)
+        np.testing.assert_array_equal(e.run([a, m])[0], want[0])  # a refusal leaves it usable

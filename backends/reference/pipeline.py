@@ -195,11 +195,11 @@ def compile(backend, model: Model, device: Device, options: CompileOptions) -> R
         else:
             program, dynamic = tc.export(module, ex_args)
         if model.format == "torch.export" and precision != "int8":
-            module = tc.program_module(program)  # the caller's program may carry static-shape guards
+            module = tc.fast_module(program)  # the caller's program may carry static-shape guards
         if precision == "int8-dynamic":
             with stage("quantize"):
                 module, fp32, q = dynamic_int8(program.module())
-                module = tc.positional(program, module)
+                module = tc.fast_module(program, module)
             recipe = {"dynamic_int8_linear": True}
             extra.update(model_size_bytes=q, fp32_size_bytes=fp32, compression_ratio=fp32 / q)
             path.append("torch.export → dynamic int8 Linear (quantize_dynamic's qint8 recipe)")
@@ -245,4 +245,4 @@ def load(artifact: Path, info: ExecutableInfo, device: Device) -> Runner:
     module = program.module()
     if recipe.get("dynamic_int8_linear"):
         module = dynamic_int8(module)[0]
-    return TorchExecutable(info, device, tc.positional(program, module), program, recipe)
+    return TorchExecutable(info, device, tc.fast_module(program, module), program, recipe)

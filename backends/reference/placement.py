@@ -21,7 +21,7 @@ def torch_placement(runner) -> Placement | None:
 
     from .. import torch_placement as tp
 
-    module = runner.module
+    module = getattr(runner.module, "bare", runner.module)  # tc.fast_module's graph
     if isinstance(module, torch.fx.GraphModule):
         graph, owner = module.graph, module
         source = ("the torch.fx graph torch runs (GraphModule.graph): each node's device from "
