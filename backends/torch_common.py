@@ -221,6 +221,14 @@ def fast_module(program, module: torch.fx.GraphModule | None = None) -> torch.nn
     return _Checked(torch.fx.GraphModule(gm, graph), guards)
 
 
+def compile_graph(module: torch.nn.Module, compile_fn) -> torch.nn.Module:
+    """``compile_fn`` (e.g. ``torch.compile``) applied to what :func:`fast_module` gave:
+    to its bare graph, its guard check kept outside (Python, once per set of shapes)."""
+    if isinstance(module, _Checked):
+        return _Checked(compile_fn(module.bare), module.guards, module.checked)
+    return compile_fn(module)
+
+
 class _Checked(torch.nn.Module):
     """A bare graph whose inputs' shapes were checked by the program's guards: once per
     set of shapes and dtypes (kept up to 1024; a model called with ever-new shapes
@@ -228,11 +236,11 @@ class _Checked(torch.nn.Module):
 
     MAX_SHAPES = 1024
 
-    def __init__(self, bare: torch.fx.GraphModule, guards: torch.nn.Module):
+    def __init__(self, bare: torch.nn.Module, guards: torch.nn.Module, checked: set | None = None):
         super().__init__()
         self.bare = bare
         self.guards = guards
-        self.checked: set = set()
+        self.checked: set = set() if checked is None else checked
 
     def forward(self, *flat: torch.Tensor):
         key = tuple((x.shape, x.dtype) for x in flat)

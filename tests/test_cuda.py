@@ -187,7 +187,7 @@ def test_prepare_exports_at_the_precision_on_the_host(precision, dtype, tmp_path
     back = tc.load_program(tmp_path)
     gm = runtime.runnable(back, None, torch.device("meta"))
     assert all(t.device.type == "meta" for t in gm.state_dict().values())
-    out = gm(torch.zeros(5, 3, 16, 16, dtype=dtype, device="meta"))
+    out, = gm(torch.zeros(5, 3, 16, 16, dtype=dtype, device="meta"))  # flat outputs
     assert out.shape == (5, 10) and out.dtype == dtype
 
 
@@ -359,5 +359,29 @@ def test_each_gpu_gets_its_own_copy_of_a_sequential_program():
     m = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU()).eval()
     ep = torch.export.export(m, (torch.randn(2, 4),))
     moved = runnable(ep, None, torch.device("meta"))
-    assert moved(torch.randn(2, 4, device="meta")).device.type == "meta"
+    assert moved(torch.randn(2, 4, device="meta"))[0].device.type == "meta"
     assert ep.module()(torch.ones(2, 4)).device.type == "cpu"  # the original stays where it was
+
+
+def test_a_replica_keeps_the_programs_shape_rules():
+    """runnable() used to drop the program's guards (check_guards=False): hal checks each
+    input alone, so a second input of length 1 where both share a Dim broadcast silently.
+    The rules are checked once per set of shapes, also around a torch.compile'd graph
+    (backend "eager" here: no GPU or C compiler needed)."""
+    from hal_backends import torch_common as tc
+    from hal_backends.cuda.runtime import runnable
+
+    class Mul(torch.nn.Module):
+        def forward(self, a, m):
+            return a * m
+
+    s = torch.export.Dim("s")
+    ep = torch.export.export(Mul(), (torch.randn(2, 5), torch.randn(2, 5)),
+                             dynamic_shapes=({1: s}, {1: s}))
+    moved = runnable(ep, None, torch.device("cpu"))
+    compiled = tc.compile_graph(moved, lambda m: torch.compile(m, backend="eager"))
+    a = torch.randn(2, 7)
+    for fn in (moved, compiled):
+        torch.testing.assert_close(fn(a, a)[0], a * a)
+        with pytest.raises(hal.InvalidInputError, match="shape rules"):
+            fn(a, torch.ones(2, 1))

@@ -288,9 +288,8 @@ def test_cuda_placement_logic_on_the_meta_device():
     move_to_device_pass moves it to a GPU, and dynamo's record of a compiled module."""
     from types import SimpleNamespace
 
-    from torch.export.passes import move_to_device_pass
-
     from hal_backends.cuda.placement import dynamo_record, graph_placement
+    from hal_backends.cuda.runtime import runnable
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -300,8 +299,8 @@ def test_cuda_placement_logic_on_the_meta_device():
         def forward(self, x):
             return self.b(self.a(x).relu())
 
-    ep = move_to_device_pass(torch.export.export(Net().eval(), (torch.zeros(2, 4),)), "meta")
-    gm = ep.module(check_guards=False)
+    gm = runnable(torch.export.export(Net().eval(), (torch.zeros(2, 4),)), None,
+                  torch.device("meta"))  # as each GPU's replica gets it
     ops, _ = graph_placement([SimpleNamespace(module=gm, device=torch.device("meta"))])
     assert [o.op for o in ops] == ["aten.linear.default", "aten.relu.default", "aten.linear.default"]
     assert {o.unit for o in ops} == {"meta"} and all(o.on_device for o in ops)

@@ -57,6 +57,11 @@ def dynamo_record(module: Any) -> tuple[int, int, int] | None:
     return entries, graphs, breaks
 
 
+def graph_module(module: Any) -> Any:
+    """The graph a replica runs: the bare graph inside ``tc.fast_module``'s wrapper."""
+    return getattr(module, "bare", module)
+
+
 def graph_placement(replicas: list[Any]) -> tuple[list[OpPlacement], list[str]] | None:
     """Each replica's ops (``replica.module`` on ``replica.device``), or None when a
     replica runs an eager module (no graph to read)."""
@@ -68,7 +73,7 @@ def graph_placement(replicas: list[Any]) -> tuple[list[OpPlacement], list[str]] 
     notes: list[str] = []
     multi = len(replicas) > 1
     for r in replicas:
-        m = r.module
+        m = graph_module(r.module)
         if not isinstance(m, torch.fx.GraphModule):
             return None
         found, unknown = tp.ops(m.graph, m)
@@ -90,7 +95,7 @@ def placement(runner) -> Placement | None:
     recipe = runner.recipe
     if recipe.torch_compile:
         for r in runner.replicas:
-            rec = dynamo_record(r.module)
+            rec = dynamo_record(graph_module(r.module))  # what torch.compile compiled
             if rec is None:
                 notes.append(f"torch.compile({recipe.torch_compile!r}): dynamo's graph record "
                              "is not readable in this torch")
