@@ -17,7 +17,9 @@ Each row is a ratio hal ÷ native on the same model, same artifact and same thre
    ``torch.export.load(...).module()``, and, for information, ÷ the eager loop.
 4. per backend: hal SingleStream p90 (LoadGen's) ÷ the p90 of direct native calls
    (``compiled_model(x)``, ``Interpreter`` set_tensor/invoke/get_tensor with numpy
-   quantization, ``module(x)``), timed call by call.
+   quantization, ``module(x)``), timed call by call; for ``reference`` also ÷ the p90 of
+   LoadGen running ``module(x)`` itself in its issue thread, where hal's inline SUT runs
+   (torch's OpenMP costs more there: docs/throughput.md).
 
 5. ``openvino:CPU``: ``exe.map`` (the pipelined async path) ÷ ``exe(x)`` in a loop, same
    executable: what OpenVINO's THROUGHPUT streams give over the LATENCY compile.
@@ -180,19 +182,25 @@ def loadgen(exe, samples, secs: float, reports: list):
     return offline, single_stream
 
 
-def loadgen_floor_ms(secs: float) -> float:
-    """LoadGen's own Single-Stream p90 (ms) with a SUT that completes each query at once:
-    what any SUT pays for LoadGen's issue thread, its Python callback and the completion,
-    before it runs a model. A SingleStream ratio on a sub-millisecond model carries it.
-    Started as hal's own runs are (hal.loadgen._start)."""
+def native_under_loadgen_ms(secs: float, call=None, samples=None) -> float:
+    """LoadGen's Single-Stream p90 (ms) of a SUT that is not hal: ``call(sample)`` run
+    inline in LoadGen's issue thread (the native runtime, as hal's inline SUT runs it),
+    or with ``call=None`` nothing at all, LoadGen's own floor (its issue thread, its
+    Python callback and the completion). Started as hal's own runs are
+    (hal.loadgen._start)."""
     import mlperf_loadgen as lg
     from hal.loadgen import _start, parse_summary
 
-    class Null:  # the three things _start reads of a SUT
+    n = len(samples) if samples else 64
+
+    class Native:  # the three things _start reads of a SUT
         error = None
 
         @staticmethod
         def issue(queries):
+            if call is not None:
+                for q in queries:
+                    call(samples[q.index])
             lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0) for q in queries])
 
         @staticmethod
@@ -204,7 +212,7 @@ def loadgen_floor_ms(secs: float) -> float:
     ts.min_duration_ms, ts.min_query_count = int(secs * 1000), 100
     ts.single_stream_expected_latency_ns = 20_000
     with tempfile.TemporaryDirectory() as d:
-        _start(lg, Null, 64, ts, Path(d))
+        _start(lg, Native, n, ts, Path(d))
         text = (Path(d) / "mlperf_log_summary.txt").read_text()
     return parse_summary(text)["figures"]["90.00 percentile latency (ns)"] / 1e6
 
@@ -282,6 +290,13 @@ def main() -> int:
             f"torch loop ({args.threads} threads)", reps)
         h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct(s[0]), samples, 2000))
         add("reference SingleStream p90 ÷ module(x) p90", "ms", h, n, "module(x)", reps)
+        # the same module(x) called in LoadGen's issue thread, as hal's inline SUT runs it:
+        # torch's OpenMP team there is a second one in the process, and libgomp spins only
+        # briefly once its threads outnumber the cores (docs/throughput.md)
+        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen_ms(
+            args.secs, lambda s: direct(s[0]), samples))
+        add("reference SingleStream p90 ÷ module(x) under LoadGen p90 (same thread as hal's)", "ms",
+            h, n, "module(x) in LoadGen's issue thread", reps)
 
         print("reference, loaded from a .hal (the exported program) …", flush=True)
         exe.save(tmp / "model.hal")
@@ -394,7 +409,7 @@ def main() -> int:
             f"litert-benchmark ({args.threads} threads)", reps)
 
     shutil.rmtree(tmp, ignore_errors=True)
-    floor = statistics.median(loadgen_floor_ms(args.secs) for _ in range(args.rounds))
+    floor = statistics.median(native_under_loadgen_ms(args.secs) for _ in range(args.rounds))
     print(f"\nLoadGen's own Single-Stream p90 with a SUT that does nothing: {floor * 1e3:.1f} us "
           "(in every SingleStream row's hal figure; the native calls are timed without it)")
     print()
