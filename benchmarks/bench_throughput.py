@@ -17,9 +17,10 @@ Each row is a ratio hal ÷ native on the same model, same artifact and same thre
    ``torch.export.load(...).module()``, and, for information, ÷ the eager loop.
 4. per backend: hal SingleStream p90 (LoadGen's) ÷ the p90 of direct native calls
    (``compiled_model(x)``, ``Interpreter`` set_tensor/invoke/get_tensor with numpy
-   quantization, ``module(x)``), timed call by call; for ``reference`` also ÷ the p90 of
-   LoadGen running ``module(x)`` itself in its issue thread, where hal's inline SUT runs
-   (torch's OpenMP costs more there: docs/throughput.md).
+   quantization, ``module(x)``), timed call by call; and ÷ the p90 LoadGen reports for the
+   same native call run by a plain SUT in its issue thread, where hal's inline SUT runs it
+   (what LoadGen and that thread cost any SUT; torch's OpenMP costs more there:
+   docs/throughput.md).
 
 5. ``openvino:CPU``: ``exe.map`` (the pipelined async path) ÷ ``exe(x)`` in a loop, same
    executable: what OpenVINO's THROUGHPUT streams give over the LATENCY compile.
@@ -342,6 +343,10 @@ def main() -> int:
         h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: compiled(s[0]), samples, 2000))
         add("openvino:CPU SingleStream p90 ÷ compiled_model(x) p90", "ms", h, n,
             "compiled_model(x)", reps)
+        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen_ms(
+            args.secs, lambda s: compiled(s[0]), samples))
+        add("openvino:CPU SingleStream p90 ÷ compiled_model(x) under LoadGen p90", "ms", h, n,
+            "compiled_model(x) in LoadGen's issue thread", reps)
         # the async API itself: exe.map (the runner's stream, its queue kept full) against
         # exe(x) in a loop, same executable; OpenVINO overlaps requests on the streams of its
         # THROUGHPUT compile, exe(x) runs on the LATENCY one
@@ -396,6 +401,10 @@ def main() -> int:
         h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct(s[0]), samples, 2000))
         add(f"{tag} SingleStream p90 ÷ Interpreter p90", "ms", h, n,
             "Interpreter set/invoke/get", reps)
+        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen_ms(
+            args.secs, lambda s: direct(s[0]), samples))
+        add(f"{tag} SingleStream p90 ÷ Interpreter under LoadGen p90", "ms", h, n,
+            "Interpreter set/invoke/get in LoadGen's issue thread", reps)
         # litert-benchmark feeds the int8 tensors directly: so does hal with raw_io (the same
         # .tflite, no float quantize/dequantize around each call)
         q = [(np.clip(np.rint(s[0] / si) + zi, -128, 127).astype(np.int8),) for s in samples]
