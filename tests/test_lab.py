@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,11 +71,14 @@ def start_cluster(request, site, hosts) -> LocalCluster:
     return c
 
 
-def run_lab(address: str, tmp: Path, on_cell=None, cross_check: str = "first", **filters):
-    opts = Options(timeout_s=120, startup_timeout_s=120, json_path=tmp / "lab.json",
-                   cluster=address, cross_check=cross_check, **filters)
+def lab_of(address: str, tmp: Path, on_cell=None, cross_check: str = "first", **filters) -> Lab:
+    return Lab(Options(timeout_s=120, startup_timeout_s=120, json_path=tmp / "lab.json",
+                       cluster=address, cross_check=cross_check, **filters), on_cell=on_cell)
+
+
+def run_lab(address: str, tmp: Path, **kw):
     t0 = time.monotonic()
-    report = Lab(opts, on_cell=on_cell).run()
+    report = lab_of(address, tmp, **kw).run()
     return report, time.monotonic() - t0
 
 
@@ -194,8 +198,14 @@ B_MODELS = ["mlp", "digits_cnn", "resnet"]
 
 
 @pytest.fixture(scope="module")
-def cluster_b(request, site):
-    return start_cluster(request, site, B_HOSTS)
+def gate(tmp_path_factory) -> Path:
+    """The drift and wrong fixtures' $HAL_GATE: open unless a test writes ``closed``."""
+    return tmp_path_factory.mktemp("lab-gate")
+
+
+@pytest.fixture(scope="module")
+def cluster_b(request, site, gate):
+    return start_cluster(request, site, [{**h, "env": {**h["env"], "HAL_GATE": str(gate)}} for h in B_HOSTS])
 
 
 @pytest.fixture(scope="module")
@@ -234,52 +244,71 @@ def test_same_device_cells_split_and_hosts_compared(same_device_run):
 
 
 @pytest.fixture(scope="module")
-def node_loss_run(cluster_b, same_device_run, tmp_path_factory):
-    """node-c killed as soon as it has finished a cell, while it holds others."""
+def node_loss_run(cluster_b, same_device_run, gate, tmp_path_factory):
+    """node-c killed while it has drift cells and wrong's ResNet cell in flight, after
+    finishing wrong's first cells. Which host runs what depends on how fast each starts (an
+    idle host takes from the busiest), so the gate holds every drift compile and wrong's
+    ResNet, and so every host's first drift cell, until node-c holds both; then node-c
+    dies, and the gate opens once the driver knows. No clock decides anything: the waits
+    are bounds."""
     tmp = tmp_path_factory.mktemp("lab-loss")
+    (gate / "closed").write_text("drift:* wrong:ResNet\n")
+    cells: list = []
     killed: dict = {}
+    lab = lab_of(cluster_b.address, tmp, on_cell=cells.append, cross_check="none",
+                 backends=["drift", "wrong"], models=B_MODELS, precisions=["fp32", "fp16"])
 
-    def on_cell(c):
-        if c.host == "node-c" and c.runnable and not killed:
-            killed["at"] = time.monotonic()
-            killed["finished"] = [x.id for x in report_cells if x.host == "node-c" and x.runnable]
-            killed["finished"].append(c.id)
-            cluster_b.kill("node-c")
+    def kill_when_held():
+        try:
+            for _ in range(3000):
+                if any(gate.glob("waiting-drift-node-c-*")) and (gate / "waiting-wrong-node-c-ResNet").exists():
+                    rn = next(r for r in lab.executor.runners
+                              if r.host == "node-c" and r.device.target == "drift:cpu")
+                    killed.update(in_flight=rn.current.id, held=[rn.current.id, *(s.id for s in rn.own)],
+                                  finished=[c.id for c in cells if c.host == "node-c" and c.runnable])
+                    cluster_b.kill("node-c")
+                    break
+                time.sleep(0.1)
+            for _ in range(1200):  # the driver has given node-c's drift cells back: else an idle
+                # host could take them from node-c's queue first (run, but not as a rerun)
+                if any(x["target"] == "drift:cpu" for x in lab.executor.losses):
+                    break
+                time.sleep(0.1)
+        finally:
+            (gate / "closed").unlink(missing_ok=True)
 
-    report_cells: list = []
-
-    def record(c):
-        on_cell(c)
-        report_cells.append(c)
-
-    report, wall = run_lab(cluster_b.address, tmp, on_cell=record, cross_check="none",
-                           backends=["drift", "wrong"], models=B_MODELS, precisions=["fp32", "fp16"])
-    return report, killed, wall, tmp
+    watcher = threading.Thread(target=kill_when_held, daemon=True)
+    watcher.start()
+    t0 = time.monotonic()
+    report = lab.run()
+    watcher.join(timeout=60)
+    return report, killed, time.monotonic() - t0, tmp
 
 
 @pytest.mark.timeout(420)
 def test_node_killed_mid_run(node_loss_run):
     report, killed, wall, tmp = node_loss_run
-    assert killed, "node-c never finished a cell"
+    assert killed, "node-c never had its drift and wrong cells in flight at the gate"
     assert report.complete
     cells = {c.id: c for c in report.cells}
     assert len(cells) == len(report.cells), "a cell was recorded twice"
     drift = {f"drift:cpu/{m}/{p}" for m in B_MODELS for p in ("fp32", "fp16")}
     wrong = {f"wrong:cpu/{m}/{p}" for m in B_MODELS for p in ("fp32", "fp16")}
     assert set(cells) == drift | wrong
-    # nothing node-c finished before it died is missing
+    # nothing node-c finished before it died is missing (wrong's cells before the ResNet)
+    assert {"wrong:cpu/mlp/fp32", "wrong:cpu/digits_cnn/fp32"} <= set(killed["finished"]), killed
     for cid in killed["finished"]:
         assert cells[cid].host == "node-c" and cells[cid].result != "lost", cells[cid]
-    # its unfinished drift cells ran on another host with drift:cpu
+    # what node-c held of drift:cpu (in flight at the gate, and its queue) ran on another host
     assert all(cells[c].result == "pass" for c in drift), [cells[c].message for c in drift]
     reruns = report.meta["lab"]["reruns"]
-    assert reruns and all(r["from"] == "node-c" and r["to"] in ("node-b", "node-d") for r in reruns)
+    assert sorted(r["cell"] for r in reruns) == sorted(killed["held"]), (reruns, killed)
     for r in reruns:
-        assert cells[r["cell"]].host == r["to"]
+        assert r["from"] == "node-c" and r["to"] in ("node-b", "node-d") and cells[r["cell"]].host == r["to"]
         assert any("rerun on" in n for n in cells[r["cell"]].notes)
     # wrong:cpu was only on node-c: what it had not finished is lost, with host and reason
     lost = [cells[c] for c in wrong if cells[c].result == "lost"]
-    assert lost
+    assert [c.id for c in lost] == ["wrong:cpu/resnet/fp32"]
     for c in lost:
         assert c.host == "node-c" and "node-c left the cluster" in c.message, c.message
     for c in wrong - {c.id for c in lost}:

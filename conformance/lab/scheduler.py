@@ -117,13 +117,18 @@ class Lab:
         self.opts = opts
         self.on_cell = on_cell
         self.on_note = on_note
+        #: the running executor (its runners say which node holds which cell), for callbacks
+        self.executor: RayExecutor | None = None
 
     def run(self) -> Report:
         conn = cl.connect(self.opts.cluster or "local", num_cpus=self.opts.parallel)
+
+        def executor(suite: Suite) -> RayExecutor:
+            self.executor = RayExecutor(suite, conn.address)
+            return self.executor
+
         try:
-            suite = Suite(self.opts, self.on_cell, self.on_note,
-                          executor=lambda s: RayExecutor(s, conn.address))
-            return suite.run()
+            return Suite(self.opts, self.on_cell, self.on_note, executor=executor).run()
         finally:
             conn.close()
 

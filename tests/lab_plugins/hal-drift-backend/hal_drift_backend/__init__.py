@@ -4,12 +4,17 @@ or fp16 weights and activations), then one output per batch is moved by
 of the host it runs on. Two hosts with drifts of +0.9e-4 and −0.9e-4 each pass
 fp32 (limit 1e-4·max|ref|) yet differ from each other by 1.8e-4·max|ref|: what a
 driver or firmware difference between two lab machines looks like, and what only
-a cross-host comparison can see."""
+a cross-host comparison can see.
+
+``$HAL_GATE`` (a folder) lets a test decide what is in flight on which host at a given
+moment, whatever the load: see :func:`wait_at_gate`."""
 
 from __future__ import annotations
 
 import copy
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +22,26 @@ from hal import CompileError, Device
 from hal.plugin import Backend, TensorSpec, hookimpl, Runner
 
 HAL_PLUGIN_API = 2  # the hal plugin API this plugin was written for
+
+
+def wait_at_gate(backend: str, model) -> None:
+    """While ``$HAL_GATE/closed`` lists ``backend:*`` or ``backend:ModelClass``, hold this
+    compile (after leaving ``waiting-<backend>-<host>-<ModelClass>`` beside it) until the
+    file is gone, at most 10 minutes. Used by the wrong fixture too (same site folder)."""
+    gate = os.environ.get("HAL_GATE")
+    if not gate:
+        return
+    closed, cls = Path(gate, "closed"), type(model.value).__name__
+    try:
+        listed = closed.read_text().split()
+    except FileNotFoundError:
+        return
+    if f"{backend}:*" not in listed and f"{backend}:{cls}" not in listed:
+        return
+    Path(gate, f"waiting-{backend}-{os.environ.get('HAL_LAB_HOST', '')}-{cls}").touch()
+    deadline = time.monotonic() + 600
+    while closed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class DriftBackend(Backend):
@@ -33,6 +58,7 @@ class DriftBackend(Backend):
     def compile(self, model, device, options):
         import torch
 
+        wait_at_gate(self.name, model)
         module = copy.deepcopy(model.value).eval()
         dtype = torch.float16 if options.precision == "fp16" else torch.float32
         module = module.to(dtype)

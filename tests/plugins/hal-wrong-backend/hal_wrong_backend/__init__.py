@@ -4,6 +4,7 @@ with the class axis reversed (the kind of layout bug the kit must catch)."""
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 
@@ -25,6 +26,10 @@ class WrongBackend(Backend):
                        host_cpu=True)]
 
     def compile(self, model, device, options):
+        if os.environ.get("HAL_GATE"):  # the lab test's gate (tests/lab_plugins: the same site)
+            from hal_drift_backend import wait_at_gate
+
+            wait_at_gate(self.name, model)
         module = copy.deepcopy(model.value).eval()
         ins = [TensorSpec.of(f"input_{i}", a, dynamic_batch=True) for i, a in enumerate(model.example_input)]
         info = self.executable_info(device, options.precision, ins,
