@@ -416,3 +416,31 @@ def test_a_program_exported_with_keyword_inputs_compiles_at_int8():
         got = exe(scale=s, features=f)
         assert got.dtype == np.float32 and got.shape == want.shape
         assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_integer_arithmetic_inside_the_model_is_named():
+    """RoBERTa computes its position ids in the graph (``cumsum(ids != pad) * mask``, int32):
+    litert-torch's PT2EQuantizer puts an observer on that int tensor, whose kernel refuses
+    it ('"histogram_cpu" not implemented for 'Int''). The refusal says so and how to avoid
+    it, not "make the model torch.export-able" (it exports)."""
+    pytest.importorskip("litert_torch", reason="litert-torch (torch → TFLite) is not installed")
+    import torch
+
+    class Positions(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos, self.head = (torch.nn.Embedding(16, 8), torch.nn.Embedding(16, 8),
+                                             torch.nn.Linear(8, 4))
+
+        def forward(self, ids):
+            mask = ids.ne(1).int()
+            positions = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + 1
+            return self.head(self.tok(ids) + self.pos(positions))
+
+    ids = np.array([[3, 5, 7, 1]], np.int64)
+    torch.export.export(Positions().eval(), (torch.from_numpy(ids),))  # it exports
+    calib = [np.array([[2, 4, 6, 1]], np.int64)] * 4
+    with pytest.raises(hal.CompileError, match="observer on an integer tensor") as e:
+        hal.compile(Positions().eval(), EMU, precision="int8", calibration=calib,
+                    example_input=(ids,), cache=False)
+    assert "position_ids" in e.value.fix and "torch.export-able" not in e.value.fix

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -162,12 +163,30 @@ def torch_to_int8(model: Model, options: CompileOptions) -> Converted:
         if floats == 0:
             break
     if best is None:
+        if any(_INT_OBSERVED.search(e) for e in errors):
+            raise _integers_observed(errors[0])
         raise CompileError(f"litert-torch could not quantize/convert the model ({errors[0]})",
                            "make the model torch.export-able; see litert-torch's supported ops")
     notes = ([f"used {best[1]}; before it failed: " + "; ".join(e[:160] for e in errors)]
              if errors else [])
     return Converted(best[2], [best[1], "litert-torch PT2E static int8 (PT2EQuantizer, symmetric "
                                "per-channel)", "litert_torch.convert → TFLite"], notes)
+
+
+#: an observer's kernel refusing an integer tensor ('"histogram_cpu" not implemented for 'Int'')
+_INT_OBSERVED = re.compile(r"not implemented for '(Int|Long|Short|Char|Byte)'")
+
+
+def _integers_observed(error: str) -> CompileError:
+    """PT2EQuantizer annotates some ops (mul, add, cumsum's users) whatever their dtype; a
+    model that computes integers in its graph (RoBERTa's position ids: ``cumsum(ids != pad)
+    * mask``) gets an observer on an int tensor, which fails. Not an export problem."""
+    return CompileError(
+        "litert-torch's int8 quantizer (PT2EQuantizer) put an observer on an integer tensor "
+        f"the model computes ({error}): it quantizes integer arithmetic as if it were float",
+        "compute that integer tensor outside the model and pass it in (e.g. position_ids for "
+        "a RoBERTa-style encoder), or run the model where it runs as it is ('cpu', "
+        "'openvino:CPU')")
 
 
 def _raised_in(e: BaseException, function: str) -> bool:
