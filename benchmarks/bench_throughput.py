@@ -18,9 +18,8 @@ Each row is a ratio hal ÷ native on the same model, same artifact and same thre
 4. per backend: hal SingleStream p90 (LoadGen's) ÷ the p90 of direct native calls
    (``compiled_model(x)``, ``Interpreter`` set_tensor/invoke/get_tensor with numpy
    quantization, ``module(x)``), timed call by call; and ÷ the p90 LoadGen reports for the
-   same native call run by a plain SUT in its issue thread, where hal's inline SUT runs it
-   (what LoadGen and that thread cost any SUT; torch's OpenMP costs more there:
-   docs/throughput.md).
+   same native call run by a plain SUT as LoadGen issues each sample, as hal's inline SUT
+   runs it (what LoadGen itself costs any SUT); for the reference also Offline that way.
 
 5. ``openvino:CPU``: ``exe.map`` (the pipelined async path) ÷ ``exe(x)`` in a loop, same
    executable: what OpenVINO's THROUGHPUT streams give over the LATENCY compile.
@@ -183,14 +182,15 @@ def loadgen(exe, samples, secs: float, reports: list):
     return offline, single_stream
 
 
-def native_under_loadgen_ms(secs: float, call=None, samples=None) -> float:
-    """LoadGen's Single-Stream p90 (ms) of a SUT that is not hal: ``call(sample)`` run
-    inline in LoadGen's issue thread (the native runtime, as hal's inline SUT runs it),
-    or with ``call=None`` nothing at all, LoadGen's own floor (its issue thread, its
-    Python callback and the completion). Started as hal's own runs are
-    (hal.loadgen._start)."""
+def native_under_loadgen(secs: float, call=None, samples=None, offline: bool = False) -> float:
+    """LoadGen's Single-Stream p90 (ms), or with ``offline`` its Offline samples/s, of a
+    SUT that is not hal: ``call(sample)`` run inline as LoadGen issues each sample (the
+    native runtime, as hal's inline SUT runs it; LoadGen issues from the thread that
+    started the test), completed in groups of hal's size; with ``call=None`` nothing at
+    all, LoadGen's own floor (its Python callback and the completion). Started as hal's
+    own runs are (hal.loadgen._start)."""
     import mlperf_loadgen as lg
-    from hal.loadgen import _start, parse_summary
+    from hal.loadgen import GROUP, _number, _start, parse_detail, parse_summary
 
     n = len(samples) if samples else 64
 
@@ -199,21 +199,31 @@ def native_under_loadgen_ms(secs: float, call=None, samples=None) -> float:
 
         @staticmethod
         def issue(queries):
-            if call is not None:
-                for q in queries:
-                    call(samples[q.index])
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0) for q in queries])
+            for i in range(0, len(queries), GROUP):
+                group = queries[i:i + GROUP]
+                if call is not None:
+                    for q in group:
+                        call(samples[q.index])
+                lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0) for q in group])
 
         @staticmethod
         def flush():
             pass
 
     ts = lg.TestSettings()
-    ts.scenario, ts.mode = lg.TestScenario.SingleStream, lg.TestMode.PerformanceOnly
-    ts.min_duration_ms, ts.min_query_count = int(secs * 1000), 100
-    ts.single_stream_expected_latency_ns = 20_000
+    ts.mode = lg.TestMode.PerformanceOnly
+    ts.min_duration_ms = int(secs * 1000)
+    if offline:  # expected QPS from a short serial timing, doubled as hal's is
+        ts.scenario = lg.TestScenario.Offline
+        ts.offline_expected_qps = 2.0 * loop_rate(call, samples, min(secs, 1.0)) if call else 1e5
+    else:
+        ts.scenario, ts.min_query_count = lg.TestScenario.SingleStream, 100
+        ts.single_stream_expected_latency_ns = 20_000
     with tempfile.TemporaryDirectory() as d:
         _start(lg, Native, n, ts, Path(d))
+        if offline:
+            values, _, _ = parse_detail((Path(d) / "mlperf_log_detail.txt").read_text())
+            return _number(values, "result_samples_per_second")
         text = (Path(d) / "mlperf_log_summary.txt").read_text()
     return parse_summary(text)["figures"]["90.00 percentile latency (ns)"] / 1e6
 
@@ -291,13 +301,17 @@ def main() -> int:
             f"torch loop ({args.threads} threads)", reps)
         h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct(s[0]), samples, 2000))
         add("reference SingleStream p90 ÷ module(x) p90", "ms", h, n, "module(x)", reps)
-        # the same module(x) called in LoadGen's issue thread, as hal's inline SUT runs it:
-        # torch's OpenMP team there is a second one in the process, and libgomp spins only
-        # briefly once its threads outnumber the cores (docs/throughput.md)
-        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen_ms(
+        # the same module(x) called by a plain SUT as LoadGen issues each sample, as hal's
+        # inline SUT runs it: what LoadGen itself costs any SUT (its completions, its
+        # logging thread, which takes a core from torch's two threads on a 2-core host)
+        h, n = rounds(args.rounds, off, lambda: native_under_loadgen(
+            args.secs, lambda s: direct(s[0]), samples, offline=True))
+        add("reference Offline ÷ module(x) under LoadGen Offline", "samples/s", h, n,
+            "module(x) as LoadGen issues it", reps)
+        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen(
             args.secs, lambda s: direct(s[0]), samples))
-        add("reference SingleStream p90 ÷ module(x) under LoadGen p90 (same thread as hal's)", "ms",
-            h, n, "module(x) in LoadGen's issue thread", reps)
+        add("reference SingleStream p90 ÷ module(x) under LoadGen p90", "ms",
+            h, n, "module(x) as LoadGen issues it", reps)
 
         print("reference, loaded from a .hal (the exported program) …", flush=True)
         exe.save(tmp / "model.hal")
@@ -343,10 +357,10 @@ def main() -> int:
         h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: compiled(s[0]), samples, 2000))
         add("openvino:CPU SingleStream p90 ÷ compiled_model(x) p90", "ms", h, n,
             "compiled_model(x)", reps)
-        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen_ms(
+        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen(
             args.secs, lambda s: compiled(s[0]), samples))
         add("openvino:CPU SingleStream p90 ÷ compiled_model(x) under LoadGen p90", "ms", h, n,
-            "compiled_model(x) in LoadGen's issue thread", reps)
+            "compiled_model(x) as LoadGen issues it", reps)
         # the async API itself: exe.map (the runner's stream, its queue kept full) against
         # exe(x) in a loop, same executable; OpenVINO overlaps requests on the streams of its
         # THROUGHPUT compile, exe(x) runs on the LATENCY one
@@ -401,10 +415,10 @@ def main() -> int:
         h, n = rounds(args.rounds, ss, lambda: p90_ms(lambda s: direct(s[0]), samples, 2000))
         add(f"{tag} SingleStream p90 ÷ Interpreter p90", "ms", h, n,
             "Interpreter set/invoke/get", reps)
-        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen_ms(
+        h, n = rounds(args.rounds, ss, lambda: native_under_loadgen(
             args.secs, lambda s: direct(s[0]), samples))
         add(f"{tag} SingleStream p90 ÷ Interpreter under LoadGen p90", "ms", h, n,
-            "Interpreter set/invoke/get in LoadGen's issue thread", reps)
+            "Interpreter set/invoke/get as LoadGen issues it", reps)
         # litert-benchmark feeds the int8 tensors directly: so does hal with raw_io (the same
         # .tflite, no float quantize/dequantize around each call)
         q = [(np.clip(np.rint(s[0] / si) + zi, -128, 127).astype(np.int8),) for s in samples]
@@ -418,7 +432,7 @@ def main() -> int:
             f"litert-benchmark ({args.threads} threads)", reps)
 
     shutil.rmtree(tmp, ignore_errors=True)
-    floor = statistics.median(native_under_loadgen_ms(args.secs) for _ in range(args.rounds))
+    floor = statistics.median(native_under_loadgen(args.secs) for _ in range(args.rounds))
     print(f"\nLoadGen's own Single-Stream p90 with a SUT that does nothing: {floor * 1e3:.1f} us "
           "(in every SingleStream row's hal figure; the native calls are timed without it)")
     print()

@@ -12,8 +12,9 @@ whether the run is VALID and, if not, why.
   :func:`hal.profile.random_inputs`, all held in memory.
 - **SUT**: each LoadGen sample is one inference of the executable on the QSL's
   own arrays (no per-sample check or copy; see :func:`_prepare_samples`).
-  Single-Stream runs it inline in LoadGen's issue thread (one query at a time: the
-  latency path, no thread hop), and so do Offline and Multi-Stream on an
+  Single-Stream runs it inline in LoadGen's issue thread (the thread that called
+  :func:`run_scenario`: LoadGen issues from the thread that starts the test; one query
+  at a time: the latency path, no thread hop), and so do Offline and Multi-Stream on an
   executable with no native queue and one worker (:func:`_inline`). Otherwise an
   Offline or Multi-Stream query goes through the executable's pipeline as one
   stream (``Executable.map``'s: the runner's own batch loop where it has one,
