@@ -62,8 +62,11 @@ def _main(
         import os
         import warnings
 
+        from .native_stderr import filter_native_stderr
+
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TORCH_LOGS", "-all")  # torch installs its own handler on import
+        filter_native_stderr()  # what the runtimes' C++ loggers print whatever the above says
 
         warnings.filterwarnings("ignore")
         for name in ("torchao", "torch", "tensorflow", "absl", "nncf", "openvino", "jax"):

@@ -143,3 +143,27 @@ def test_plugin_restriction_by_env():
     assert infos["reference"]["loaded"]
     others = [i for n, i in infos.items() if n not in ("reference", "hal.formats.builtin")]
     assert all(not i["loaded"] and "disabled" in i["error"] for i in others)
+
+
+def test_runtime_log_lines_stay_off_the_cli_stderr():
+    """TensorFlow 2.21 logs through absl whatever TF_CPP_MIN_LOG_LEVEL says (its oneDNN
+    notice, on CPUs where it turns oneDNN on), and LiteRT prints "INFO: Created …" on fd 2:
+    the CLI's filter drops the INFO/WARNING lines of those loggers, its own and a child's,
+    and passes everything else, a C++ error and a crash's last words included."""
+    code = "\n".join([
+        "import os, subprocess, sys",
+        "from hal.native_stderr import filter_native_stderr",
+        "filter_native_stderr()",
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')",
+        "os.write(2, b'I0000 00:00:1796388115.885161   14547 port.cc:153] oneDNN custom operations are on.\\n')",
+        "os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')",
+        "os.write(2, b'E0000 00:00:1796388115.885161   14547 x.cc:1] a runtime error\\n')",
+        "subprocess.run(['sh', '-c', 'echo \"W1204 12:10:54.557000 8712 y.cc:2] chatter\" >&2; echo child >&2'])",
+        "os.write(2, b'terminate called after throwing')",
+        "print('error: one line', file=sys.stderr)",
+    ])
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert sorted(p.stderr.splitlines()) == sorted([
+        "E0000 00:00:1796388115.885161   14547 x.cc:1] a runtime error", "child",
+        "terminate called after throwing", "error: one line"]), p.stderr
