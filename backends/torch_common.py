@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,49 @@ def eval_copy(model: Model) -> torch.nn.Module:
         return rebatched_for(model) or program_module(model.value)
     m = copy.deepcopy(model.value)
     return m.eval()
+
+
+def cast_graph(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(dtype)`` for a float16/bfloat16 run, including what ``.to`` leaves in a
+    graph from torch.export: float32 baked into its nodes (``aten.zeros(..., dtype=float32)``,
+    an LSTM's initial state; explicit ``.float()`` casts) and its lifted constants. Left,
+    they meet the cast weights at run time ("Input and hidden tensors are not the same
+    dtype", "expected scalar type Float but found Half"); rewritten, the whole graph runs at
+    the precision its label says, as the eager module cast with ``.to`` does. Works on a
+    copy: ``.to`` casts parameters in place, and a program's module shares them with the
+    caller's program (and the module it was exported from)."""
+    module = copy.deepcopy(module).to(dtype)
+    if not isinstance(module, torch.fx.GraphModule):
+        return module
+    top = torch.finfo(dtype).max
+
+    def cast(v):  # float32 → dtype; a finite scalar past dtype's range (a mask's
+        # finfo(float32).min) → dtype's own extreme, which CUDA refuses to overflow into
+        if v is torch.float32:
+            return dtype
+        if isinstance(v, float) and math.isfinite(v) and abs(v) > top:
+            return math.copysign(top, v)
+        return v
+
+    for n in module.graph.nodes:
+        if n.op == "call_function":
+            n.args = tuple(cast(a) for a in n.args)
+            kwargs = {k: cast(v) for k, v in n.kwargs.items()}
+            val = n.meta.get("val")
+            schema = getattr(n.target, "_schema", None)
+            if (kwargs.get("dtype") is None and isinstance(val, torch.Tensor)
+                    and val.dtype is torch.float32 and schema is not None
+                    and any(a.name == "dtype" and a.kwarg_only for a in schema.arguments)):
+                kwargs["dtype"] = dtype  # torch.zeros(n): the default dtype, float32
+            n.kwargs = kwargs
+        elif n.op == "get_attr":
+            owner, _, name = n.target.rpartition(".")
+            holder = module.get_submodule(owner) if owner else module
+            value = getattr(holder, name, None)
+            if isinstance(value, torch.Tensor) and value.dtype is torch.float32:
+                setattr(holder, name, value.to(dtype))
+    module.recompile()
+    return module
 
 
 def rebatched_for(model: Model) -> torch.nn.Module | None:

@@ -324,7 +324,7 @@ def test_save_and_load(net, tmp_path):
                       options={"cuda_graphs": True})
     path = exe.save(tmp_path / "net.hal")
     back = hal.load(path)
-    assert back.info.precision == "fp16" and back.recipe.cuda_graphs
+    assert back.info.precision == "fp16" and back.runner.recipe.cuda_graphs
     x = x_of(3)
     np.testing.assert_allclose(back(x), exe(x), rtol=1e-3, atol=1e-3)
 
@@ -385,3 +385,37 @@ def test_a_replica_keeps_the_programs_shape_rules():
         torch.testing.assert_close(fn(a, a)[0], a * a)
         with pytest.raises(hal.InvalidInputError, match="shape rules"):
             fn(a, torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_program_cast_to_half_leaves_no_float32_behind(precision):
+    """Found on an H200: compiling a float32 ExportedProgram at fp16/bf16 cast its weights
+    (``.to``) but not the float32 its graph has baked in: an LSTM's zero initial state
+    (``aten.zeros(dtype=float32)``: "Input and hidden tensors are not the same dtype"), and
+    a transformers ViT's ``finfo(float32).min`` mask fill, which CUDA refuses to overflow
+    into half. ``prepare`` casts the whole graph (on a copy: the caller's program keeps its
+    float32 weights); checked here by running the prepared program on the CPU."""
+    from hal.plugin import Model
+    from hal_backends.cuda.pipeline import prepare
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(8, 12, num_layers=2, bidirectional=True, batch_first=True)
+
+        def forward(self, x):
+            y = self.rnn(x)[0]
+            mask = torch.where(y > 0.5, torch.zeros(()), torch.finfo(torch.float32).min)
+            return torch.softmax(y + mask, -1) + torch.zeros(y.shape[-1])
+
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(2, 10, 8)
+    ep = torch.export.export(net, (x,))
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    p = prepare(Model(value=ep, format="torch.export", example_input=(x.numpy(),)), precision)
+    with torch.no_grad():
+        got, want = p.program.module()(x.to(dtype)), net(x)
+    assert got.dtype == dtype
+    assert float((got.float() - want).abs().max()) < 0.05 * float(want.abs().max())
+    assert all(t.dtype == torch.float32 for t in ep.state_dict.values())
+    assert all(t.dtype == torch.float32 for t in net.parameters())

@@ -106,7 +106,7 @@ def prepare(model: Model, precision: str) -> Prepared:
     dtype = tc.DTYPES[precision]
     ex_args = args
     if dtype is not torch.float32:
-        module = module.to(dtype)
+        module = tc.cast_graph(module, dtype)
         ex_args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
     try:
         program, dynamic = tc.export(module, ex_args)
