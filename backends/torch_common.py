@@ -48,12 +48,13 @@ def cast_graph(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     an LSTM's initial state; explicit ``.float()`` casts) and its lifted constants. Left,
     they meet the cast weights at run time ("Input and hidden tensors are not the same
     dtype", "expected scalar type Float but found Half"); rewritten, the whole graph runs at
-    the precision its label says, as the eager module cast with ``.to`` does. Works on a
-    copy: ``.to`` casts parameters in place, and a program's module shares them with the
-    caller's program (and the module it was exported from)."""
-    module = copy.deepcopy(module).to(dtype)
+    the precision its label says, as the eager module cast with ``.to`` does. A graph is
+    cast on a copy: ``.to`` casts parameters in place, and a program's module shares them
+    with the caller's program (and the module it was exported from); any other module is
+    cast in place, as ``.to`` does (``eval_copy``'s is already private)."""
     if not isinstance(module, torch.fx.GraphModule):
-        return module
+        return module.to(dtype)
+    module = copy.deepcopy(module).to(dtype)
     top = torch.finfo(dtype).max
 
     def cast(v):  # float32 → dtype; a finite scalar past dtype's range (a mask's
